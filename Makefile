@@ -66,7 +66,7 @@ test: deps lint
 	$(PYTEST) -q -p no:cacheprovider tests/ t/ $(PYTEST_ARGS)
 
 bench: deps
-	$(PY) bench/run.py
+	for script in bench/bench_*.py; do echo "== $$script"; $(PY) "$$script"; done
 
 run: deps
 	$(PY) -m zedctl.demo

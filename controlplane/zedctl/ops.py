@@ -1,0 +1,357 @@
+"""zedctl's operations on a Consul KV store: configure, read back, remove, host changes.
+
+Plain functions over `ConsulKV`, `Layout` and `Schema`; the CLI only parses and prints.
+
+Writes follow README.md: an instance (or the global config) is replaced as a whole, the
+old tree (and the instance's state) deleted and the new keys set in one transaction when
+that fits in `TXN_LIMIT` operations; otherwise the first transaction deletes, sets
+`_pending` and the first keys, the middle ones set keys, and the last sets the rest and
+deletes `_pending`. Readers ignore a tree holding `_pending`.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .configfile import ConfigFile
+from .consulapi import TXN_LIMIT, ConsulKV, KVEntry, TxnFailed, op
+from .errors import Conflict, ConsulError, NotFound, ZedctlError
+from .kvmap import PENDING_KEY, flatten, key_of, read_config, scalar_text
+from .layout import Layout
+from .schema import Problem, Schema
+
+
+class StoredConfigInvalid(ZedctlError):
+    """What is stored in Consul does not pass the schema (hand-edited keys?)."""
+
+    def __init__(self, tree: str, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        lines = [f"  {tree}{key_of(p.path)}: {p.describe()}" for p in problems]
+        super().__init__("\n".join([f"the config stored under {tree} is invalid:", *lines]))
+
+
+class PendingWrite(ZedctlError):
+    """A tree is marked `_pending`: a write is under way or was interrupted."""
+
+    def __init__(self, tree: str, marker: str | None) -> None:
+        super().__init__(
+            f"{tree} is being written ({PENDING_KEY}: {marker or '?'}); readers ignore it "
+            "until the write completes. If that write was interrupted, run configure again."
+        )
+
+
+# -- configure --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    key: str
+    old: str | None
+    new: str | None
+
+    @property
+    def kind(self) -> str:
+        if self.old is None:
+            return "added"
+        if self.new is None:
+            return "removed"
+        return "changed"
+
+
+@dataclass
+class TreeWrite:
+    """One tree replaced as a whole (or removed, when `keys` is None)."""
+
+    label: str
+    tree: str
+    deletes: list[str]
+    keys: dict[str, str] | None
+    transactions: list[list[dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass
+class ConfigurePlan:
+    writes: list[TreeWrite]
+    changes: list[KeyChange]
+
+    def counts(self) -> dict[str, int]:
+        out = {"added": 0, "changed": 0, "removed": 0}
+        for change in self.changes:
+            out[change.kind] += 1
+        return out
+
+
+def pending_marker() -> str:
+    return f"zedctl {socket.gethostname()} {int(time.time())}"
+
+
+def batch_transactions(
+    deletes: Sequence[str],
+    pending_key: str,
+    keys: Mapping[str, str],
+    marker: str,
+    limit: int = TXN_LIMIT,
+) -> list[list[dict[str, Any]]]:
+    """The transactions that replace a tree: one if it fits in `limit` operations."""
+    head = [op("delete-tree", d) for d in deletes]
+    sets = [op("set", k, v) for k, v in keys.items()]
+    if len(head) + len(sets) <= limit:
+        return [head + sets]
+    room = limit - len(head) - 1
+    if room < 1:
+        raise ValueError("batch_transactions: too many deletes for one transaction")
+    txns = [[*head, op("set", pending_key, marker), *sets[:room]]]
+    rest = sets[room:]
+    while len(rest) > limit - 1:
+        txns.append(rest[:limit])
+        rest = rest[limit:]
+    txns.append([*rest, op("delete", pending_key)])
+    return txns
+
+
+def _diff(old: Mapping[str, str | None], new: Mapping[str, str]) -> list[KeyChange]:
+    changes = []
+    for key, value in new.items():
+        if key not in old:
+            changes.append(KeyChange(key, None, value))
+        elif (old[key] or "") != value:
+            changes.append(KeyChange(key, old[key] or "", value))
+    for key, value in old.items():
+        if key not in new:
+            changes.append(KeyChange(key, value or "", None))
+    return changes
+
+
+def _subtree(entries: Mapping[str, KVEntry], tree: str) -> dict[str, str | None]:
+    return {k: e.value for k, e in entries.items() if k.startswith(tree) and not k.endswith("/")}
+
+
+def plan_configure(
+    kv: ConsulKV,
+    layout: Layout,
+    schema: Schema,
+    config: ConfigFile,
+    prune: bool = False,
+    marker: str | None = None,
+) -> ConfigurePlan:
+    """What `configure` would write, as transactions and as a diff against Consul."""
+    marker = marker or pending_marker()
+    writes: list[TreeWrite] = []
+    changes: list[KeyChange] = []
+    current_instances = kv.get_tree(layout.instances)
+
+    if config.global_config is not None:
+        tree = layout.config
+        keys = {tree + k: v for k, v in flatten(schema, "global", config.global_config).items()}
+        write = TreeWrite("global config", tree, [tree], keys)
+        write.transactions = batch_transactions([tree], layout.pending(tree), keys, marker)
+        writes.append(write)
+        changes += _diff(_subtree(kv.get_tree(tree), tree), keys)
+
+    for name in sorted(config.instances):
+        tree = layout.instance(name)
+        deletes = [tree, layout.instance_state(name)]
+        keys = {tree + k: v for k, v in flatten(schema, "instance", config.instances[name]).items()}
+        write = TreeWrite(f"instance {name}", tree, deletes, keys)
+        write.transactions = batch_transactions(deletes, layout.pending(tree), keys, marker)
+        writes.append(write)
+        changes += _diff(_subtree(current_instances, tree), keys)
+
+    if prune:
+        for name in sorted(instance_names(layout, current_instances)):
+            if name in config.instances:
+                continue
+            tree = layout.instance(name)
+            deletes = [tree, layout.instance_state(name)]
+            write = TreeWrite(f"instance {name}", tree, deletes, None)
+            write.transactions = [[op("delete-tree", d) for d in deletes]]
+            writes.append(write)
+            changes += _diff(_subtree(current_instances, tree), {})
+    return ConfigurePlan(writes, changes)
+
+
+def apply_plan(kv: ConsulKV, plan: ConfigurePlan) -> None:
+    """Run a plan's transactions, tree by tree."""
+    for write in plan.writes:
+        total = len(write.transactions)
+        for n, txn in enumerate(write.transactions, 1):
+            try:
+                kv.txn(txn, f"writing {write.label} (transaction {n} of {total})")
+            except ConsulError as e:
+                if n > 1:
+                    raise ConsulError(
+                        f"{e.message}\n{write.tree} is left marked {PENDING_KEY} after "
+                        f"{n - 1} of {total} transactions: run configure again"
+                    ) from None
+                raise
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+def instance_names(layout: Layout, entries: Mapping[str, KVEntry]) -> set[str]:
+    names = set()
+    for key in entries:
+        rest = key[len(layout.instances) :]
+        if "/" in rest:
+            name = rest.split("/", 1)[0]
+            if name:
+                names.add(name)
+    return names
+
+
+def relative_keys(entries: Mapping[str, KVEntry], tree: str) -> dict[str, str | None]:
+    return {k[len(tree) :]: e.value for k, e in entries.items() if k.startswith(tree)}
+
+
+def check_stored(
+    schema: Schema, kind: str, tree: str, rel: Mapping[str, str | None]
+) -> dict[str, Any]:
+    if PENDING_KEY in rel:
+        raise PendingWrite(tree, rel[PENDING_KEY])
+    normalised, problems = read_config(schema, kind, rel)
+    if problems:
+        raise StoredConfigInvalid(tree, problems)
+    return normalised
+
+
+def load_instance(kv: ConsulKV, layout: Layout, schema: Schema, name: str) -> dict[str, Any]:
+    """An instance's stored config, normalised (no defaults)."""
+    tree = layout.instance(name)
+    rel = relative_keys(kv.get_tree(tree), tree)
+    if not rel:
+        raise NotFound(f"instance {name!r} not found (no keys under {tree})")
+    return check_stored(schema, "instance", tree, rel)
+
+
+def load_global(kv: ConsulKV, layout: Layout, schema: Schema) -> dict[str, Any] | None:
+    """The stored global config, normalised; None when nothing is stored."""
+    tree = layout.config
+    rel = relative_keys(kv.get_tree(tree), tree)
+    if not rel:
+        return None
+    return check_stored(schema, "global", tree, rel)
+
+
+@dataclass(frozen=True)
+class InstanceSummary:
+    name: str
+    pools: int | None
+    hosts: int | None
+    note: str = ""
+
+
+def list_instances(kv: ConsulKV, layout: Layout, schema: Schema) -> list[InstanceSummary]:
+    entries = kv.get_tree(layout.instances)
+    out = []
+    for name in sorted(instance_names(layout, entries)):
+        tree = layout.instance(name)
+        rel = relative_keys(entries, tree)
+        try:
+            config = check_stored(schema, "instance", tree, rel)
+        except PendingWrite:
+            out.append(InstanceSummary(name, None, None, "being written (_pending)"))
+            continue
+        except StoredConfigInvalid as e:
+            out.append(InstanceSummary(name, None, None, f"invalid: {len(e.problems)} problem(s)"))
+            continue
+        pools = config["pools"]
+        out.append(InstanceSummary(name, len(pools), sum(len(p["hosts"]) for p in pools)))
+    return out
+
+
+def export(kv: ConsulKV, layout: Layout, schema: Schema) -> ConfigFile:
+    """The whole stored configuration, as a ConfigFile that configure accepts."""
+    entries = kv.get_tree(layout.instances)
+    instances = {}
+    for name in sorted(instance_names(layout, entries)):
+        tree = layout.instance(name)
+        instances[name] = check_stored(schema, "instance", tree, relative_keys(entries, tree))
+    return ConfigFile(load_global(kv, layout, schema), instances)
+
+
+def remove_instance(kv: ConsulKV, layout: Layout, name: str) -> int:
+    """Delete an instance's config and state; the number of config keys removed."""
+    tree, state = layout.instance(name), layout.instance_state(name)
+    config_keys = kv.get_tree(tree)
+    if not config_keys and not kv.get_tree(state):
+        raise NotFound(f"instance {name!r} not found (no keys under {tree} or {state})")
+    kv.txn([op("delete-tree", tree), op("delete-tree", state)], f"removing instance {name}")
+    return len(config_keys)
+
+
+# -- runtime host changes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostChange:
+    instance: str
+    pool: str
+    host: str
+    key: str
+    old: str | None
+    new: str
+
+
+def _pick(kind: str, ref: str, names: Sequence[str], where: str) -> int:
+    """0-based index of the element named `ref`, else of the 1-based index `ref`."""
+    if ref in names:
+        return names.index(ref)
+    if ref.isdigit() and 1 <= int(ref) <= len(names):
+        return int(ref) - 1
+    known = ", ".join(names)
+    raise NotFound(f"{kind} {ref!r} not found in {where} (by name or 1-based index: {known})")
+
+
+def set_host_field(
+    kv: ConsulKV,
+    layout: Layout,
+    schema: Schema,
+    instance: str,
+    pool_ref: str,
+    host_ref: str,
+    field_name: str,
+    value: Any,
+) -> HostChange:
+    """Set one host field (up, weight) with CAS, so a concurrent change is never lost."""
+    normalised, problems = schema.check_field("host", field_name, value)
+    if problems:
+        raise ZedctlError(problems[0].render((field_name,)))
+    tree = layout.instance(instance)
+    entries = kv.get_tree(tree)
+    rel = relative_keys(entries, tree)
+    if not rel:
+        raise NotFound(f"instance {instance!r} not found (no keys under {tree})")
+    config = schema.effective("instance", check_stored(schema, "instance", tree, rel))
+    pools = config["pools"]
+    p = _pick("pool", pool_ref, [x["name"] for x in pools], f"instance {instance!r}")
+    hosts = pools[p]["hosts"]
+    pool_name = pools[p]["name"]
+    h = _pick("host", host_ref, [x["name"] for x in hosts], f"pool {pool_name!r}")
+    host_tree = f"{tree}pools/{p + 1}/hosts/{h + 1}/"
+    anchor = entries[host_tree + "host"]
+    key = host_tree + field_name
+    current = entries.get(key)
+    text = scalar_text(normalised)
+    ops = [
+        op("check-not-exists", layout.pending(tree)),
+        op("check-index", anchor.key, index=anchor.modify_index),
+    ]
+    if current is None:
+        ops += [op("check-not-exists", key), op("set", key, text)]
+    else:
+        ops.append(op("cas", key, text, index=current.modify_index))
+    try:
+        kv.txn(ops, f"setting {key}")
+    except TxnFailed:
+        raise Conflict(
+            f"{key} or its host changed while it was being set (or a configure is under "
+            "way): nothing written; try again"
+        ) from None
+    return HostChange(
+        instance, pool_name, hosts[h]["name"], key, current.value if current else None, text
+    )

@@ -1,0 +1,148 @@
+"""Live status of instances: per host up or down, error count, last error, last check,
+and which node holds the health-check lock; read from the state keys of README.md:
+
+    <prefix>/state/<inst>/<pool>/<host>/errors      count; Flags = unix time of the last error
+    <prefix>/state/<inst>/<pool>/<host>/last_error  message; Flags = its unix time
+    <prefix>/state/<inst>/<pool>/<host>/down        present while down; Flags = since when
+    <prefix>/state/<inst>/<pool>/<host>/check       "ok" or the failure; Flags = its unix time
+    <prefix>/locks/healthcheck                      holder's node name, held by a session
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .consulapi import ConsulKV, KVEntry
+from .errors import NotFound, ZedctlError
+from .kvmap import PENDING_KEY
+from .layout import Layout
+from .ops import check_stored, instance_names, relative_keys
+from .schema import Schema
+
+HEALTHCHECK_LOCK = "healthcheck"
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    pool: str
+    host: str
+    address: str
+    state: str
+    reason: str = ""
+    errors: int = 0
+    last_error: str | None = None
+    last_error_at: int | None = None
+    down_since: int | None = None
+    last_check: str | None = None
+    last_check_at: int | None = None
+
+
+@dataclass
+class InstanceStatus:
+    name: str
+    hosts: list[HostStatus] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class StatusReport:
+    lock_holder: str | None
+    instances: list[InstanceStatus]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "healthcheck_lock": self.lock_holder,
+            "instances": [
+                {"name": i.name, "note": i.note or None, "hosts": [asdict(h) for h in i.hosts]}
+                for i in self.instances
+            ],
+        }
+
+
+def _address(host: Mapping[str, Any]) -> str:
+    if "port" in host:
+        return f"{host['host']}:{host['port']}"
+    return str(host["host"])
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def host_status(
+    pool: Mapping[str, Any], host: Mapping[str, Any], state: dict[str, KVEntry]
+) -> HostStatus:
+    """One host's status from its effective config and its state keys (by leaf name)."""
+    errors, last_error = state.get("errors"), state.get("last_error")
+    down, check = state.get("down"), state.get("check")
+    if down is not None:
+        status, reason = "down", f"marked down: {down.value}" if down.value else "marked down"
+    elif not host["up"]:
+        status, reason = "down", "config: host up = false"
+    elif not pool["up"]:
+        status, reason = "down", "config: pool up = false"
+    else:
+        status, reason = "up", ""
+    last_error_at = None
+    if last_error is not None:
+        last_error_at = last_error.flags or None
+    elif errors is not None:
+        last_error_at = errors.flags or None
+    return HostStatus(
+        pool=pool["name"],
+        host=host["name"],
+        address=_address(host),
+        state=status,
+        reason=reason,
+        errors=_int(errors.value) if errors else 0,
+        last_error=last_error.value if last_error else None,
+        last_error_at=last_error_at,
+        down_since=(down.flags or None) if down else None,
+        last_check=check.value if check else None,
+        last_check_at=(check.flags or None) if check else None,
+    )
+
+
+def read_status(
+    kv: ConsulKV, layout: Layout, schema: Schema, instance: str | None = None
+) -> StatusReport:
+    if instance is not None:
+        config_tree = layout.instance(instance)
+        entries = kv.get_tree(config_tree)
+        names = [instance] if entries else []
+        if not names:
+            raise NotFound(f"instance {instance!r} not found (no keys under {config_tree})")
+        state_entries = kv.get_tree(layout.instance_state(instance))
+    else:
+        entries = kv.get_tree(layout.instances)
+        names = sorted(instance_names(layout, entries))
+        state_entries = kv.get_tree(layout.state)
+    lock = kv.get(layout.lock(HEALTHCHECK_LOCK))
+    holder = lock.value if lock is not None and lock.session else None
+
+    report = StatusReport(holder, [])
+    for name in names:
+        tree = layout.instance(name)
+        rel = relative_keys(entries, tree)
+        item = InstanceStatus(name)
+        report.instances.append(item)
+        if PENDING_KEY in rel:
+            item.note = "being written (_pending)"
+            continue
+        try:
+            config = schema.effective("instance", check_stored(schema, "instance", tree, rel))
+        except ZedctlError as e:  # shown, not raised: status shows the other instances
+            item.note = e.message.splitlines()[0]
+            continue
+        state_tree = layout.instance_state(name)
+        for pool in config["pools"]:
+            for host in pool["hosts"]:
+                base = f"{state_tree}{pool['name']}/{host['name']}/"
+                state = {k[len(base) :]: e for k, e in state_entries.items() if k.startswith(base)}
+                item.hosts.append(host_status(pool, host, state))
+    return report
