@@ -4,6 +4,9 @@
   instead of the embedded dev-consul.
 - `consul` (session fixture): a `ConsulEndpoint` for whichever Consul is in use.
 - Collection of the Test::Nginx-style `t/**/*.t` files (zedctl.testnginx).
+- `nginx_server` (fixture): a factory `nginx_server(config=..., http_config=...,
+  workers=..., name=...)` returning a started `zedctl.testnginx.NginxServer`, stopped at
+  teardown (skips the test when there is no nginx with Lua).
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
+from .testnginx import plugin as _testnginx
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Use the Consul at URL instead of an embedded dev-consul "
         "(ACL token from CONSUL_HTTP_TOKEN).",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _testnginx.configure(config)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    return _testnginx.collect_file(file_path, parent)
+
+
+@pytest.fixture
+def nginx_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    yield from _testnginx.server_factory(request, tmp_path)
 
 
 @pytest.fixture(scope="session")

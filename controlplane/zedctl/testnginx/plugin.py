@@ -1,0 +1,161 @@
+"""pytest glue: `t/**/*.t` files become collectors, blocks become test items.
+
+Wired in by `zedctl.pytest_plugin` (the `zedcup` pytest11 entry point).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .block import BlockFailure, BlockRun, Consul
+from .config import NginxBinary, NginxNotFound, find_nginx
+from .parser import Block, ParseError, parse_file
+from .runner import NginxServer, PortPicker, default_repo
+
+_BINARY_KEY = pytest.StashKey[Any]()
+_PICKER_KEY = pytest.StashKey[PortPicker]()
+_K_TEST_RE = re.compile(r"\bTEST\s+(\d+)\b(?:\s*:)?")
+
+
+def keyword_for(number: int) -> str:
+    """The extra -k keyword of block `TEST <number>`: `-k "TEST 3"` selects exactly it."""
+    return f"TEST_{number}:"
+
+
+def configure(config: pytest.Config) -> None:
+    # `-k "TEST 3"` is not a valid -k expression (two words): rewrite `TEST <n>` to
+    # the keyword every block `TEST <n>: ...` carries.
+    keyword = getattr(config.option, "keyword", "")
+    if keyword and _K_TEST_RE.search(keyword):
+        config.option.keyword = _K_TEST_RE.sub(lambda m: keyword_for(int(m.group(1))), keyword)
+
+
+def nginx_binary(config: pytest.Config) -> NginxBinary:
+    """find_nginx() once per session; raises pytest.skip when there is none."""
+    found = config.stash.get(_BINARY_KEY, None)
+    if found is None:
+        try:
+            found = find_nginx()
+        except NginxNotFound as err:
+            found = err
+        config.stash[_BINARY_KEY] = found
+    if isinstance(found, NginxNotFound):
+        pytest.skip(f"t/ suite skipped: no nginx with Lua: {found}")
+    return found
+
+
+def port_picker(config: pytest.Config) -> PortPicker:
+    picker = config.stash.get(_PICKER_KEY, None)
+    if picker is None:
+        picker = config.stash[_PICKER_KEY] = PortPicker()
+    return picker
+
+
+def collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix == ".t" and "t" in file_path.parent.parts:
+        return TFile.from_parent(parent, path=file_path)
+    return None
+
+
+class TFile(pytest.File):
+    """A Test::Nginx-style `.t` file: one item per block, in file order."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        try:
+            blocks = parse_file(self.path)
+            for block in blocks:
+                block.path = self._relpath()
+                block.validate()
+        except ParseError as err:
+            raise self.CollectError(str(err)) from None
+        only = [b for b in blocks if "ONLY" in b]
+        last_seen = False
+        for block in blocks:
+            item = BlockItem.from_parent(self, name=block.title, callobj=_run_block)
+            item.block = block
+            if block.number is not None:
+                item.extra_keyword_matches.add(keyword_for(block.number))
+            if "SKIP" in block:
+                item.add_marker(pytest.mark.skip(reason="--- SKIP"))
+            elif only and block not in only:
+                item.add_marker(pytest.mark.skip(reason="another block of this file has --- ONLY"))
+            elif last_seen:
+                item.add_marker(pytest.mark.skip(reason="after a block with --- LAST"))
+            if "LAST" in block:
+                last_seen = True
+            yield item
+
+    def _relpath(self) -> str:
+        try:
+            return os.path.relpath(self.path, self.config.rootpath)
+        except ValueError:
+            return str(self.path)
+
+
+def _run_block(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    item = request.node
+    assert isinstance(item, BlockItem)
+    item.run(request, tmp_path)
+
+
+class BlockItem(pytest.Function):
+    """One block: a fresh nginx (or `nodes: N` of them), a request and checks."""
+
+    block: Block
+
+    def run(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+        binary = nginx_binary(self.config)
+        consul = None
+        if self.block.needs_consul:
+            endpoint = request.getfixturevalue("consul")
+            consul = Consul(
+                host=endpoint.host,
+                port=endpoint.port,
+                token=endpoint.token,
+                scheme=endpoint.scheme,
+            )
+        BlockRun(
+            block=self.block,
+            binary=binary,
+            tmp=tmp_path,
+            repo=default_repo(),
+            picker=port_picker(self.config),
+            consul=consul,
+            env=dict(os.environ),
+        ).run()
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, max(0, self.block.line - 1), self.name
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> Any:
+        if isinstance(excinfo.value, BlockFailure):
+            return f"{excinfo.value.report()}\n\n(block at {self.block.path}:{self.block.line})"
+        if isinstance(excinfo.value, ParseError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+
+def server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Body of the `nginx_server` fixture: start NginxServers, stop them at teardown."""
+    binary = nginx_binary(request.config)
+    picker = port_picker(request.config)
+    started: list[NginxServer] = []
+
+    def start(**kwargs: Any) -> NginxServer:
+        name = kwargs.pop("name", f"nginx{len(started) + 1}")
+        kwargs.setdefault("binary", binary)
+        server = NginxServer(servroot=tmp_path / name, **kwargs)
+        started.append(server)
+        return server.start(picker)
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
