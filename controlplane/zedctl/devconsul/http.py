@@ -1,0 +1,725 @@
+"""HTTP front end of dev-consul: parses requests the way Consul's agent does and answers
+with Consul's status codes, headers and JSON shapes. State lives in store.Store."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import random
+import re
+import select
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+from .durations import MINUTE, SECOND, DurationError, parse_duration
+from .store import (
+    DATACENTER,
+    DEFAULT_LOCK_DELAY,
+    MAX_TXN_OPS,
+    MAX_VALUE_SIZE,
+    Entry,
+    Session,
+    SessionNotFound,
+    Store,
+    StoreError,
+    TxnConflict,
+    TxnOp,
+)
+
+JSON_TYPE = "application/json"
+TEXT_TYPE = "text/plain; charset=utf-8"
+DEFAULT_WAIT = 5 * MINUTE
+MAX_WAIT = 10 * MINUTE
+JITTER_FRACTION = 16
+LEADER = "127.0.0.1:8300"
+VERSION = "1.16.0"
+# Bodies larger than this are not drained after a 413: the connection is closed.
+MAX_DRAIN = 64 * 1024 * 1024
+_UINT = re.compile(r"[0-9]+")
+_UINT64_MAX = (1 << 64) - 1
+
+
+class HTTPError(Exception):
+    """Answer with `status` and a plain-text body (Consul's error style)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str | None = JSON_TYPE
+    index: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    raw_query: list[tuple[str, str]]
+    headers: Any
+    body: bytes
+    alive: Callable[[], bool] | None = None  # is the client still connected?
+
+
+def go_json(value: Any, pretty: bool = False) -> bytes:
+    """Encode like Go's encoding/json: compact, UTF-8, with <, >, & escaped."""
+    if pretty:
+        text = json.dumps(value, ensure_ascii=False, indent=4) + "\n"
+    else:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    for char, esc in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
+        text = text.replace(char, esc)
+    return text.encode("utf-8")
+
+
+def go_parse_uint(text: str) -> int:
+    """strconv.ParseUint(text, 10, 64), with Go's error message."""
+    if not _UINT.fullmatch(text):
+        raise ValueError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
+    value = int(text)
+    if value > _UINT64_MAX:
+        raise ValueError(f'strconv.ParseUint: parsing "{text}": value out of range')
+    return value
+
+
+def entry_json(entry: Entry, with_value: bool = True) -> dict[str, Any]:
+    value = None
+    if with_value and entry.value:
+        value = base64.b64encode(entry.value).decode("ascii")
+    out: dict[str, Any] = {
+        "LockIndex": entry.lock_index,
+        "Key": entry.key,
+        "Flags": entry.flags,
+        "Value": value,
+    }
+    if entry.session:
+        out["Session"] = entry.session
+    out["CreateIndex"] = entry.create_index
+    out["ModifyIndex"] = entry.modify_index
+    return out
+
+
+def session_json(sess: Session) -> dict[str, Any]:
+    return {
+        "ID": sess.id,
+        "Name": sess.name,
+        "Node": sess.node,
+        "LockDelay": sess.lock_delay,
+        "Behavior": sess.behavior,
+        "TTL": sess.ttl,
+        "NodeChecks": sess.node_checks,
+        "ServiceChecks": sess.service_checks,
+        "CreateIndex": sess.create_index,
+        "ModifyIndex": sess.modify_index,
+    }
+
+
+def _fold(obj: dict[str, Any]) -> dict[str, Any]:
+    """Field names matched case-insensitively, as Go's JSON decoder does."""
+    return {str(k).lower(): v for k, v in obj.items()}
+
+
+class Api:
+    """Consul's HTTP API over a Store; one method per endpoint family."""
+
+    def __init__(self, store: Store, acl_token: str | None = None) -> None:
+        self.store = store
+        self.acl_token = acl_token
+
+    # ------------------------------------------------------------ dispatch
+
+    def handle(self, req: Request, oversized: int = 0) -> Response:
+        """Answer one request; `oversized` is the size of a KV body too big to keep."""
+        try:
+            self._check_acl(req)
+            dc = req.query.get("dc", "")
+            if dc and dc != DATACENTER:
+                raise HTTPError(500, "No path to datacenter")
+            if oversized:
+                req.body = b""
+                if req.path.startswith("/v1/kv/"):
+                    self._kv_put_checks(req, req.path[len("/v1/kv/") :])
+                raise HTTPError(413, too_large(oversized))
+            return self._route(req)
+        except HTTPError as err:
+            resp = Response(err.status, err.message.encode("utf-8"), TEXT_TYPE)
+            resp.headers.update(err.headers)
+            return resp
+        except StoreError as err:
+            return Response(500, str(err).encode("utf-8"), TEXT_TYPE)
+
+    def _check_acl(self, req: Request) -> None:
+        if self.acl_token is None:
+            return
+        token = req.query.get("token", "")
+        if not token:
+            token = req.headers.get("X-Consul-Token", "") or ""
+        if not token:
+            auth = req.headers.get("Authorization", "") or ""
+            scheme, _, value = auth.strip().partition(" ")
+            if scheme.lower() == "bearer":
+                token = value.strip()
+        if not token:
+            raise HTTPError(403, "Permission denied")
+        if token != self.acl_token:
+            raise HTTPError(403, "ACL not found")
+
+    def _route(self, req: Request) -> Response:
+        path = req.path
+        if path.startswith("/v1/kv/") or path == "/v1/kv":
+            key = path[len("/v1/kv/") :] if path.startswith("/v1/kv/") else ""
+            return self._methods(
+                req, {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete}, key
+            )
+        if path == "/v1/txn":
+            return self._methods(req, {"PUT": self.txn})
+        if path.startswith("/v1/session/"):
+            rest = path[len("/v1/session/") :]
+            name, _, arg = rest.partition("/")
+            handlers: dict[str, dict[str, Callable[..., Response]]] = {
+                "create": {"PUT": self.session_create},
+                "destroy": {"PUT": self.session_destroy},
+                "renew": {"PUT": self.session_renew},
+                "info": {"GET": self.session_info},
+                "node": {"GET": self.session_node},
+                "list": {"GET": self.session_list},
+            }
+            if name in handlers:
+                return self._methods(req, handlers[name], arg)
+        simple: dict[str, Callable[[Request], Any]] = {
+            "/v1/status/leader": lambda r: LEADER,
+            "/v1/status/peers": lambda r: [LEADER],
+            "/v1/catalog/datacenters": lambda r: [DATACENTER],
+            "/v1/agent/self": self.agent_self,
+        }
+        if path in simple:
+            fn = simple[path]
+            return self._methods(
+                req, {"GET": lambda r: self._json(r, fn(r), index=self.store.current_index())}
+            )
+        raise HTTPError(404, "404 page not found\n")
+
+    def _methods(
+        self, req: Request, table: dict[str, Callable[..., Response]], *args: str
+    ) -> Response:
+        fn = table.get(req.method)
+        if fn is None:
+            raise HTTPError(
+                405, f"method {req.method} not allowed", {"Allow": ", ".join(sorted(table))}
+            )
+        return fn(req, *args)
+
+    def _json(
+        self, req: Request, value: Any, status: int = 200, index: int | None = None
+    ) -> Response:
+        return Response(status, go_json(value, "pretty" in req.query), JSON_TYPE, index)
+
+    # ------------------------------------------------------------ blocking
+
+    def _blocking(self, req: Request) -> tuple[int, float]:
+        return blocking_params(req.query)
+
+    # ------------------------------------------------------------ KV
+
+    def kv_get(self, req: Request, key: str) -> Response:
+        q = req.query
+        min_index, timeout = self._blocking(req)
+        if "keys" in q:
+            sep = q.get("separator", q.get("seperator", ""))
+            index, keys = self.store.block(
+                "prefix", key, lambda: self.store.kv_keys(key, sep), min_index, timeout, req.alive
+            )
+            if not keys and key:
+                return Response(404, b"", None, index)
+            return self._json(req, keys, index=index)
+        if "recurse" in q:
+            index, entries = self.store.block(
+                "prefix", key, lambda: self.store.kv_list(key), min_index, timeout, req.alive
+            )
+            if not entries:
+                return Response(404, b"", None, index)
+            return self._json(req, [entry_json(e) for e in entries], index=index)
+        if not key:
+            raise HTTPError(400, "Missing key name")
+        index, entry = self.store.block(
+            "key", key, lambda: self.store.kv_get(key), min_index, timeout, req.alive
+        )
+        if entry is None:
+            return Response(404, b"", None, index)
+        if "raw" in q:
+            return Response(200, entry.value, "text/plain", index)
+        return self._json(req, [entry_json(entry)], index=index)
+
+    def _conflicting(self, req: Request, *names: str) -> None:
+        if sum(1 for n in names if n in req.query) > 1:
+            encoded = urlencode(sorted(req.raw_query))
+            raise HTTPError(400, f"Conflicting flags: {encoded}")
+
+    def _uint_param(self, req: Request, name: str) -> int:
+        try:
+            return go_parse_uint(req.query[name])
+        except ValueError as err:
+            raise HTTPError(500, str(err)) from None
+
+    def _kv_put_checks(self, req: Request, key: str) -> tuple[int, int | None]:
+        """What Consul checks before it looks at the body; answers (flags, cas)."""
+        q = req.query
+        if not key:
+            raise HTTPError(400, "Missing key name")
+        self._conflicting(req, "cas", "acquire", "release")
+        flags = self._uint_param(req, "flags") if "flags" in q else 0
+        cas = self._uint_param(req, "cas") if "cas" in q else None
+        return flags, cas
+
+    def kv_put(self, req: Request, key: str) -> Response:
+        q = req.query
+        flags, cas = self._kv_put_checks(req, key)
+        body = req.body
+        if len(body) > MAX_VALUE_SIZE:
+            raise HTTPError(413, too_large(len(body)))
+        if "acquire" in q:
+            ok = self.store.kv_acquire(key, body, flags, q["acquire"])
+        elif "release" in q:
+            ok = self.store.kv_release(key, body, flags, q["release"])
+        else:
+            ok = self.store.kv_set(key, body, flags, cas)
+        return self._json(req, ok)
+
+    def kv_delete(self, req: Request, key: str) -> Response:
+        q = req.query
+        self._conflicting(req, "recurse", "cas")
+        if "recurse" in q:
+            return self._json(req, self.store.kv_delete_tree(key))
+        if not key:
+            raise HTTPError(400, "Missing key name")
+        cas = self._uint_param(req, "cas") if "cas" in q else None
+        return self._json(req, self.store.kv_delete(key, cas))
+
+    # ------------------------------------------------------------ transactions
+
+    def txn(self, req: Request) -> Response:
+        try:
+            raw = json.loads(req.body or b"null")
+        except (ValueError, UnicodeDecodeError) as err:
+            raise HTTPError(400, f"Failed to parse body: {err}") from None
+        if raw is None:
+            raw = []
+        if not isinstance(raw, list):
+            raise HTTPError(
+                400, "Failed to parse body: json: cannot unmarshal into a list of operations"
+            )
+        if len(raw) > MAX_TXN_OPS:
+            raise HTTPError(
+                413, f"Transaction contains too many operations ({len(raw)} > {MAX_TXN_OPS})"
+            )
+        ops = [self._txn_op(i, item) for i, item in enumerate(raw)]
+        try:
+            results = self.store.txn(ops)
+        except TxnConflict as err:
+            errors = [{"OpIndex": i, "What": what} for i, what in err.errors]
+            return self._json(req, {"Results": None, "Errors": errors}, status=409)
+        out = [{"KV": entry_json(r.entry, r.with_value)} for r in results]
+        return self._json(req, {"Results": out, "Errors": None})
+
+    @staticmethod
+    def _txn_op(i: int, item: Any) -> TxnOp:
+        def bad(why: str) -> HTTPError:
+            return HTTPError(400, f"Failed to parse body: operation {i}: {why}")
+
+        if not isinstance(item, dict):
+            raise bad("not an object")
+        folded = _fold(item)
+        kv = folded.get("kv")
+        if not isinstance(kv, dict):
+            raise bad("only KV operations are supported")
+        kv = _fold(kv)
+        verb = kv.get("verb") or ""
+        key = kv.get("key") or ""
+        value = kv.get("value")
+        session = kv.get("session") or ""
+        if not isinstance(verb, str) or not isinstance(key, str) or not isinstance(session, str):
+            raise bad("Verb, Key and Session must be strings")
+        if value is None:
+            data = b""
+        elif isinstance(value, str):
+            try:
+                data = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise bad(f"Value of key {key!r} is not valid base64") from None
+        else:
+            raise bad("Value must be a base64 string")
+        if len(data) > MAX_VALUE_SIZE:
+            raise HTTPError(
+                413, f'Value for key "{key}" is too large ({len(data)} > {MAX_VALUE_SIZE} bytes)'
+            )
+        nums = {}
+        for name in ("flags", "index"):
+            v = kv.get(name) or 0
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _UINT64_MAX:
+                raise bad(f"{name.capitalize()} must be an unsigned integer, got {v!r}")
+            nums[name] = v
+        return TxnOp(verb, key, data, nums["flags"], nums["index"], session)
+
+    # ------------------------------------------------------------ sessions
+
+    def session_create(self, req: Request, arg: str = "") -> Response:
+        fields: dict[str, Any] = {}
+        if req.body.strip():
+            try:
+                raw = json.loads(req.body)
+            except (ValueError, UnicodeDecodeError) as err:
+                raise HTTPError(400, f"Request decode failed: {err}") from None
+            if raw is not None and not isinstance(raw, dict):
+                raise HTTPError(400, "Request decode failed: body must be a JSON object")
+            fields = _fold(raw or {})
+
+        def text(name: str) -> str:
+            v = fields.get(name)
+            if v is None:
+                return ""
+            if not isinstance(v, str):
+                raise HTTPError(400, f"Request decode failed: {name} must be a string, got {v!r}")
+            return v
+
+        lock_delay = DEFAULT_LOCK_DELAY
+        if fields.get("lockdelay") is not None:
+            lock_delay = parse_lock_delay(fields["lockdelay"])
+        node_checks = fields.get("nodechecks", fields.get("checks"))
+        if node_checks is not None and (
+            not isinstance(node_checks, list) or not all(isinstance(c, str) for c in node_checks)
+        ):
+            raise HTTPError(400, "Request decode failed: NodeChecks must be a list of strings")
+        service_checks = fields.get("servicechecks")
+        if service_checks is not None and not isinstance(service_checks, list):
+            raise HTTPError(400, "Request decode failed: ServiceChecks must be a list")
+        sess = self.store.session_create(
+            name=text("name"),
+            node=text("node") or None,
+            lock_delay=lock_delay,
+            behavior=text("behavior"),
+            ttl=text("ttl"),
+            node_checks=node_checks,
+            service_checks=service_checks,
+        )
+        return self._json(req, {"ID": sess.id})
+
+    def session_destroy(self, req: Request, sid: str = "") -> Response:
+        if not sid:
+            raise HTTPError(400, "Missing session")
+        self.store.session_destroy(sid)
+        return self._json(req, True)
+
+    def session_renew(self, req: Request, sid: str = "") -> Response:
+        if not sid:
+            raise HTTPError(400, "Missing session")
+        try:
+            sess = self.store.session_renew(sid)
+        except SessionNotFound:
+            raise HTTPError(404, f"Session id '{sid}' not found") from None
+        return self._json(req, [session_json(sess)])
+
+    def session_info(self, req: Request, sid: str = "") -> Response:
+        if not sid:
+            raise HTTPError(400, "Missing session")
+        min_index, timeout = self._blocking(req)
+        index, sess = self.store.block(
+            "session", "", lambda: self.store.session_get(sid), min_index, timeout, req.alive
+        )
+        return self._json(req, [session_json(sess)] if sess else [], index=index)
+
+    def session_list(self, req: Request, arg: str = "") -> Response:
+        min_index, timeout = self._blocking(req)
+        index, sessions = self.store.block(
+            "session", "", lambda: self.store.session_list(), min_index, timeout, req.alive
+        )
+        return self._json(req, [session_json(s) for s in sessions], index=index)
+
+    def session_node(self, req: Request, node: str = "") -> Response:
+        if not node:
+            raise HTTPError(400, "Missing node name")
+        min_index, timeout = self._blocking(req)
+        index, sessions = self.store.block(
+            "session", "", lambda: self.store.session_list(node), min_index, timeout, req.alive
+        )
+        return self._json(req, [session_json(s) for s in sessions], index=index)
+
+    # ------------------------------------------------------------ agent
+
+    def agent_self(self, req: Request) -> dict[str, Any]:
+        node = self.store.node
+        return {
+            "Config": {
+                "Datacenter": DATACENTER,
+                "PrimaryDatacenter": DATACENTER,
+                "NodeName": node,
+                "NodeID": self.store.node_id,
+                "Server": True,
+                "Revision": "devconsul",
+                "Version": VERSION,
+            },
+            "DebugConfig": {"Datacenter": DATACENTER, "NodeName": node, "DevMode": True},
+            "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+            "Member": {
+                "Name": node,
+                "Addr": "127.0.0.1",
+                "Port": 8301,
+                "Tags": {"dc": DATACENTER, "role": "consul", "build": VERSION},
+                "Status": 1,
+            },
+            "Meta": {"consul-network-segment": ""},
+            "Stats": {"consul": {"leader": "true", "server": "true"}},
+        }
+
+
+def blocking_params(
+    query: dict[str, str], rand: Callable[[], float] = random.random
+) -> tuple[int, float]:
+    """Parse `index` and `wait` (and the consistency flags) as Consul's agent does.
+
+    Answers (min_index, timeout in seconds): wait defaults to 5m, is capped at 10m and
+    gets up to wait/16 of random jitter. Raises HTTPError 400 on bad values.
+    """
+    if "stale" in query and "consistent" in query:
+        raise HTTPError(
+            400, "Cannot specify ?stale with ?consistent, conflicting consistency modes"
+        )
+    wait = DEFAULT_WAIT
+    if query.get("wait"):
+        try:
+            wait = parse_duration(query["wait"])
+        except DurationError:
+            raise HTTPError(400, "Invalid wait time") from None
+    index = 0
+    if query.get("index"):
+        try:
+            index = go_parse_uint(query["index"])
+        except ValueError:
+            raise HTTPError(400, "Invalid index") from None
+    if wait > MAX_WAIT:
+        wait = MAX_WAIT
+    elif wait <= 0:
+        wait = DEFAULT_WAIT
+    wait += int(rand() * (wait // JITTER_FRACTION))
+    return index, wait / SECOND
+
+
+def too_large(size: int) -> str:
+    return (
+        f"Request body({size} bytes) too large, max size: {MAX_VALUE_SIZE} bytes. "
+        "See https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size."
+    )
+
+
+def parse_lock_delay(value: Any) -> int:
+    """LockDelay as Consul decodes it: a Go duration string, or a number of ns where a
+    number below 1000 means seconds. Answers nanoseconds."""
+    if isinstance(value, bool):
+        raise HTTPError(400, f"Request decode failed: LockDelay {value!r} is not a duration")
+    if isinstance(value, (int, float)):
+        if value < 1000:
+            return int(value) * SECOND
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except DurationError as err:
+            raise HTTPError(400, f"Request decode failed: {err}") from None
+    raise HTTPError(400, f"Request decode failed: LockDelay {value!r} is not a duration")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], api: Api) -> None:
+        self.api = api
+        self.connections: set[socket.socket] = set()
+        self.conn_lock = threading.Lock()
+        self.active = 0  # requests being answered right now
+        self.idle = threading.Condition(self.conn_lock)
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, Handler)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is being answered (True) or `timeout` s pass (False)."""
+        with self.idle:
+            return self.idle.wait_for(lambda: self.active == 0, timeout)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, OSError)):
+            return
+        print(f"dev-consul: error serving {client_address}: {exc!r}", file=sys.stderr)
+
+    def close_connections(self) -> None:
+        with self.conn_lock:
+            conns = list(self.connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def version_string(self) -> str:
+        return "dev-consul"
+
+    def setup(self) -> None:
+        super().setup()
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server.conn_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.conn_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: tests and the CLI keep stderr for real problems
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_PUT = do_DELETE = do_POST = do_HEAD = do_OPTIONS = do_PATCH = do_GET
+
+    def _read_body(self) -> tuple[bytes, int] | None:
+        """(body, 0), or (b"", size) for a KV body over the limit (drained, not kept), or
+        None when the request could not be read (answered already or connection lost)."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            total = 0
+            while True:
+                line = self.rfile.readline(65537)
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                total += size
+                if total > MAX_DRAIN:
+                    self.close_connection = True
+                    return b"", total
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            return b"".join(chunks), 0
+        length_text = self.headers.get("Content-Length") or "0"
+        try:
+            length = int(length_text)
+            if length < 0:
+                raise ValueError(length_text)
+        except ValueError:
+            self.close_connection = True
+            self._send(Response(400, b"Invalid Content-Length", TEXT_TYPE))
+            return None
+        if length > MAX_VALUE_SIZE and self.command == "PUT" and self.path.startswith("/v1/kv/"):
+            if length > MAX_DRAIN:
+                self.close_connection = True
+            else:
+                remaining = length
+                while remaining > 0:
+                    got = self.rfile.read(min(remaining, 1 << 16))
+                    if not got:
+                        break
+                    remaining -= len(got)
+            return b"", length
+        return (self.rfile.read(length) if length else b""), 0
+
+    def _serve(self) -> None:
+        with self.server.idle:
+            self.server.active += 1
+        try:
+            self._serve_one()
+        finally:
+            with self.server.idle:
+                self.server.active -= 1
+                self.server.idle.notify_all()
+
+    def _serve_one(self) -> None:
+        parts = urlsplit(self.path)
+        raw_query = parse_qsl(parts.query, keep_blank_values=True)
+        query: dict[str, str] = {}
+        for k, v in raw_query:
+            query.setdefault(k, v)
+        try:
+            got = self._read_body()
+        except (ValueError, OSError):
+            self.close_connection = True
+            return
+        if got is None:
+            return
+        body, oversized = got
+        req = Request(
+            method=self.command,
+            path=unquote(parts.path),
+            query=query,
+            raw_query=raw_query,
+            headers=self.headers,
+            body=body,
+            alive=self._client_connected,
+        )
+        try:
+            resp = self.server.api.handle(req, oversized)
+        except Exception as err:  # never a traceback to the client
+            print(f"dev-consul: {self.command} {self.path}: {err!r}", file=sys.stderr)
+            line = str(err).splitlines()[0] if str(err) else type(err).__name__
+            resp = Response(500, line.encode("utf-8"), TEXT_TYPE)
+        self._send(resp)
+
+    def _client_connected(self) -> bool:
+        """False once the peer has closed its end (EOF waiting on the socket)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return True
+            return self.connection.recv(1, socket.MSG_PEEK) != b""
+        except (OSError, ValueError):
+            return False
+
+    def _send(self, resp: Response) -> None:
+        self.send_response(resp.status)
+        if resp.content_type:
+            self.send_header("Content-Type", resp.content_type)
+        if resp.index is not None:
+            self.send_header("X-Consul-Index", str(resp.index))
+            self.send_header("X-Consul-Knownleader", "true")
+            self.send_header("X-Consul-Lastcontact", "0")
+        for name, value in resp.headers.items():
+            self.send_header(name, value)
+        body = b"" if self.command == "HEAD" else resp.body
+        self.send_header("Content-Length", str(len(resp.body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        # Headers and body in one write: two small writes meet the peer's delayed ACK.
+        self._headers_buffer.append(b"\r\n")
+        if body:
+            self._headers_buffer.append(body)
+        self.flush_headers()
