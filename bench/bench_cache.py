@@ -4,12 +4,14 @@ Runs, in one nginx worker and one request, the same loop over 100 keys with:
 
 - a plain Lua table lookup (the floor),
 - resty.lrucache's get (what L1 is built on),
-- zedcup.cache's get on an L1 hit (the hot path of the data plane),
+- zedcup.cache's get on an L1 hit (the hot path of the data plane), also in the
+  get(key, nil, callback, arg) form mlcache users write,
 - ngx.shared.DICT:get (what every lookup would cost without L1),
 
 and prints nanoseconds per lookup (best of several rounds, monotonic clock read
 through the FFI) and the ratios between them. Also checks, with the GC
-stopped, that the L1 hits allocated nothing.
+stopped, that the L1 hits allocated nothing, and, with every shared dict
+method wrapped in a counter, that they made no shared dict call.
 
     .venv/bin/python bench/bench_cache.py [--iterations N] [--rounds R]
 """
@@ -54,6 +56,7 @@ CONFIG_TEMPLATE = r"""
             local dict = ngx.shared.bench_cache
             local c = assert(cache.new("bench", "bench_cache",
                                        { lru_size = NKEYS, ttl = 0, ipc_shm = "bench_ipc" }))
+            local function fetch(k) return tbl[k] end
             for i = 1, NKEYS do
                 local k = "key:" .. i
                 keys[i] = k
@@ -69,28 +72,41 @@ CONFIG_TEMPLATE = r"""
                 table = function()
                     local hits = 0
                     for i = 1, N do
-                        if tbl[keys[i % NKEYS + 1]] then hits = hits + 1 end
+                        local k = keys[i % NKEYS + 1]
+                        if tbl[k] then hits = hits + 1 end
                     end
                     return hits
                 end,
                 lrucache = function()
                     local hits = 0
                     for i = 1, N do
-                        if lru:get(keys[i % NKEYS + 1]) then hits = hits + 1 end
+                        local k = keys[i % NKEYS + 1]
+                        if lru:get(k) then hits = hits + 1 end
                     end
                     return hits
                 end,
                 cache_l1 = function()
                     local hits = 0
                     for i = 1, N do
-                        if c:get(keys[i % NKEYS + 1]) then hits = hits + 1 end
+                        local k = keys[i % NKEYS + 1]
+                        if c:get(k) then hits = hits + 1 end
+                    end
+                    return hits
+                end,
+                -- the form mlcache users write: get(key, opts, callback, arg)
+                cache_l1_cb = function()
+                    local hits = 0
+                    for i = 1, N do
+                        local k = keys[i % NKEYS + 1]
+                        if c:get(k, nil, fetch, k) then hits = hits + 1 end
                     end
                     return hits
                 end,
                 shdict = function()
                     local hits = 0
                     for i = 1, N do
-                        if dict:get(keys[i % NKEYS + 1]) then hits = hits + 1 end
+                        local k = keys[i % NKEYS + 1]
+                        if dict:get(k) then hits = hits + 1 end
                     end
                     return hits
                 end,
@@ -110,13 +126,33 @@ CONFIG_TEMPLATE = r"""
                 result.ns[name] = best / N
             end
 
-            -- allocation during L1 hits, GC stopped
+            -- allocation during L1 hits (both call forms), GC stopped
             collectgarbage("collect")
             collectgarbage("stop")
             local before = collectgarbage("count")
             loops.cache_l1()
+            loops.cache_l1_cb()
             result.l1_kb_allocated = collectgarbage("count") - before
             collectgarbage("restart")
+
+            -- shared dict calls during L1 hits: every dict method (all dicts
+            -- share one metatable) counts its calls; the plain dict loop is
+            -- the control that shows the counter works
+            local methods = getmetatable(dict).__index
+            local saved, calls = {}, 0
+            for name, f in pairs(methods) do
+                if type(f) == "function" then
+                    saved[name] = f
+                    methods[name] = function(...) calls = calls + 1; return f(...) end
+                end
+            end
+            loops.cache_l1()
+            loops.cache_l1_cb()
+            result.l1_shdict_calls = calls
+            calls = 0
+            loops.shdict()
+            result.control_shdict_calls = calls
+            for name, f in pairs(saved) do methods[name] = f end
 
             ngx.header["Content-Type"] = "application/json"
             ngx.say(cjson.encode(result))
@@ -131,6 +167,8 @@ class Result:
     rounds: int
     ns: dict[str, float]
     l1_kb_allocated: float
+    l1_shdict_calls: int
+    control_shdict_calls: int
 
 
 def run(iterations: int, rounds: int) -> Result:
@@ -155,6 +193,8 @@ def run(iterations: int, rounds: int) -> Result:
         rounds=data["rounds"],
         ns=data["ns"],
         l1_kb_allocated=data["l1_kb_allocated"],
+        l1_shdict_calls=data["l1_shdict_calls"],
+        control_shdict_calls=data["control_shdict_calls"],
     )
 
 
@@ -169,6 +209,7 @@ def report(result: Result) -> str:
         "table": "Lua table",
         "lrucache": "resty.lrucache get",
         "cache_l1": "zedcup.cache get (L1 hit)",
+        "cache_l1_cb": "  get(k, nil, cb, arg)",
         "shdict": "ngx.shared.DICT get",
     }
     for name, label in labels.items():
@@ -177,7 +218,10 @@ def report(result: Result) -> str:
         "",
         f"L1 hit vs lrucache get:  {ns['cache_l1'] / ns['lrucache']:.2f}x",
         f"shared dict get vs L1 hit: {ns['shdict'] / ns['cache_l1']:.2f}x",
-        f"KB allocated by {result.iterations} L1 hits (GC stopped): {result.l1_kb_allocated:.1f}",
+        f"KB allocated by {2 * result.iterations} L1 hits (GC stopped): "
+        f"{result.l1_kb_allocated:.1f}",
+        f"shared dict calls during {2 * result.iterations} L1 hits: {result.l1_shdict_calls}"
+        f" (control, {result.iterations} dict gets: {result.control_shdict_calls})",
     ]
     return "\n".join(lines)
 

@@ -131,7 +131,7 @@ $
 
 
 
-=== TEST 3: request bodies: string, table of strings, iterator (chunked or sized)
+=== TEST 3: request bodies: string, table of strings, iterator (chunked by us or sized); with Transfer-Encoding: chunked the caller frames
 --- http_config
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
@@ -170,10 +170,12 @@ $
             show({ method = "POST", body = iter({ "an ", "", "iterator" }) })
             show({ method = "POST", body = iter({ "sized ", "iterator" }),
                    headers = { ["Content-Length"] = 14 } })
-            show({ method = "POST", body = "chunked by request",
+            show({ method = "POST", body = "7\r\nchunked\r\nb\r\n by request\r\n0\r\n\r\n",
                    headers = { ["Transfer-Encoding"] = "chunked" } })
-            show({ method = "POST", body = { "chunked ", "table" },
+            show({ method = "POST", body = { "8\r\nchunked \r\n", "5\r\ntable\r\n", "0\r\n\r\n" },
                    headers = { ["transfer-encoding"] = "chunked" } })
+            show({ method = "POST", body = iter({ "3\r\nit", "e\r\n", "0\r\n\r\n" }),
+                   headers = { ["Transfer-Encoding"] = "chunked" } })
             show({ method = "POST" })
             show({ method = "POST", body = "" })
             ngx.say("reused on one connection: ", httpc:set_keepalive())
@@ -212,6 +214,7 @@ POST cl=nil te=chunked body=\[an iterator\]
 POST cl=14 te=nil body=\[sized iterator\]
 POST cl=nil te=chunked body=\[chunked by request\]
 POST cl=nil te=chunked body=\[chunked table\]
+POST cl=nil te=chunked body=\[ite\]
 POST cl=0 te=nil body=\[nil\]
 POST cl=0 te=nil body=\[nil\]
 reused on one connection: 1
@@ -508,19 +511,23 @@ keepalive: 1
 --- request
 GET /t
 --- response_body
-version 1 connection=close n=1 keepalive: nilkeepalive refused: HTTP/1.0 request without keep-alive
+version 1 connection=close n=1 keepalive: 2connection must be closed
 version 1 connection=keep-alive n=1 keepalive: 1
 version 1 connection=keep-alive n=2 keepalive: 1
-version 1.1 connection=close n=3 keepalive: nilkeepalive refused: request has Connection: close
-ok connection=nil n=nil keepalive: nilkeepalive refused: HTTP/1.0 response without keep-alive
+version 1.1 connection=close n=3 keepalive: 2connection must be closed
+ok connection=nil n=nil keepalive: 2connection must be closed
 ok connection=Keep-Alive n=nil keepalive: 1
 pooled, closing
+--- error_log
+connection closed, not pooled: HTTP/1.0 request without keep-alive
+connection closed, not pooled: request has Connection: close
+connection closed, not pooled: HTTP/1.0 response without keep-alive
 --- no_error_log
 [error]
 
 
 
-=== TEST 8: set_keepalive refuses (and closes) connections that cannot be reused
+=== TEST 8: set_keepalive closes connections that cannot be reused: 2, "connection must be closed" (the protocol's reasons) or nil, err (unread body, no connection)
 --- http_config
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
@@ -613,15 +620,18 @@ stale reader: nilread body failed: closed
 old reader: nilread body failed: the connection has moved on to another request
 new body: xxxxxxxxxx 1
 next request: nilsend request failed: the previous response body was not fully read
-close bye: nilkeepalive refused: response has Connection: close
-has_body=true [until the end]: nilkeepalive refused: response body delimited by connection close
-until| the |end: nilkeepalive refused: response body delimited by connection close
+close bye: 2connection must be closed
+has_body=true [until the end]: 2connection must be closed
+until| the |end: 2connection must be closed
 close: 1
 after close: nilkeepalive refused: not connected
 close again: nilclose failed: not connected
 request: nilsend request failed: not connected
 reused: nilget reused times failed: not connected
 fresh: nilkeepalive refused: not connected
+--- error_log
+connection closed, not pooled: response has Connection: close
+connection closed, not pooled: response body delimited by connection close
 --- no_error_log
 [alert]
 
@@ -964,14 +974,14 @@ GET /t
 200 n=3 GET / host=127.0.0.1:$TEST_NGINX_RAND_PORT_1 [nil]
 200 n=1 GET /override host=127.0.0.1:$TEST_NGINX_RAND_PORT_1 [nil]
 201 abc x-digest=42
-nilbad uri "ftp://127.0.0.1/": unsupported scheme "ftp"
+nilbad uri: ftp://127.0.0.1/
 nilconnect to 127.0.0.1:1 failed: connection refused
 --- no_error_log
 [error]
 
 
 
-=== TEST 15: parse_uri
+=== TEST 15: parse_uri: lua-resty-http's results (scheme-relative URIs, IPv6 hosts in brackets, "bad uri: <uri>")
 --- config
     location = /t {
         content_by_lua_block {
@@ -999,6 +1009,10 @@ nilconnect to 127.0.0.1:1 failed: connection refused
             show("http://example.com:0/")
             show("http://example.com:99999/")
             show("http://:80/")
+            show("http:///example.com")
+            show("//example.com")
+            show("//example.com/foo/bar?a=1&b=2", false)
+            show("//[0:0:0:0:0:0:0:0]?a=1&b=2", false)
             -- also callable as a plain function
             local parts = http.parse_uri("http://h/p?q", false)
             ngx.say(parts[2], " ", parts[4], " ", parts[5])
@@ -1012,15 +1026,19 @@ https | example.com | 443 | / |
 http | Example.com | 8080 | /a/b?c=d&e=f | 
 http | example.com | 8080 | /a/b | c=d&e=f
 http | example.com | 80 | /x | 
-http | ::1 | 81 | /v6 | 
-https | ::1 | 443 | / | q=1
+http | [::1] | 81 | /v6 | 
+https | [::1] | 443 | / | q=1
 http | unix:/tmp/a.sock | nil | /p?q | 
 http | unix:/tmp/a.sock | nil | / | 
-bad uri "example.com/x": no scheme
-bad uri "gopher://example.com/": unsupported scheme "gopher"
-bad uri "http://example.com:0/": invalid port 0
-bad uri "http://example.com:99999/": invalid port 99999
-bad uri "http://:80/": invalid host or port
+bad uri: example.com/x
+bad uri: gopher://example.com/
+bad uri: http://example.com:0/
+bad uri: http://example.com:99999/
+bad uri: http://:80/
+bad uri: http:///example.com
+http | example.com | 80 | / | 
+http | example.com | 80 | /foo/bar | a=1&b=2
+http | [0:0:0:0:0:0:0:0] | 80 | / | a=1&b=2
 h /p q
 
 
@@ -1092,7 +1110,7 @@ keepalive: 1
 /continue: 200 raw [the payload] link=nil
 keepalive: 1
 /refuse: 417 nope link=nil
-keepalive: nilkeepalive refused: request body not sent (final status before 100 Continue)
+keepalive: 2connection must be closed
 --- error_log
 after refusal: data=nil err=closed partial=[]
 

@@ -227,7 +227,7 @@ free after gc: 0
 --- no_error_log
 [error]
 
-=== TEST 8: new() returns nil, err for a missing dict and raises on bad arguments, naming them
+=== TEST 8: new() returns nil, err for a missing dict and raises on bad arguments, naming them; lock(nil) is nil, "nil key" and a number key its text (as lua-resty-lock)
 --- http_config
     lua_shared_dict locks 1m;
 --- config
@@ -240,7 +240,9 @@ free after gc: 0
             ngx.say(pcall(lock.new, "locks", { timeout = -1 }))
             ngx.say(pcall(lock.new, "locks", { exptime = "30" }))
             local l = assert(lock.new("locks"))
-            ngx.say(pcall(l.lock, l, 1))
+            ngx.say(pcall(l.lock, l, {}))
+            ngx.say(l:lock(nil))
+            ngx.say(l:lock(1), " ", ngx.shared.locks:get("1") ~= nil, " ", l:unlock())
             ngx.say(pcall(l.expire, l, "x"))
         }
     }
@@ -252,7 +254,9 @@ falsedict_name must be a string (got number)
 falseopts must be a table (got string)
 falseopts.timeout must be a number >= 0 (got -1)
 falseopts.exptime must be a number >= 0.001 (got 30)
-falsekey must be a string (got number)
+falsekey must be a string (got table)
+nilnil key
+0 true 1
 falsetimeout must be a number >= 0 (got x)
 --- no_error_log
 [error]

@@ -159,7 +159,13 @@ none left: 404
             ngx.say("empty txn: ", c:txn({}).status)
             res = c:txn('[{"KV":{"Verb":"get","Key":"' .. p .. 'b"}}]')
             ngx.say("string payload: ", res.status, " ", res.body.Results[1].KV.Value)
-            ngx.say(pcall(c.txn, c, { { KV = { Verb = "set", Key = p .. "d", Value = 1 } } }))
+            -- numbers and booleans are sent as their text, like lua-resty-consul does
+            res = c:txn({ { KV = { Verb = "set", Key = p .. "d", Value = 1 } },
+                          { KV = { Verb = "set", Key = p .. "e", Value = true } } })
+            ngx.say("number and boolean: ", res.status, " ", c:get_key(p .. "d").body[1].Value,
+                    " ", c:get_key(p .. "e").body[1].Value)
+            ngx.say(pcall(c.txn, c, { { KV = { Verb = "set", Key = p .. "d", Value = {} } } }))
+            ngx.say(c:txn())
         }
     }
 --- request
@@ -173,7 +179,9 @@ failed: 409 1 1
 nothing applied: 404
 empty txn: 200
 string payload: 200 beta
-falsepayload[1].KV.Value must be a string (got number)
+number and boolean: 200 1 true
+falsepayload[1].KV.Value must be a string, number or boolean (got table)
+nilconsul: txn: payload required
 --- no_error_log
 [error]
 
@@ -326,7 +334,7 @@ GET /v1/x [] token=- ctype=- body=-
 --- no_error_log
 [error]
 
-=== TEST 9: no answer is nil, err naming the address; bad arguments raise, naming them
+=== TEST 9: no answer is nil, err naming the address; bad options raise; a path or key that is not a string is nil, err (as in lua-resty-consul)
 --- config
     location = /t {
         content_by_lua_block {
@@ -335,9 +343,9 @@ GET /v1/x [] token=- ctype=- body=-
             ngx.say(c:get_key("k"))
             ngx.say(pcall(consul.new, { port = "8500" }))
             ngx.say(pcall(consul.new, "x"))
-            ngx.say(pcall(c.get, c, 42))
+            ngx.say(c:get(42))
             ngx.say(pcall(c.get, c, "/kv/k", "args"))
-            ngx.say(pcall(c.get_key, c, 42))
+            ngx.say(c:get_key(42))
             ngx.say(pcall(c.get, c, "/kv/k", { wait = "soon" }))
             local d = consul.new()
             ngx.say("defaults: ", d.host, ":", d.port, " ", d.connect_timeout, " ", d.read_timeout,
@@ -350,9 +358,9 @@ GET /t
 ^nilconsul: could not connect to 127.0.0.1:\d+: .*connection refused
 falseopts.port must be a number \(got string: 8500\)
 falseopts must be a table \(got string\)
-falsepath must be a string \(got number\)
+nilconsul: path must be a string \(got number\)
 falseargs must be a table \(got string\)
-falsekey must be a string \(got number\)
+nilconsul: key must be a string \(got number\)
 falseargs.wait must be a number of seconds \(got soon\)
 defaults: 127.0.0.1:8500 60000 60000 ssl=false verify=true
 $

@@ -83,6 +83,7 @@ local function check_call_opts(opts)
     check_number(opts, "ttl", 0, 4)
     check_number(opts, "neg_ttl", 0, 4)
     check_number(opts, "resurrect_ttl", 0.001, 4)
+    check_number(opts, "shm_set_tries", 1, 4)
 
     local serializer = opts.l1_serializer
     if serializer ~= nil and type(serializer) ~= "function" then
@@ -138,6 +139,16 @@ function _M.new(name, shm, opts)
               .. type(opts.l1_serializer) .. ")", 2)
     end
 
+    if opts.ipc ~= nil then
+        -- silently ignoring it would leave other workers' L1 stale
+        error("opts.ipc (a custom IPC library) is not supported by zedcup.cache:"
+              .. " use opts.ipc_shm", 2)
+    end
+
+    if opts.lru ~= nil and (type(opts.lru) ~= "table" or type(opts.lru.get) ~= "function") then
+        error("opts.lru must be a resty.lrucache instance (got " .. type(opts.lru) .. ")", 2)
+    end
+
     if opts.resty_lock_opts ~= nil and type(opts.resty_lock_opts) ~= "table" then
         error("opts.resty_lock_opts must be a table (got "
               .. type(opts.resty_lock_opts) .. ")", 2)
@@ -173,8 +184,12 @@ function _M.new(name, shm, opts)
         ipc = ipc_new(opts.ipc_shm, name)
     end
 
-    local lru = lrus[name]
-    if not lru then
+    -- opts.lru: the caller's own lrucache (e.g. resty.lrucache.pureffi), which
+    -- then becomes the L1 of this name in this worker
+    local lru = opts.lru or lrus[name]
+    if opts.lru then
+        lrus[name] = lru
+    elseif not lru then
         local lerr2
         lru, lerr2 = lrucache.new(lru_size)
         if not lru then
@@ -300,7 +315,7 @@ local function is_stale(expires_at)
 end
 
 
-local function l2_store(self, nskey, value, ttl, resurrect_ttl)
+local function l2_store(self, nskey, value, ttl, resurrect_ttl, tries)
     local expires_at = ttl > 0 and ngx_now() + ttl or 0
     local raw, code, err = encode(value, expires_at)
     if not raw then
@@ -317,7 +332,7 @@ local function l2_store(self, nskey, value, ttl, resurrect_ttl)
     local exptime = resurrect_ttl and 0 or ttl
 
     local ok
-    for _ = 1, self.shm_set_tries do
+    for _ = 1, tries or self.shm_set_tries do
         -- a full dict evicts its least recently used entries; a large value
         -- may need several rounds of that
         ok, err = dict:set(nskey, raw, exptime, code)
@@ -490,7 +505,8 @@ local function run_callback(self, key, nskey, opts, cb, ...)
         ttl = cb_ttl
     end
 
-    local stored, serr = l2_store(self, nskey, value, ttl, resurrect_ttl)
+    local stored, serr = l2_store(self, nskey, value, ttl, resurrect_ttl,
+                                  opt(opts, "shm_set_tries", nil))
     if not stored then
         lock:unlock()
         return nil, serr
@@ -613,7 +629,8 @@ function _M.set(self, key, opts, value)
     end
 
     local nskey = self.prefix .. key
-    local ok, err = l2_store(self, nskey, value, ttl, opt(opts, "resurrect_ttl", self.resurrect_ttl))
+    local ok, err = l2_store(self, nskey, value, ttl, opt(opts, "resurrect_ttl", self.resurrect_ttl),
+                             opt(opts, "shm_set_tries", nil))
     if not ok then
         return nil, err
     end
@@ -695,15 +712,14 @@ end
 
 --- update(timeout) -> true | nil, err
 -- Applies the invalidations published by any worker since the last call.
--- Costs one shared dict read when there is nothing new.
+-- Costs one shared dict read when there is nothing new. Like mlcache, it
+-- raises when the cache has no ipc_shm.
 function _M.update(self, timeout)
     if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
         error("timeout must be a number >= 0 (got " .. tostring(timeout) .. ")", 2)
     end
 
-    if not self.ipc then
-        return true
-    end
+    require_ipc(self, "update()")
 
     return self.ipc:poll(self.lru, timeout or 0.3)
 end

@@ -4,7 +4,9 @@
 -- Every method returns the HTTP client's response object with the body read
 -- into res.body (JSON-decoded when Consul answers application/json), and
 -- res.status and res.headers as sent; nil, err only when no answer came.
--- Non-2xx answers are answers: callers check res.status.
+-- Non-2xx answers are answers: callers check res.status. As in
+-- lua-resty-consul, a path or key that is not a string, a put_key() without
+-- a value and a txn() without a payload are nil, err too, not raised errors.
 --
 -- The ACL token (opts.token, default_args.token or args.token, most specific
 -- first) always travels as the X-Consul-Token header, never in the URL.
@@ -153,7 +155,8 @@ end
 
 local function request(self, method, path, args, body)
     if type(path) ~= "string" then
-        error("path must be a string (got " .. type(path) .. ")", 3)
+        -- lua-resty-consul answers nil, err here (not a raised error)
+        return nil, "consul: path must be a string (got " .. type(path) .. ")"
     end
 
     if sub(path, 1, 1) ~= "/" then
@@ -168,7 +171,9 @@ local function request(self, method, path, args, body)
     end
 
     local tbody = type(body)
-    if tbody == "table" or tbody == "boolean" then
+    if tbody == "number" then
+        body = tostring(body)
+    elseif tbody == "table" or tbody == "boolean" then
         local err
         body, err = json_encode(body)
         if not body then
@@ -270,13 +275,11 @@ function _M.delete(self, path, args)
 end
 
 
-local function kv_path(key)
-    if key == nil then
-        return "/kv/"
-    end
-
+-- -> "/kv/<key>" | nil, err (a key that is not a string: lua-resty-consul
+-- answers nil, err there, so callers check for it)
+local function kv_path(key, what)
     if type(key) ~= "string" then
-        error("key must be a string (got " .. type(key) .. ")", 3)
+        return nil, "consul: " .. what .. " must be a string (got " .. type(key) .. ")"
     end
 
     if sub(key, 1, 1) == "/" then
@@ -287,10 +290,16 @@ local function kv_path(key)
 end
 
 
+-- a value that is not base64 stays as it came (lua-resty-consul does the same)
+local function decode_value(v)
+    return decode_base64(v) or v
+end
+
+
 local function decode_values(entries)
     for _, entry in ipairs(entries) do
         if type(entry) == "table" and type(entry.Value) == "string" then
-            entry.Value = decode_base64(entry.Value)
+            entry.Value = decode_value(entry.Value)
         end
     end
 end
@@ -300,7 +309,13 @@ end
 -- res.body is Consul's list of entries, each Value base64-decoded (an empty
 -- value stays JSON null, as Consul sends it).
 function _M.get_key(self, key, args)
-    local res, err = request(self, "GET", kv_path(key), args)
+    local path, err = kv_path(key, "key")
+    if not path then
+        return nil, err
+    end
+
+    local res
+    res, err = request(self, "GET", path, args)
     if not res then
         return nil, err
     end
@@ -314,15 +329,33 @@ end
 
 
 --- put_key(key, value, args) -> res | nil, err   (res.body: true/false)
+-- value: a string as it is; a number as its decimal text; a table or a
+-- boolean JSON-encoded. A nil value is an error (nil, err).
 function _M.put_key(self, key, value, args)
-    local res, err = request(self, "PUT", kv_path(key), args, value)
+    local path, err = kv_path(key, "key")
+    if not path then
+        return nil, err
+    end
+
+    if value == nil then
+        return nil, "consul: put_key " .. key .. ": value required"
+    end
+
+    local res
+    res, err = request(self, "PUT", path, args, value)
     return res, err
 end
 
 
 --- delete_key(key, args) -> res | nil, err
 function _M.delete_key(self, key, args)
-    local res, err = request(self, "DELETE", kv_path(key), args)
+    local path, err = kv_path(key, "key")
+    if not path then
+        return nil, err
+    end
+
+    local res
+    res, err = request(self, "DELETE", path, args)
     return res, err
 end
 
@@ -340,7 +373,13 @@ function _M.list_keys(self, prefix, args)
         end
     end
 
-    local res, err = request(self, "GET", kv_path(prefix), query)
+    local path, err = kv_path(prefix or "", "prefix")
+    if not path then
+        return nil, err
+    end
+
+    local res
+    res, err = request(self, "GET", path, query)
     return res, err
 end
 
@@ -350,6 +389,10 @@ end
 -- on the way (the caller's table is left untouched). KV values in the
 -- answer's Results are base64-decoded.
 function _M.txn(self, payload, args)
+    if payload == nil then
+        return nil, "consul: txn: payload required"
+    end
+
     local body = payload
 
     if type(payload) == "table" then
@@ -371,9 +414,12 @@ function _M.txn(self, payload, args)
                     kv_copy[k] = v
                 end
                 local value = kv.Value
-                if type(value) ~= "string" then
-                    error("payload[" .. i .. "].KV.Value must be a string (got "
-                          .. type(value) .. ")", 2)
+                local vtype = type(value)
+                if vtype == "number" or vtype == "boolean" then
+                    value = tostring(value)
+                elseif vtype ~= "string" then
+                    error("payload[" .. i .. "].KV.Value must be a string, number or boolean (got "
+                          .. vtype .. ")", 2)
                 end
                 kv_copy.Value = encode_base64(value)
                 copy.KV = kv_copy
@@ -398,7 +444,7 @@ function _M.txn(self, payload, args)
         for _, result in ipairs(results) do
             local kv = type(result) == "table" and result.KV
             if type(kv) == "table" and type(kv.Value) == "string" then
-                kv.Value = decode_base64(kv.Value)
+                kv.Value = decode_value(kv.Value)
             end
         end
     end

@@ -5,18 +5,24 @@
 --
 --   local httpc = http.new()
 --   httpc:set_timeouts(connect_ms, send_ms, read_ms)        -- or set_timeout(ms)
---   ok, err = httpc:connect({ scheme, host, port, pool, pool_size, backlog,
---                             ssl_verify (default true), ssl_server_name })
+--   ok, err, ssl_session = httpc:connect({ scheme, host, port, pool, pool_size,
+--             backlog, ssl_verify (default true), ssl_server_name,
+--             ssl_reused_session, ssl_send_status_req })
 --             -- also connect(host, port?, opts?); host may be "unix:/path"
 --   res, err = httpc:request({ version = 1.1, method, path, query, headers, body })
 --             -- body: string, array of strings, or an iterator returning strings
---             -- (sent chunked when no Content-Length is given)
+--             -- (with Transfer-Encoding: chunked the caller frames the body,
+--             -- as with lua-resty-http; an iterator without Content-Length
+--             -- or Transfer-Encoding is sent chunked, framed by us)
 --   res.status, res.reason, res.headers (case-insensitive; repeats as arrays),
 --   res.has_body, res.body_reader(max) (chunks, then nil), res:read_body(),
 --   res:read_trailers() (merges trailers into res.headers, returns them)
 --   ok, err = httpc:set_keepalive(timeout_ms, pool_size)
+--             -- 1 pooled; 2, "connection must be closed" when the exchange
+--             -- forbids reuse (closed instead); nil, err otherwise
 --   httpc:get_reused_times(), httpc:close()
 --   res, err = httpc:request_uri(uri, params)   -- res.body holds the whole body
+--   responses, err = httpc:request_pipeline({ params, ... })  -- read in order
 --   parts = http.parse_uri(uri, query_in_path)  -- { scheme, host, port, path, query }
 --   reader = httpc:get_client_body_reader(chunksize)
 --
@@ -24,7 +30,8 @@
 -- "connect to <host:port>", "ssl handshake with <host:port>", "send request",
 -- "send request body", "read request body" (the caller's iterator), "read status
 -- line", "read headers", "read body", "read trailers"; and "keepalive refused:
--- <why>" when the connection cannot be pooled (set_keepalive then closes it).
+-- <why>" when set_keepalive finds no connection or an unread body (it closes
+-- the connection then).
 --
 -- What it adds is strictness about connection reuse: a connection only goes back
 -- to the pool when the framing of the last exchange guarantees that the next byte
@@ -37,6 +44,8 @@ local ngx_req = ngx.req
 local req_socket = ngx.req.socket
 local encode_args = ngx.encode_args
 local ngx_var = ngx.var
+local ngx_log = ngx.log
+local DEBUG = ngx.DEBUG
 
 local type = type
 local tostring = tostring
@@ -53,6 +62,7 @@ local str_find = string.find
 local str_sub = string.sub
 local str_byte = string.byte
 local str_lower = string.lower
+local str_upper = string.upper
 local str_match = string.match
 local str_format = string.format
 local tab_concat = table.concat
@@ -327,13 +337,22 @@ end
 
 local connect_opts = {}
 
-local function do_connect(self, scheme, host, port, pool, pool_size, backlog, ssl_verify, sni)
+-- copts: the caller's options table (connect's, or request_uri's params), or
+-- nil: pool, pool_size, backlog, ssl_verify, ssl_server_name,
+-- ssl_reused_session, ssl_send_status_req
+local function do_connect(self, scheme, host, port, copts)
     if type(host) ~= "string" or host == "" then
         error("host must be a non-empty string, got " .. tostring(host), 3)
     end
     scheme = scheme or "http"
     if scheme ~= "http" and scheme ~= "https" then
         error("scheme must be \"http\" or \"https\", got " .. tostring(scheme), 3)
+    end
+    local pool, pool_size, backlog, ssl_verify, sni, reused_session, status_req
+    if copts then
+        pool, pool_size, backlog = copts.pool, copts.pool_size, copts.backlog
+        ssl_verify, sni = copts.ssl_verify, copts.ssl_server_name
+        reused_session, status_req = copts.ssl_reused_session, copts.ssl_send_status_req
     end
     local unix = str_sub(host, 1, 5) == "unix:"
     if not unix then
@@ -392,21 +411,23 @@ local function do_connect(self, scheme, host, port, pool, pool_size, backlog, ss
 
     if scheme == "https" and sock:getreusedtimes() == 0 then
         local sess
-        sess, err = sock:sslhandshake(nil, sni, ssl_verify)
+        sess, err = sock:sslhandshake(reused_session, sni, ssl_verify, status_req)
         if not sess then
             fail(self)
             return nil, "ssl handshake with " .. (unix and host or host .. ":" .. port)
                         .. " failed: " .. tostring(err)
         end
+        -- lua-resty-http's third return value
+        return true, nil, sess
     end
     return true
 end
 
 -- connect(opts) or the older connect(host, port?, opts?)
+-- -> true, nil, ssl_session (https, fresh connection) | nil, err
 function _M.connect(self, opts, port, more)
     if type(opts) == "table" then
-        return do_connect(self, opts.scheme, opts.host, opts.port, opts.pool, opts.pool_size,
-                          opts.backlog, opts.ssl_verify, opts.ssl_server_name)
+        return do_connect(self, opts.scheme, opts.host, opts.port, opts)
     end
     if type(opts) ~= "string" then
         error("opts must be a table (or a host string), got " .. type(opts), 2)
@@ -414,14 +435,10 @@ function _M.connect(self, opts, port, more)
     if type(port) == "table" then
         more, port = port, nil
     end
-    if more == nil then
-        return do_connect(self, "http", opts, port)
-    end
-    if type(more) ~= "table" then
+    if more ~= nil and type(more) ~= "table" then
         error("connect options must be a table, got " .. type(more), 2)
     end
-    return do_connect(self, more.scheme, opts, port, more.pool, more.pool_size, more.backlog,
-                      more.ssl_verify, more.ssl_server_name)
+    return do_connect(self, more and more.scheme or "http", opts, port, more)
 end
 
 function _M.get_reused_times(self)
@@ -443,15 +460,32 @@ function _M.close(self)
     return ok
 end
 
+-- lua-resty-http's answer when the protocol forbids reuse (Connection: close,
+-- HTTP/1.0 without keep-alive, a body delimited by the close...): the
+-- connection is closed and set_keepalive returns 2 and this string.
+local MUST_CLOSE = "connection must be closed"
+
+-- -> 1 (pooled) | 2, "connection must be closed" (closed, as the exchange
+-- requires) | nil, err (not connected, or the caller left the body unread)
 function _M.set_keepalive(self, timeout, pool_size)
+    local why = self.no_reuse
     if not self.connected then
-        -- a body read up to the server's close leaves its reason behind
-        return nil, "keepalive refused: " .. (self.no_reuse or "not connected")
+        if why then
+            -- a body read up to the server's close: closed already, as it had to be
+            self.no_reuse = nil
+            ngx_log(DEBUG, "[zedcup] http: connection closed, not pooled: ", why)
+            return 2, MUST_CLOSE
+        end
+        return nil, "keepalive refused: not connected"
     end
-    local why = self.pending and "response body not fully read" or self.no_reuse
+    if self.pending then
+        self:close()
+        return nil, "keepalive refused: response body not fully read"
+    end
     if why then
         self:close()
-        return nil, "keepalive refused: " .. why
+        ngx_log(DEBUG, "[zedcup] http: connection closed, not pooled: ", why)
+        return 2, MUST_CLOSE
     end
     self.connected = false
     local ok, err = self.sock:setkeepalive(timeout, pool_size)
@@ -482,10 +516,13 @@ local function send_chunk(sock, data)
     return sock:send(chunk_buf)
 end
 
--- Sends the request body (framed when chunked) and checks it against the
--- Content-Length the caller promised.
-local function send_body(sock, body, chunked, clen)
-    local t = type(body)
+-- Sends the request body and checks it against the Content-Length the
+-- caller promised. `chunked` is true only when we chose chunked framing (an
+-- iterator without a Content-Length): then we frame. A caller who sets
+-- Transfer-Encoding: chunked frames the body itself, as with lua-resty-http,
+-- and its bytes go out as they are.
+-- t: "string", "table" (of strings) or "function" (anything callable)
+local function send_body(sock, body, t, chunked, clen)
     local sent = 0
     local ok, err
     if t == "string" then
@@ -576,9 +613,10 @@ local function body_length(body)
     return n
 end
 
--- A response is its own body reader: res.body_reader is res itself, called
--- through __call, so no closure is made per response. The reader's state lives
--- in fields: _client, _gen (the client's request counter when it was made),
+-- res.body_reader is a plain function (as lua-resty-http's is), made on
+-- first access, so responses read with read_body() make no closure; a
+-- response is also callable as its own reader. The reader's state lives in
+-- fields: _client, _gen (the client's request counter when it was made),
 -- _kind ("length", "chunked", "close" or "none"), _left (bytes left in the
 -- body or current chunk) and _complete.
 
@@ -692,21 +730,25 @@ local function header_value(names, headers, lname)
     end
 end
 
-local function new_response(self, method, status, reason, minor, headers)
-    local res = setmetatable({
-        status = status,
-        reason = reason,
-        headers = headers,
-        has_body = false,
-        body_reader = nil,
-        trailers = nil,
-        _client = self,
-        _gen = self.gen,
-        _kind = "none",
-        _left = 0,
-        _complete = false,
-    }, response_mt)
-    res.body_reader = res
+-- res: a pipelined response to fill in (request_pipeline), else a new one
+local function new_response(self, method, status, reason, minor, headers, res)
+    if res then
+        res.status, res.reason, res.headers, res.has_body = status, reason, headers, false
+        res._client, res._gen, res._kind, res._left, res._complete = self, self.gen, "none", 0, false
+    else
+        res = setmetatable({
+            status = status,
+            reason = reason,
+            headers = headers,
+            has_body = false,
+            trailers = nil,
+            _client = self,
+            _gen = self.gen,
+            _kind = "none",
+            _left = 0,
+            _complete = false,
+        }, response_mt)
+    end
 
     if status == 101 then
         self.no_reuse = "protocol switched (101)"
@@ -772,7 +814,11 @@ local function new_response(self, method, status, reason, minor, headers)
     return res
 end
 
-local function do_request(self, params, path, query)
+local pipelined_mt
+
+-- pipelined: send only, and return a response read on first use
+-- (request_pipeline)
+local function do_request(self, params, path, query, pipelined)
     local version = params.version or 1.1
     if version ~= 1.1 and version ~= 1 then
         error("params.version must be 1.0 or 1.1, got " .. tostring(version), 3)
@@ -782,6 +828,8 @@ local function do_request(self, params, path, query)
         if type(method) ~= "string" or not str_find(method, "^[%w!#$%%&'*+.^_`|~-]+$") then
             error("params.method must be an HTTP token, got " .. tostring(method), 3)
         end
+        -- lua-resty-http sends methods upper-cased, so callers write "post"
+        method = str_upper(method)
     end
     if type(path) ~= "string" then
         error("params.path must be a string, got " .. type(path), 3)
@@ -792,6 +840,13 @@ local function do_request(self, params, path, query)
 
     local body = params.body
     local btype = type(body)
+    if btype == "table" then
+        -- a callable table is an iterator (a response of ours is one)
+        local bmt = getmetatable(body)
+        if bmt and bmt.__call then
+            btype = "function"
+        end
+    end
     if body ~= nil and btype ~= "string" and btype ~= "table" and btype ~= "function" then
         error("params.body must be a string, a table of strings or an iterator, got " .. btype, 3)
     end
@@ -823,7 +878,9 @@ local function do_request(self, params, path, query)
     n = n + 1
     b[n] = version == 1 and " HTTP/1.0\r\n" or " HTTP/1.1\r\n"
 
-    local has_host, has_ua, has_clen, clen, chunked, expect, req_close, req_keep
+    -- chunked: the caller's Transfer-Encoding says chunked (the caller frames);
+    -- frame: we chose chunked framing and frame the body ourselves
+    local has_host, has_ua, has_clen, clen, chunked, frame, expect, req_close, req_keep
     local headers = params.headers
     if headers ~= nil then
         if type(headers) ~= "table" then
@@ -898,7 +955,7 @@ local function do_request(self, params, path, query)
             if version == 1 then
                 error("params.body: an iterator body over HTTP/1.0 needs a Content-Length header", 3)
             end
-            chunked = true
+            frame = true
             n = n + 1
             b[n] = "Transfer-Encoding: chunked\r\n"
         else
@@ -914,7 +971,7 @@ local function do_request(self, params, path, query)
 
     -- Small bodies go out with the head in one send.
     local body_sent = body == nil
-    if not body_sent and not chunked and not expect and btype ~= "function" then
+    if not body_sent and not frame and not expect and btype ~= "function" then
         if clen ~= nil and clen ~= body_length(body) then
             error("params.body is " .. body_length(body) .. " bytes but Content-Length says "
                   .. clen, 3)
@@ -939,19 +996,29 @@ local function do_request(self, params, path, query)
         self.no_reuse = "HTTP/1.0 request without keep-alive"
     end
 
+    if pipelined and expect then
+        error("params.headers: a pipelined request cannot use Expect: 100-continue", 3)
+    end
+
     local sock = self.sock
-    self.gen = self.gen + 1
+    if not pipelined then
+        self.gen = self.gen + 1
+    end
     local ok, err = sock:send(b)
     if not ok then
         return fail(self, "send request failed: " .. err)
     end
 
     if not body_sent and not expect then
-        ok, err = send_body(sock, body, chunked, clen)
+        ok, err = send_body(sock, body, btype, frame, clen)
         if not ok then
             return fail(self, err)
         end
         body_sent = true
+    end
+
+    if pipelined then
+        return setmetatable({ _client = self, _method = method }, pipelined_mt)
     end
 
     local status, reason, minor, rheaders
@@ -964,7 +1031,7 @@ local function do_request(self, params, path, query)
             break
         end
         if status == 100 and expect and not body_sent then
-            ok, err = send_body(sock, body, chunked, clen)
+            ok, err = send_body(sock, body, btype, frame, clen)
             if not ok then
                 return fail(self, err)
             end
@@ -987,6 +1054,75 @@ function _M.request(self, params)
         error("params must be a table, got " .. type(params), 2)
     end
     return do_request(self, params, params.path or "/", params.query)
+end
+
+
+-- Reads the head of a pipelined response, on first use of any of its
+-- fields; the previous response's body must have been read by then. On
+-- failure res.status stays nil (lua-resty-http's documented check) and
+-- res.err says why.
+local function load_pipelined(res)
+    setmetatable(res, response_mt)
+    local self = res._client
+    res._kind, res._complete, res.has_body = "none", true, false
+
+    local _, err
+    if self.pending then
+        _, err = fail(self, "read status line failed: the previous response body was not fully read")
+    elseif not self.connected then
+        err = "read status line failed: not connected"
+    end
+    if err then
+        res.err = err
+        return
+    end
+
+    local sock = self.sock
+    local status, reason, minor, headers
+    repeat
+        status, reason, minor, headers = read_head(sock)
+        if not status then
+            _, err = fail(self, reason)
+            res.err = err
+            return
+        end
+    until status >= 200 or status == 101
+
+    self.gen = self.gen + 1
+    local ok
+    ok, err = new_response(self, res._method, status, reason, minor, headers, res)
+    if not ok then
+        res.status, res.err = nil, err
+    end
+end
+
+pipelined_mt = {
+    __index = function(res, k)
+        load_pipelined(res)
+        return res[k]
+    end,
+}
+
+--- request_pipeline(params_list) -> responses | nil, err
+-- Sends every request at once; each response is read when one of its fields
+-- is first used, in order, so read each body before using the next response.
+function _M.request_pipeline(self, requests)
+    if type(requests) ~= "table" then
+        error("requests must be a table of params tables, got " .. type(requests), 2)
+    end
+    local responses = {}
+    for i = 1, #requests do
+        local params = requests[i]
+        if type(params) ~= "table" then
+            error("requests[" .. i .. "] must be a table, got " .. type(params), 2)
+        end
+        local res, err = do_request(self, params, params.path or "/", params.query, true)
+        if not res then
+            return nil, err
+        end
+        responses[i] = res
+    end
+    return responses
 end
 
 
@@ -1053,8 +1189,19 @@ local function read_trailers(res)
     return trailers
 end
 
+local response_methods = { read_body = read_body, read_trailers = read_trailers }
+
 response_mt = {
-    __index = { read_body = read_body, read_trailers = read_trailers },
+    __index = function(res, k)
+        if k == "body_reader" then
+            local function reader(max)
+                return body_chunk(res, max)
+            end
+            rawset(res, "body_reader", reader)
+            return reader
+        end
+        return response_methods[k]
+    end,
     __call = body_chunk,
 }
 
@@ -1063,6 +1210,10 @@ response_mt = {
 -- One-shot requests
 ---------------------------------------------------------------------------
 
+-- -> { scheme, host, port, path, query } | nil, "bad uri: <uri>"
+-- As lua-resty-http: a scheme-relative "//host/..." is http; IPv6 hosts keep
+-- their brackets; with query_in_path (the default) the query stays in path
+-- and query is "". Also nginx's "http://unix:/path/to.sock:/request/path".
 local function parse_uri(self, uri, query_in_path)
     if type(self) == "string" then
         -- called as http.parse_uri(uri, query_in_path?)
@@ -1071,23 +1222,28 @@ local function parse_uri(self, uri, query_in_path)
     if type(uri) ~= "string" then
         error("uri must be a string, got " .. type(uri), 2)
     end
+    local bad = "bad uri: " .. uri
     local scheme, rest = str_match(uri, "^(%a[%w+.-]*)://(.*)$")
-    if not scheme then
-        return nil, "bad uri \"" .. uri .. "\": no scheme"
-    end
-    scheme = str_lower(scheme)
-    if scheme ~= "http" and scheme ~= "https" then
-        return nil, "bad uri \"" .. uri .. "\": unsupported scheme \"" .. scheme .. "\""
+    if scheme then
+        scheme = str_lower(scheme)
+        if scheme ~= "http" and scheme ~= "https" then
+            return nil, bad
+        end
+    else
+        rest = str_match(uri, "^//(.*)$")
+        if not rest then
+            return nil, bad
+        end
+        scheme = "http"
     end
 
     local host, port, tail
     if str_sub(rest, 1, 5) == "unix:" then
-        -- nginx's own notation: http://unix:/path/to.sock:/request/path
         local stop = str_find(rest, ":", 6, true)
         host = str_sub(rest, 1, (stop or 0) - 1)
         tail = stop and str_sub(rest, stop + 1) or ""
         if #host <= 5 then
-            return nil, "bad uri \"" .. uri .. "\": empty unix socket path"
+            return nil, bad
         end
     else
         local authority = str_match(rest, "^[^/?#]*")
@@ -1095,17 +1251,17 @@ local function parse_uri(self, uri, query_in_path)
         authority = str_match(authority, "[^@]*$")   -- drop userinfo
         local port_s
         if str_byte(authority, 1) == 91 then
-            host, port_s = str_match(authority, "^%[([^%]]+)%]:?(%d*)$")
+            host, port_s = str_match(authority, "^(%[[^%]]+%]):?(%d*)$")
         else
             host, port_s = str_match(authority, "^([^:]+):?(%d*)$")
         end
         if not host then
-            return nil, "bad uri \"" .. uri .. "\": invalid host or port"
+            return nil, bad
         end
         if port_s ~= "" then
             port = tonumber(port_s)
             if port < 1 or port > 65535 then
-                return nil, "bad uri \"" .. uri .. "\": invalid port " .. port_s
+                return nil, bad
             end
         else
             port = scheme == "https" and 443 or 80
@@ -1135,9 +1291,9 @@ function _M.request_uri(self, uri, params)
     if not parsed then
         return nil, err
     end
+    -- params may carry connect()'s options too (pool, ssl_verify...)
     local ok
-    ok, err = do_connect(self, parsed[1], parsed[2], parsed[3], nil, nil, nil,
-                         params.ssl_verify, params.ssl_server_name)
+    ok, err = do_connect(self, parsed[1], parsed[2], parsed[3], params)
     if not ok then
         return nil, err
     end

@@ -111,13 +111,15 @@ function _M.new(dict_name, opts, ...)
 
     local exptime = check_opt(opts, "exptime", 0.001)
     local ratio = check_opt(opts, "ratio", 1)
+    -- as documented for lua-resty-lock: the wait never exceeds exptime
+    local timeout = min(check_opt(opts, "timeout", 0), exptime)
 
     local held = { dict = dict, key = nil, token = nil }
 
     local self = {
         held = held,
         exptime = exptime,
-        timeout = check_opt(opts, "timeout", 0),
+        timeout = timeout,
         step = check_opt(opts, "step", 0.001),
         ratio = ratio,
         max_step = check_opt(opts, "max_step", 0.001),
@@ -130,11 +132,20 @@ function _M.new(dict_name, opts, ...)
 end
 
 
---- lock(key) -> elapsed | nil, "timeout" | "locked" | shdict error
+--- lock(key) -> elapsed | nil, "timeout" | "locked" | "nil key" | shdict error
 -- elapsed is the sum of the sleeps, 0 when the lock was free at once.
+-- A number key is used as its text, as shared dicts do.
 function _M.lock(self, key)
-    if type(key) ~= "string" then
-        error("key must be a string (got " .. type(key) .. ")", 2)
+    local ktype = type(key)
+    if ktype ~= "string" then
+        if key == nil then
+            -- lua-resty-lock answers this one, it does not raise
+            return nil, "nil key"
+        end
+        if ktype ~= "number" then
+            error("key must be a string (got " .. ktype .. ")", 2)
+        end
+        key = tostring(key)
     end
 
     local held = self.held
