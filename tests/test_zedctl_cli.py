@@ -31,7 +31,7 @@ from zedctl.configfile import check_document, parse_text
 from zedctl.consulapi import ConsulKV, ConsulSettings, KVEntry
 from zedctl.devconsul import DevConsul
 from zedctl.devconsul.testing import RawConsul, free_port
-from zedctl.errors import Conflict
+from zedctl.errors import Conflict, ConsulError
 from zedctl.layout import Layout
 from zedctl.ops import set_host_field
 from zedctl.pytest_plugin import ConsulEndpoint
@@ -380,6 +380,7 @@ def test_status_reads_the_state_keys_and_the_lock(
             "state": "up",
             "reason": "",
             "errors": 2,
+            "errors_at": now - 5,
             "last_error": "connection refused",
             "last_error_at": now - 5,
             "down_since": None,
@@ -430,7 +431,8 @@ def test_status_watch_prints_again_on_change(zed: Zed, raw_consul: RawConsul) ->
     try:
         first = json.loads(lines.get(timeout=20))
         assert first["instances"][0]["hosts"][0]["errors"] == 0
-        put(raw_consul, f"{zed.prefix}/state/test/primary/web01/errors", "4", flags=1)
+        now = int(time.time())
+        put(raw_consul, f"{zed.prefix}/state/test/primary/web01/errors", "4", flags=now)
         deadline = time.monotonic() + 20
         while True:
             update = json.loads(lines.get(timeout=max(0.1, deadline - time.monotonic())))
@@ -689,7 +691,12 @@ def test_global_options_from_env_and_flags(zed: Zed, consul: ConsulEndpoint) -> 
         in zed("--consul", "ftp://x:1", "list", code=2, globals_=False).output
     )
     missing_ca = str(zed.tmp / "nope.pem")
-    zed("--ca-cert", missing_ca, "list", code=2)
+    https = f"https://127.0.0.1:{free_port()}"
+    out = zed("--consul", https, "--ca-cert", missing_ca, "list", code=2, globals_=False).output
+    assert f"CA certificate {missing_ca} (--ca-cert / CONSUL_CACERT): no such file" in out
+    # A CONSUL_CACERT left in the environment breaks neither validate nor plain HTTP.
+    zed("validate", zed.file(README_FILE), env={"CONSUL_CACERT": missing_ca}, globals_=False)
+    assert "test" in zed("list", env={**env, "CONSUL_CACERT": missing_ca}, globals_=False).stdout
 
 
 COMMANDS = [
@@ -899,3 +906,162 @@ def test_https_consul_with_ca_cert_or_insecure(
         assert "test" in zed("--consul", url, "list", env={"CONSUL_CACERT": str(cert)}).stdout
         insecure = zed("--consul", url, "--insecure", "list")
         assert "test" in insecure.stdout and "Warning" not in insecure.output
+
+
+# -- regressions found by the independent check -------------------------------------------
+
+
+def test_configuring_the_same_file_again_writes_nothing_and_keeps_state(
+    zed: Zed, raw_consul: RawConsul
+) -> None:
+    # Re-applying an unchanged file (every deploy does) used to rewrite each instance
+    # and clear its state: hosts marked down came back into service.
+    p = zed.prefix
+    path = zed.file(RICH_FILE)
+    zed("configure", path)
+    put(raw_consul, f"{p}/state/web/primary/web01/down", "3 errors", flags=int(time.time()))
+    put(raw_consul, f"{p}/state/web2/1/1/errors", "2", flags=int(time.time()))
+    before = state_of(raw_consul, p)
+
+    result = zed("configure", path)
+    assert "global config unchanged: nothing to write (state kept)" in result.output
+    assert "instance web unchanged: nothing to write (state kept)" in result.output
+    assert "0 added, 0 changed, 0 removed" in result.output
+    assert state_of(raw_consul, p) == before, "no key written, not even with the same value"
+    assert "unchanged" in zed("configure", path, "--dry-run").output
+
+    # A changed instance is still replaced as a whole, its state cleared; the other kept.
+    result = zed("configure", zed.file(RICH_FILE.replace("port: 9 }", "port: 10 }")))
+    assert "wrote instance web2: 2 keys in 1 transaction (state cleared)" in result.output
+    assert "instance web unchanged" in result.output
+    after = values_of(raw_consul, p)
+    assert f"{p}/state/web/primary/web01/down" in after
+    assert f"{p}/state/web2/1/1/errors" not in after
+
+
+def test_an_interrupted_write_with_the_same_keys_is_finished(
+    zed: Zed, raw_consul: RawConsul
+) -> None:
+    path = zed.file(README_FILE)
+    zed("configure", path)
+    put(raw_consul, f"{zed.prefix}/instances/test/_pending", "zedctl elsewhere 1")
+    result = zed("configure", path)
+    assert f"- {zed.prefix}/instances/test/_pending (was zedctl elsewhere 1)" not in result.output
+    assert "wrote instance test: 16 keys in 1 transaction" in result.output
+    assert "0 added, 0 changed, 1 removed" in result.output
+    assert f"{zed.prefix}/instances/test/_pending" not in values_of(raw_consul, zed.prefix)
+    zed("get", "test")
+
+
+def test_tiny_numbers_are_written_so_that_they_read_back(zed: Zed, raw_consul: RawConsul) -> None:
+    text = (
+        "config:\n  cache_update_interval: 0.00001\n"
+        "instances:\n  t:\n    pools: [{error_timeout: 1.5e-7, hosts: [{host: a, port: 1}]}]\n"
+    )
+    zed("configure", zed.file(text))
+    stored = values_of(raw_consul, zed.prefix)
+    assert stored[f"{zed.prefix}/config/cache_update_interval"] == "0.00001"
+    assert stored[f"{zed.prefix}/instances/t/pools/1/error_timeout"] == "0.00000015"
+    assert json.loads(zed("config", "show", "-o", "json").stdout)["cache_update_interval"] == 1e-05
+    exported = zed("export").stdout
+    zed("configure", "-", input=exported)
+    assert zed("export").stdout == exported
+
+
+def test_folder_keys_are_ignored_as_the_data_plane_ignores_them(
+    zed: Zed, raw_consul: RawConsul
+) -> None:
+    p = zed.prefix
+    put(raw_consul, f"{p}/instances/ghost/", "")
+    assert zed("list").stdout == "no instances\n"
+    assert "instance 'ghost' not found" in zed("get", "ghost", code=1).output
+    zed("configure", zed.file(README_FILE))
+    put(raw_consul, f"{p}/instances/test/", "")
+    put(raw_consul, f"{p}/instances/test/pools/", "")
+    assert [line.split() for line in zed("list").stdout.splitlines()[1:]] == [["test", "2", "3"]]
+    zed("get", "test")
+    zed("status", "test")
+
+
+def test_a_stored_instance_with_a_refused_name_does_not_break_the_others(
+    zed: Zed, raw_consul: RawConsul
+) -> None:
+    p = zed.prefix
+    zed("configure", zed.file(README_FILE))
+    # Written in a transaction: in a URL path the '.' segment would be resolved away.
+    key, value = f"{p}/instances/./pools/1/hosts/1/host", base64.b64encode(b"/run/x.sock")
+    txn = [{"KV": {"Verb": "set", "Key": key, "Value": value.decode()}}]
+    assert raw_consul.put("/v1/txn", data=json.dumps(txn)).status_code == 200
+    assert [line.split()[0] for line in zed("list").stdout.splitlines()[1:]] == [".", "test"]
+    assert "instance test" in zed("status").stdout
+    assert "must not be '.' or '..'" in zed("get", ".", code=2).output
+    assert (
+        "must not be '.' or '..'" in zed("validate", zed.file("instances: {..: {}}"), code=1).output
+    )
+    result = zed("configure", zed.file(README_FILE), "--prune")
+    assert "removed instance . and its state" in result.output
+    assert {k.split("/")[3] for k in values_of(raw_consul, f"{p}/instances")} == {"test"}
+
+
+def test_the_dry_run_diff_is_in_key_order(zed: Zed) -> None:
+    hosts = ", ".join(f"{{host: h{i}, port: {i + 1}}}" for i in range(12))
+    result = zed("configure", zed.file(f"instances:\n  w:\n    pools: [{{hosts: [{hosts}]}}]\n"))
+    assert "24 added" in result.output
+    result = zed("configure", zed.file("instances: {}\n"), "--prune", "--dry-run")
+    removed = [line.split()[1] for line in result.output.splitlines() if line.startswith("- ")]
+    base = f"{zed.prefix}/instances/w/pools/1/hosts"
+    assert removed == [f"{base}/{i}/{leaf}" for i in range(1, 13) for leaf in ("host", "port")]
+
+
+def test_a_long_list_of_known_hosts_is_cut_short(zed: Zed) -> None:
+    hosts = ", ".join(f"{{name: n{i}, host: h, port: {i + 1}}}" for i in range(40))
+    zed("configure", zed.file(f"instances:\n  w:\n    pools: [{{hosts: [{hosts}]}}]\n"))
+    out = zed("host", "down", "w", "1", "nope", code=1).output
+    assert "n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, ... (40 in all)" in out
+    assert "n10" not in out
+
+
+class _NotConsul(BaseHTTPRequestHandler):
+    """Some other web server: HTML 404 to reads, HTML 501 to writes, no Consul headers."""
+
+    def _answer(self, code: int) -> None:
+        body = b"<!DOCTYPE HTML>\n<html><body><h1>Error response</h1></body></html>\n"
+        self.send_response(code)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer(404)
+
+    def do_PUT(self) -> None:
+        self._answer(501)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_server_that_is_not_consul_is_not_read_as_an_empty_one(tmp_path: Path) -> None:
+    # A bare 404 read as "no keys": `list` said "no instances" and `status` showed an
+    # empty cluster for an address where no Consul answers.
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotConsul)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        zed = Zed(url, "zt/x", None, tmp_path)
+        for args in (("list",), ("status",), ("export",), ("get", "web"), ("config", "show")):
+            out = zed(*args, code=3).output
+            assert f"unexpected answer from {url} while reading zt/x/" in out
+            assert "is it a Consul HTTP API?" in out
+        kv = ConsulKV(ConsulSettings(address=url))
+        with pytest.raises(ConsulError, match="no X-Consul-Index"):
+            kv.get("zt/x/locks/healthcheck")
+        with pytest.raises(ConsulError) as failed:
+            kv.txn([{"KV": {"Verb": "delete-tree", "Key": "zt/x/"}}], "writing")
+        assert str(failed.value.message).endswith(
+            "failed while writing: 501 (an HTML page: is it a Consul HTTP API?)"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,17 +5,27 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zedctl
 from zedctl.configfile import check_document, load_config_file, load_document, parse_text
-from zedctl.consulapi import TXN_LIMIT, ConsulSettings, parse_address
+from zedctl.consulapi import TXN_LIMIT, ConsulSettings, KVEntry, parse_address
 from zedctl.errors import ConfigSyntaxError, InvalidConfig, UsageProblem
+from zedctl.kvmap import flatten, read_config
 from zedctl.layout import Layout
-from zedctl.ops import batch_transactions
-from zedctl.schema import Schema, render_path
+from zedctl.ops import batch_transactions, natural_key
+from zedctl.render import status_table
+from zedctl.schema import (
+    Schema,
+    format_number,
+    parse_number,
+    render_path,
+    validate_instance_name,
+)
+from zedctl.status import HostStatus, InstanceStatus, StatusReport, host_status
 
 SCHEMA = Schema.load()
 
@@ -221,3 +231,147 @@ def test_version_matches_the_data_plane() -> None:
     found = re.search(r'VERSION\s*=\s*"([^"]+)"', lua)
     assert found, "zedcup.schema has no VERSION"
     assert found.group(1) == zedctl.__version__ == "0.1.0"
+
+
+# -- regressions found by the independent check -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1e-05, "0.00001"),
+        (1.5e-06, "0.0000015"),
+        (-2e-05, "-0.00002"),
+        (1e20, "100000000000000000000"),
+        # The shortest digits that read back, as the data plane writes them, not the
+        # exact binary expansion 65279722690890850304.
+        (6.527972269089085e19, "65279722690890850000"),
+        (6.1e21, "6100000000000000000000"),
+        (0.1, "0.1"),
+        (2.5, "2.5"),
+        (30.0, "30"),
+        (7, "7"),
+    ],
+)
+def test_numbers_are_stored_as_plain_decimal_text(value: float, text: str) -> None:
+    # repr() gave "1e-05", which neither zedctl nor the data plane reads as a number:
+    # a config written with such a value was unreadable on both sides.
+    assert format_number(value) == text
+    assert parse_number(text) == value
+
+
+@pytest.mark.parametrize("value", [1e-05, 1e-09, 3.3e-07, 1e16, 1.2345e21])
+def test_a_config_with_tiny_or_huge_numbers_reads_back(value: float) -> None:
+    # (Integral floats beyond 2**53 stay floats, so that they keep their short text.)
+    normalised, problems = SCHEMA.validate("global", {"watcher_interval": value})
+    assert problems == []
+    kv = flatten(SCHEMA, "global", normalised)
+    assert "e" not in kv["watcher_interval"]
+    assert read_config(SCHEMA, "global", kv) == (normalised, [])
+
+
+def test_decimal_text_with_a_leading_point_is_a_number_as_in_the_data_plane() -> None:
+    assert parse_number(".5") == 0.5 and parse_number("-.25") == -0.25
+    for text in ("1e5", ".", "5.", "1.2.3", "+1", " 1"):
+        assert parse_number(text) is None, text
+
+
+def test_record_names_take_the_right_article() -> None:
+    _, problems = SCHEMA.validate("instance", {"pools": [{"hosts": [5]}], "colour": 1})
+    messages = [p.message for p in problems]
+    assert any(m.startswith("unknown field (an instance has:") for m in messages), messages
+    assert "expected a host record (a map of fields)" in messages
+    _, problems = SCHEMA.validate("instance", None)
+    assert problems[0].message == "expected an instance record (a map of fields)"
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_dot_instance_names_are_refused(name: str) -> None:
+    # `<prefix>/instances/../` is resolved by HTTP clients and Consul's router: reading
+    # or deleting it would reach `<prefix>/`.
+    assert validate_instance_name(name) == "an instance name must not be '.' or '..'"
+    with pytest.raises(UsageProblem):
+        Layout().instance(name)
+    assert Layout().instance(name, check=False) == f"zedcup/instances/{name}/"
+    _, problems = check_document(SCHEMA, {"instances": {name: {"pools": []}}})
+    assert [(p.path, p.message) for p in problems] == [
+        (("instances", name), "an instance name must not be '.' or '..'")
+    ]
+    assert validate_instance_name("...") is None and validate_instance_name(".web") is None
+
+
+@pytest.mark.parametrize("prefix", ["a//b", "a/./b", "../zedcup", "zedcup/.."])
+def test_prefixes_with_empty_or_dot_segments_are_refused(prefix: str) -> None:
+    with pytest.raises(UsageProblem, match="segments"):
+        Layout.for_prefix(prefix)
+
+
+def test_the_pending_marker_carries_the_start_time_in_its_flags() -> None:
+    keys = {f"p/instances/web/k{i}": str(i) for i in range(100)}
+    before = int(time.time())
+    txns = batch_transactions(["p/instances/web/"], "p/instances/web/_pending", keys, "m")
+    pending = next(op["KV"] for op in txns[0] if op["KV"]["Key"].endswith("_pending"))
+    assert before <= pending["Flags"] <= int(time.time())
+
+
+def test_diff_keys_sort_list_indexes_numerically() -> None:
+    keys = ["w/pools/10/name", "w/pools/2/name", "w/pools/1/hosts/10/host", "w/pools/1/hosts/9/a"]
+    assert sorted(keys, key=natural_key) == [
+        "w/pools/1/hosts/9/a",
+        "w/pools/1/hosts/10/host",
+        "w/pools/2/name",
+        "w/pools/10/name",
+    ]
+
+
+def test_host_status_counts_errors_only_within_the_error_timeout() -> None:
+    pool = SCHEMA.effective("instance", {"pools": [{"hosts": [{"host": "::1", "port": 80}]}]})[
+        "pools"
+    ][0]
+    host = pool["hosts"][0]
+    now = 1_800_000_000
+    fresh = {"errors": KVEntry("k", "5", flags=now - 59)}
+    stale = {"errors": KVEntry("k", "5", flags=now - 60)}
+    undated = {"errors": KVEntry("k", "5", flags=0)}
+    assert host_status(pool, host, fresh, now).errors == 5
+    assert host_status(pool, host, fresh, now).errors_at == now - 59
+    # The data plane starts counting again from 0 once error_timeout (60 s) has passed.
+    assert host_status(pool, host, stale, now).errors == 0
+    assert host_status(pool, host, stale, now).errors_at == now - 60
+    assert host_status(pool, host, undated, now).errors == 5
+    assert host_status(pool, host, {}, now).address == "[::1]:80"
+
+
+def test_status_table_cuts_long_down_reasons() -> None:
+    reason = "marked down: 3 errors within 60s, last: " + "connect() failed " * 20
+    host = HostStatus("p", "h", "10.0.0.1:80", "down", reason, down_since=1000)
+    table = status_table(StatusReport(None, [InstanceStatus("web", [host])]), now=1090)
+    row = table.splitlines()[-1]
+    assert "down (marked down: 3 errors within 60s, last: connect() failed ..., 90s ago)" in row
+    assert len(row) < 160
+
+
+def test_yaml_merge_keys_may_be_overridden() -> None:
+    # Explicit keys override keys merged in with `<<: *anchor`; they used to be refused
+    # as duplicates, so shared pool settings could not be written once.
+    text = (
+        "instances:\n  web:\n    pools:\n"
+        "      - &base\n        name: a\n        timeout: 100\n"
+        "        hosts: [{host: 10.0.0.1, port: 80}]\n"
+        "      - <<: *base\n        name: b\n        timeout: 200\n"
+    )
+    config, problems = check_document(SCHEMA, parse_text(text, "m.yaml"))
+    assert problems == []
+    a, b = config.instances["web"]["pools"]
+    assert (a["name"], a["timeout"], b["name"], b["timeout"]) == ("a", 100, "b", 200)
+    assert b["hosts"] == a["hosts"]
+    with pytest.raises(ConfigSyntaxError, match="duplicate key 'c'") as raised:
+        parse_text("a: &x {b: 1}\nd: {<<: *x, c: 3, c: 4}\n", "m.yaml")
+    assert (raised.value.line, raised.value.column) == (2, 19)
+
+
+@pytest.mark.parametrize("name", ["a.json", "a.yaml"])
+def test_a_byte_order_mark_is_skipped(tmp_path: Any, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b'\xef\xbb\xbf{"instances": {}}\n')
+    assert load_document(str(path)) == ({"instances": {}}, str(path))

@@ -116,7 +116,7 @@ pass_env = click.make_pass_decorator(Env)
     "--ca-cert",
     envvar="CONSUL_CACERT",
     default=None,
-    type=click.Path(exists=True, dir_okay=False),
+    type=click.Path(dir_okay=False),
     help="CA certificate to verify an HTTPS Consul with [env CONSUL_CACERT].",
 )
 @click.option("--insecure", is_flag=True, help="Do not verify an HTTPS Consul's certificate.")
@@ -179,8 +179,9 @@ def configure(env: Env, file: str, dry_run: bool, prune: bool) -> None:
     """Validate FILE, then write it to Consul.
 
     Each instance in FILE replaces the stored one as a whole (its runtime state is
-    cleared); `config:`, when given, replaces the global config. Nothing is written
-    when anything in FILE is invalid.
+    cleared); `config:`, when given, replaces the global config. An instance (or global
+    config) already stored exactly as in FILE is left alone, its state kept. Nothing is
+    written when anything in FILE is invalid.
     """
 
     config = load_config_file(env.schema, file)
@@ -255,7 +256,10 @@ def export(env: Env, output: str) -> None:
 @pass_env
 def status(env: Env, instance: str | None, output: str, watch: bool) -> None:
     """Show each host's live state: up or down, errors, last error, last check,
-    and which node holds the health-check lock."""
+    and which node holds the health-check lock.
+
+    ERRORS counts the failures within the pool's error_timeout, as the data plane does.
+    """
 
     def show() -> None:
         report = read_status(env.kv, env.layout, env.schema, instance)

@@ -42,10 +42,16 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate mapping keys (PyYAML keeps the last silently)."""
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    loader.flatten_mapping(node)
+    # Only the keys written in this mapping can be duplicates: keys merged in with
+    # `<<: *anchor` are overridden by them, as YAML says.
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
         key = loader.construct_object(key_node, deep=True)
         try:
             duplicate = key in seen
@@ -60,6 +66,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
             )
         if not isinstance(key, (list, dict)):
             seen[key] = key_node
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=deep)
 
 
@@ -100,6 +107,7 @@ def read_source(path: str, stdin: TextIO | None = None) -> tuple[str, str]:
 
 def parse_text(text: str, source: str) -> Any:
     """A YAML or JSON document (JSON for *.json files, or text starting with '{' or '[')."""
+    text = text.removeprefix("\ufeff")  # a byte order mark, as some editors write
     is_json = source.endswith(".json") or text.lstrip()[:1] in ("{", "[")
     if is_json:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -127,11 +128,19 @@ def _b64(value: str) -> str:
     return base64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
-def op(verb: str, key: str, value: str | None = None, index: int | None = None) -> dict[str, Any]:
+def op(
+    verb: str,
+    key: str,
+    value: str | None = None,
+    index: int | None = None,
+    flags: int | None = None,
+) -> dict[str, Any]:
     """One KV transaction operation."""
     kv: dict[str, Any] = {"Verb": verb, "Key": key}
     if value is not None:
         kv["Value"] = _b64(value)
+    if flags is not None:
+        kv["Flags"] = flags
     if index is not None:
         kv["Index"] = index
     return {"KV": kv}
@@ -148,6 +157,12 @@ class ConsulKV:
             verify = False
         elif settings.ca_cert:
             verify = settings.ca_cert
+            # Checked here, not as the option is parsed: a CONSUL_CACERT left in the
+            # environment must not break commands that never contact Consul.
+            if scheme == "https" and not os.path.isfile(settings.ca_cert):
+                raise UsageProblem(
+                    f"CA certificate {settings.ca_cert} (--ca-cert / CONSUL_CACERT): no such file"
+                )
         http = consul.std.HTTPClient(host, port, scheme, verify, None, settings.timeout)
         agent = _Agent(http=http, token=settings.token or None)
         self._http = http
@@ -200,9 +215,19 @@ class ConsulKV:
 
     # -- reads ------------------------------------------------------------------------
 
+    def _not_consul(self, what: str) -> ConsulError:
+        return ConsulError(
+            f"unexpected answer from {self.settings.url} while {what} (no X-Consul-Index "
+            "header): is it a Consul HTTP API?"
+        )
+
     def get(self, key: str) -> KVEntry | None:
         with self._errors(f"reading {key}"):
-            _, raw = self._kv.get(key)
+            idx, raw = self._kv.get(key)
+        if idx is None:
+            # Consul sends its index on every KV read, 404 included; a bare 404 comes
+            # from some other server, and must not read as "no such key".
+            raise self._not_consul(f"reading {key}")
         return KVEntry.from_api(raw) if raw else None
 
     def get_tree(self, prefix: str) -> dict[str, KVEntry]:
@@ -215,6 +240,8 @@ class ConsulKV:
         """Like get_tree, with Consul's index; with `index`, a blocking query."""
         with self._errors(f"reading {prefix}"):
             idx, raw = self._kv.get(prefix, recurse=True, index=index, wait=wait)
+        if idx is None:
+            raise self._not_consul(f"reading {prefix}")
         entries = [KVEntry.from_api(r) for r in raw or []]
         return int(idx or 0), {e.key: e for e in entries}
 
@@ -265,7 +292,17 @@ def _json_or(text: str, fallback: Any) -> Any:
 
 
 def _body(e: Exception) -> str:
+    """Consul's error answer ("500 rpc error...": one short line) for a message; an HTML
+    page (from a proxy, or not Consul at all) is named, not dumped."""
     text = str(e).strip() or type(e).__name__
+    code, _, rest = text.partition(" ")
+    if not code.isdigit():
+        code, rest = "", text
+    if rest.lstrip().startswith("<"):
+        rest = "(an HTML page: is it a Consul HTTP API?)"
+    else:
+        rest = rest.splitlines()[0] if rest else rest
+    text = f"{code} {rest}".strip()
     return text if len(text) <= 200 else text[:197] + "..."
 
 

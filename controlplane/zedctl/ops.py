@@ -64,13 +64,21 @@ class KeyChange:
 
 @dataclass
 class TreeWrite:
-    """One tree replaced as a whole (or removed, when `keys` is None)."""
+    """One tree replaced as a whole (or removed, when `keys` is None).
+
+    A tree whose stored keys already are `keys` (and that is not marked `_pending`)
+    gets no transactions: rewriting it would change nothing but clear its state.
+    """
 
     label: str
     tree: str
     deletes: list[str]
     keys: dict[str, str] | None
     transactions: list[list[dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def unchanged(self) -> bool:
+        return self.keys is not None and not self.transactions
 
 
 @dataclass
@@ -89,6 +97,11 @@ def pending_marker() -> str:
     return f"zedctl {socket.gethostname()} {int(time.time())}"
 
 
+def natural_key(key: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key for KV keys: list indexes in numeric order (pools/2 before pools/10)."""
+    return tuple((0, int(seg), "") if seg.isdigit() else (1, 0, seg) for seg in key.split("/"))
+
+
 def batch_transactions(
     deletes: Sequence[str],
     pending_key: str,
@@ -104,7 +117,8 @@ def batch_transactions(
     room = limit - len(head) - 1
     if room < 1:
         raise ValueError("batch_transactions: too many deletes for one transaction")
-    txns = [[*head, op("set", pending_key, marker), *sets[:room]]]
+    # Flags = the unix time the write began, as the data plane writes it.
+    txns = [[*head, op("set", pending_key, marker, flags=int(time.time())), *sets[:room]]]
     rest = sets[room:]
     while len(rest) > limit - 1:
         txns.append(rest[:limit])
@@ -144,33 +158,38 @@ def plan_configure(
     changes: list[KeyChange] = []
     current_instances = kv.get_tree(layout.instances)
 
+    def replace(
+        label: str, tree: str, deletes: list[str], keys: dict[str, str], old: Mapping[str, KVEntry]
+    ) -> None:
+        diff = _diff(_subtree(old, tree), keys)
+        write = TreeWrite(label, tree, deletes, keys)
+        if diff:  # a leftover `_pending` shows as a removed key, so it is rewritten
+            write.transactions = batch_transactions(deletes, layout.pending(tree), keys, marker)
+        writes.append(write)
+        changes.extend(sorted(diff, key=lambda c: natural_key(c.key)))
+
     if config.global_config is not None:
         tree = layout.config
         keys = {tree + k: v for k, v in flatten(schema, "global", config.global_config).items()}
-        write = TreeWrite("global config", tree, [tree], keys)
-        write.transactions = batch_transactions([tree], layout.pending(tree), keys, marker)
-        writes.append(write)
-        changes += _diff(_subtree(kv.get_tree(tree), tree), keys)
+        replace("global config", tree, [tree], keys, kv.get_tree(tree))
 
     for name in sorted(config.instances):
         tree = layout.instance(name)
         deletes = [tree, layout.instance_state(name)]
         keys = {tree + k: v for k, v in flatten(schema, "instance", config.instances[name]).items()}
-        write = TreeWrite(f"instance {name}", tree, deletes, keys)
-        write.transactions = batch_transactions(deletes, layout.pending(tree), keys, marker)
-        writes.append(write)
-        changes += _diff(_subtree(current_instances, tree), keys)
+        replace(f"instance {name}", tree, deletes, keys, current_instances)
 
     if prune:
         for name in sorted(instance_names(layout, current_instances)):
             if name in config.instances:
                 continue
-            tree = layout.instance(name)
-            deletes = [tree, layout.instance_state(name)]
+            tree = layout.instance(name, check=False)
+            deletes = [tree, layout.instance_state(name, check=False)]
             write = TreeWrite(f"instance {name}", tree, deletes, None)
             write.transactions = [[op("delete-tree", d) for d in deletes]]
             writes.append(write)
-            changes += _diff(_subtree(current_instances, tree), {})
+            removed = _diff(_subtree(current_instances, tree), {})
+            changes.extend(sorted(removed, key=lambda c: natural_key(c.key)))
     return ConfigurePlan(writes, changes)
 
 
@@ -194,18 +213,25 @@ def apply_plan(kv: ConsulKV, plan: ConfigurePlan) -> None:
 
 
 def instance_names(layout: Layout, entries: Mapping[str, KVEntry]) -> set[str]:
+    """Instances with at least one key (folder keys ending in '/' do not count, as
+    for the data plane)."""
     names = set()
     for key in entries:
         rest = key[len(layout.instances) :]
-        if "/" in rest:
-            name = rest.split("/", 1)[0]
-            if name:
-                names.add(name)
+        name, sep, rel = rest.partition("/")
+        if name and sep and rel and not rel.endswith("/"):
+            names.add(name)
     return names
 
 
 def relative_keys(entries: Mapping[str, KVEntry], tree: str) -> dict[str, str | None]:
-    return {k[len(tree) :]: e.value for k, e in entries.items() if k.startswith(tree)}
+    """The keys under `tree`, relative to it; folder keys (made by UIs, ending in '/')
+    are skipped, as the data plane skips them."""
+    return {
+        k[len(tree) :]: e.value
+        for k, e in entries.items()
+        if k.startswith(tree) and k != tree and not k.endswith("/")
+    }
 
 
 def check_stored(
@@ -249,7 +275,7 @@ def list_instances(kv: ConsulKV, layout: Layout, schema: Schema) -> list[Instanc
     entries = kv.get_tree(layout.instances)
     out = []
     for name in sorted(instance_names(layout, entries)):
-        tree = layout.instance(name)
+        tree = layout.instance(name, check=False)
         rel = relative_keys(entries, tree)
         try:
             config = check_stored(schema, "instance", tree, rel)
@@ -269,7 +295,7 @@ def export(kv: ConsulKV, layout: Layout, schema: Schema) -> ConfigFile:
     entries = kv.get_tree(layout.instances)
     instances = {}
     for name in sorted(instance_names(layout, entries)):
-        tree = layout.instance(name)
+        tree = layout.instance(name, check=False)
         instances[name] = check_stored(schema, "instance", tree, relative_keys(entries, tree))
     return ConfigFile(load_global(kv, layout, schema), instances)
 
@@ -303,8 +329,10 @@ def _pick(kind: str, ref: str, names: Sequence[str], where: str) -> int:
         return names.index(ref)
     if ref.isdigit() and 1 <= int(ref) <= len(names):
         return int(ref) - 1
-    known = ", ".join(names)
-    raise NotFound(f"{kind} {ref!r} not found in {where} (by name or 1-based index: {known})")
+    shown = ", ".join(names[:10])
+    if len(names) > 10:
+        shown += f", ... ({len(names)} in all)"
+    raise NotFound(f"{kind} {ref!r} not found in {where} (by name or 1-based index: {shown})")
 
 
 def set_host_field(

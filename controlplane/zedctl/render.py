@@ -84,7 +84,8 @@ def status_table(report: StatusReport, now: float | None = None) -> str:
         for h in inst.hosts:
             state = h.state
             if h.state == "down":
-                why = [h.reason] if h.reason else []
+                # The data plane's reasons quote the last error, which can be long.
+                why = [_short(h.reason, 60)] if h.reason else []
                 if h.down_since:
                     why.append(ago(h.down_since, now))
                 state += f" ({', '.join(why)})" if why else ""
@@ -124,6 +125,8 @@ def plan_summary(plan: ConfigurePlan, dry_run: bool) -> str:
         noun = "transaction" if txns == 1 else "transactions"
         if write.keys is None:
             lines.append(f"{'would remove' if dry_run else 'removed'} {write.label} and its state")
+        elif write.unchanged:
+            lines.append(f"{write.label} unchanged: nothing to write (state kept)")
         else:
             verb = "would write" if dry_run else "wrote"
             extra = " (state cleared)" if write.label.startswith("instance") else ""

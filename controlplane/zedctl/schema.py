@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Union
@@ -34,7 +35,8 @@ PRIMITIVES = ("string", "integer", "number", "boolean", "list", "map")
 KINDS = ("global", "instance")
 
 _INTEGER_TEXT = re.compile(r"-?[0-9]+\Z")
-_NUMBER_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
+# Decimal text as both languages read it: "5", "-2", "0.5", ".5" (never exponents).
+_NUMBER_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)\Z")
 _STATUS_CODE = re.compile(r"[1-5](?:[0-9][0-9]|[0-9]x|xx)\Z")
 
 
@@ -79,6 +81,11 @@ def render_path(path: Iterable[PathSeg]) -> str:
         else:
             out += f"[{json.dumps(seg)}]"
     return out
+
+
+def _a(noun: str) -> str:
+    """The noun with its indefinite article: 'a pool', 'an instance'."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def render_value(value: Any) -> str:
@@ -183,12 +190,22 @@ class _Walk:
 
 
 def format_number(value: int | float) -> str:
-    """Decimal text of a number as stored in Consul: integers without '.0'."""
+    """Decimal text of a number as stored in Consul: integers without '.0', never an
+    exponent (readers accept only plain decimal text: 0.00001, not 1e-05)."""
     if isinstance(value, bool):
         raise TypeError("format_number: boolean given")
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"format_number: {value!r} is not a finite number")
+        # repr's digits are the shortest that read back as the same float; spelled out
+        # without an exponent they are the data plane's text too (1e20 and 6.1e21 as
+        # "100000000000000000000" and "6100000000000000000000", not the exact binary
+        # expansion "6099999999999999737856").
+        text = format(Decimal(repr(value)), "f")
+        if "." in text:
+            text = text.rstrip("0").rstrip(".")
+        return "0" if text == "-0" else text
+    return str(value)
 
 
 def parse_integer(value: Any) -> int | None:
@@ -204,6 +221,16 @@ def parse_integer(value: Any) -> int | None:
     return None
 
 
+_EXACT_INTEGERS = 2**53
+"""Integral floats below this are ints exactly; above, a float stands for many integers."""
+
+
+def _integral(number: float) -> int | float:
+    # 30.0 becomes 30; 1e20 stays a float, so that it is stored as "100000000000000000000"
+    # (its shortest digits, as the data plane writes it), not as an exact binary expansion.
+    return int(number) if number.is_integer() and abs(number) < _EXACT_INTEGERS else number
+
+
 def parse_number(value: Any) -> int | float | None:
     """A number from an int, a finite float or decimal text; integral values become int."""
     if isinstance(value, bool):
@@ -213,10 +240,9 @@ def parse_number(value: Any) -> int | float | None:
     if isinstance(value, float):
         if not math.isfinite(value):
             return None
-        return int(value) if value.is_integer() else value
+        return _integral(value)
     if isinstance(value, str) and _NUMBER_TEXT.match(value):
-        number = float(value)
-        return int(number) if number.is_integer() else number
+        return _integral(float(value))
     return None
 
 
@@ -228,6 +254,10 @@ def validate_instance_name(name: Any) -> str | None:
         return "an instance name must not be empty"
     if "/" in name:
         return "an instance name must not contain '/'"
+    if name in (".", ".."):
+        # HTTP clients and Consul's own router resolve dot segments in key paths:
+        # `<prefix>/instances/../` would read (or delete) `<prefix>/`.
+        return "an instance name must not be '.' or '..'"
     return None
 
 
@@ -336,14 +366,16 @@ class Schema:
 
     def _record(self, record: Record, value: Any, path: ConfigPath, walk: _Walk) -> Any:
         if not isinstance(value, dict):
-            walk.add(path, value, f"expected a {record.name} record (a map of fields)")
+            walk.add(path, value, f"expected {_a(record.name)} record (a map of fields)")
             return value
         out: dict[str, Any] = {}
         for key, item in value.items():
             f = record.fields.get(key) if isinstance(key, str) else None
             if f is None:
                 fields = ", ".join(f.name for f in record.canonical_fields)
-                walk.add((*path, str(key)), item, f"unknown field (a {record.name} has: {fields})")
+                walk.add(
+                    (*path, str(key)), item, f"unknown field ({_a(record.name)} has: {fields})"
+                )
                 continue
             target = f.alias_of or f.name
             if f.alias_of is not None and f.alias_of in value:
@@ -462,7 +494,7 @@ class Schema:
                 result[key] = self._value(value_field, item, (*path, key), walk)
             return result
         if t in self.records:
-            walk.add(path, value, f"expected a {t} record (a map of fields)")
+            walk.add(path, value, f"expected {_a(t)} record (a map of fields)")
             return value
         raise SchemaError(f"{f.name}: unhandled type {t!r}")
 

@@ -2,6 +2,8 @@
 and which node holds the health-check lock; read from the state keys of README.md:
 
     <prefix>/state/<inst>/<pool>/<host>/errors      count; Flags = unix time of the last error
+                                                    (a count older than the pool's error_timeout
+                                                    is over: the data plane starts again from 0)
     <prefix>/state/<inst>/<pool>/<host>/last_error  message; Flags = its unix time
     <prefix>/state/<inst>/<pool>/<host>/down        present while down; Flags = since when
     <prefix>/state/<inst>/<pool>/<host>/check       "ok" or the failure; Flags = its unix time
@@ -10,6 +12,7 @@ and which node holds the health-check lock; read from the state keys of README.m
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,6 +35,7 @@ class HostStatus:
     state: str
     reason: str = ""
     errors: int = 0
+    errors_at: int | None = None
     last_error: str | None = None
     last_error_at: int | None = None
     down_since: int | None = None
@@ -63,7 +67,10 @@ class StatusReport:
 
 def _address(host: Mapping[str, Any]) -> str:
     if "port" in host:
-        return f"{host['host']}:{host['port']}"
+        name = str(host["host"])
+        if ":" in name and not name.startswith("["):
+            name = f"[{name}]"  # an IPv6 address
+        return f"{name}:{host['port']}"
     return str(host["host"])
 
 
@@ -74,10 +81,24 @@ def _int(text: str | None) -> int:
         return 0
 
 
+def _errors_in_window(errors: KVEntry | None, error_timeout: float, now: float) -> int:
+    """The error count as the data plane counts it: 0 once error_timeout has passed
+    since the last error (the count's Flags)."""
+    if errors is None:
+        return 0
+    if errors.flags and now - errors.flags >= error_timeout:
+        return 0
+    return _int(errors.value)
+
+
 def host_status(
-    pool: Mapping[str, Any], host: Mapping[str, Any], state: dict[str, KVEntry]
+    pool: Mapping[str, Any],
+    host: Mapping[str, Any],
+    state: dict[str, KVEntry],
+    now: float | None = None,
 ) -> HostStatus:
     """One host's status from its effective config and its state keys (by leaf name)."""
+    now = time.time() if now is None else now
     errors, last_error = state.get("errors"), state.get("last_error")
     down, check = state.get("down"), state.get("check")
     if down is not None:
@@ -99,7 +120,8 @@ def host_status(
         address=_address(host),
         state=status,
         reason=reason,
-        errors=_int(errors.value) if errors else 0,
+        errors=_errors_in_window(errors, pool["error_timeout"], now),
+        errors_at=(errors.flags or None) if errors else None,
         last_error=last_error.value if last_error else None,
         last_error_at=last_error_at,
         down_since=(down.flags or None) if down else None,
@@ -109,12 +131,17 @@ def host_status(
 
 
 def read_status(
-    kv: ConsulKV, layout: Layout, schema: Schema, instance: str | None = None
+    kv: ConsulKV,
+    layout: Layout,
+    schema: Schema,
+    instance: str | None = None,
+    now: float | None = None,
 ) -> StatusReport:
+    now = time.time() if now is None else now
     if instance is not None:
         config_tree = layout.instance(instance)
         entries = kv.get_tree(config_tree)
-        names = [instance] if entries else []
+        names = [instance] if relative_keys(entries, config_tree) else []
         if not names:
             raise NotFound(f"instance {instance!r} not found (no keys under {config_tree})")
         state_entries = kv.get_tree(layout.instance_state(instance))
@@ -127,7 +154,7 @@ def read_status(
 
     report = StatusReport(holder, [])
     for name in names:
-        tree = layout.instance(name)
+        tree = layout.instance(name, check=False)
         rel = relative_keys(entries, tree)
         item = InstanceStatus(name)
         report.instances.append(item)
@@ -139,10 +166,10 @@ def read_status(
         except ZedctlError as e:  # shown, not raised: status shows the other instances
             item.note = e.message.splitlines()[0]
             continue
-        state_tree = layout.instance_state(name)
+        state_tree = layout.instance_state(name, check=False)
         for pool in config["pools"]:
             for host in pool["hosts"]:
                 base = f"{state_tree}{pool['name']}/{host['name']}/"
                 state = {k[len(base) :]: e for k, e in state_entries.items() if k.startswith(base)}
-                item.hosts.append(host_status(pool, host, state))
+                item.hosts.append(host_status(pool, host, state, now))
     return report

@@ -1,0 +1,332 @@
+-- zedcup: zero-configuration upstream load balancing and failover for
+-- OpenResty, with its configuration and shared state in Consul.
+--
+-- The public API of the seed README: init, initted, run_workers, config,
+-- configure, configure_instance, remove_instance, instance_list, bind,
+-- create_handler; plus balance(instance) for balancer_by_lua.
+-- Module map: schema (config schema), kv (Consul keys and writes), config
+-- (caching and watching configs), select + balancer/* (host selection),
+-- handler (per-request object), state (failure accounting, host state),
+-- events, watch + nodelock (one watcher per node), timer (background jobs).
+
+local config = require "zedcup.config"
+local events = require "zedcup.events"
+local handler = require "zedcup.handler"
+local kv = require "zedcup.kv"
+local schema = require "zedcup.schema"
+local select = require "zedcup.select"
+local state = require "zedcup.state"
+
+local ngx = ngx
+local ngx_log = ngx.log
+local ngx_ERR = ngx.ERR
+local shared = ngx.shared
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local pcall = pcall
+local require = require
+local tostring = tostring
+local error = error
+local str_find = string.find
+
+local config_plan = config.plan
+local handler_new = handler.new
+
+
+local _M = {
+    _VERSION = schema.VERSION,
+}
+
+local DEFAULTS = {
+    prefix = "zedcup",
+    consul = {},
+    dicts = {
+        cache = "zedcup_cache",
+        locks = "zedcup_locks",
+        ipc = "zedcup_ipc",
+    },
+}
+
+local initted = false
+local opts -- merged init options
+
+
+-- the background engineer's modules: started when present
+local function optional(name)
+    local ok, mod = pcall(require, name)
+    if ok and type(mod) == "table" then
+        return mod
+    end
+    if not ok and not str_find(tostring(mod), "module '" .. name .. "' not found", 1, true) then
+        ngx_log(ngx_ERR, "[zedcup] ", name, " failed to load: ", tostring(mod))
+    end
+    return nil
+end
+
+
+--- init(opts?) -> true | false, err
+function _M.init(user)
+    if user ~= nil and type(user) ~= "table" then
+        error("opts must be a table (got " .. type(user) .. ")", 2)
+    end
+    user = user or {}
+    if user.prefix ~= nil and (type(user.prefix) ~= "string" or user.prefix == ""
+                               or str_find(user.prefix, "/$")) then
+        error("opts.prefix must be a non-empty string not ending in '/' (got " .. tostring(user.prefix) .. ")", 2)
+    end
+    if user.consul ~= nil and type(user.consul) ~= "table" then
+        error("opts.consul must be a table (got " .. type(user.consul) .. ")", 2)
+    end
+    if user.dicts ~= nil and type(user.dicts) ~= "table" then
+        error("opts.dicts must be a table (got " .. type(user.dicts) .. ")", 2)
+    end
+
+    local o = {
+        prefix = user.prefix or DEFAULTS.prefix,
+        consul = user.consul or DEFAULTS.consul,
+        dicts = {},
+        node_name = user.node_name,
+    }
+    for k, v in pairs(DEFAULTS.dicts) do
+        o.dicts[k] = user.dicts and user.dicts[k] or v
+    end
+    for _, k in ipairs({ "cache", "locks", "ipc" }) do
+        if not shared[o.dicts[k]] then
+            return false, "[zedcup] " .. k .. " dictionary not found: " .. tostring(o.dicts[k])
+        end
+    end
+
+    kv.init(o.prefix, o.consul)
+    config.init(shared[o.dicts.cache])
+    state.init(shared[o.dicts.cache])
+
+    local session = optional("zedcup.session")
+    if session and session.init then
+        session.init(o)
+    end
+    local healthcheck = optional("zedcup.healthcheck")
+    if healthcheck and healthcheck.init then
+        healthcheck.init(o)
+    end
+
+    opts = o
+    initted = true
+    return true
+end
+
+
+--- initted() -> bool
+function _M.initted()
+    return initted
+end
+
+
+--- options() -> the merged init options (read-only)
+function _M.options()
+    return opts
+end
+
+
+local function update()
+    local ok, err = config.refresh()
+    if not ok then
+        return nil, err
+    end
+    return state.refresh()
+end
+
+
+local settings = {}
+local function watch_settings()
+    local g = config.global()
+    settings.wait = g.consul_wait_time
+    settings.lock_ttl = g.worker_lock_ttl
+    settings.backoff_cap = g.watcher_interval
+    return settings
+end
+
+
+local function update_interval()
+    return config.global().cache_update_interval
+end
+
+
+-- failures are pushed to Consul this often (s), batched
+local SYNC_INTERVAL = 0.25
+
+
+--- run_workers(): starts this worker's background jobs (init_worker_by_lua)
+function _M.run_workers()
+    if not initted then
+        ngx_log(ngx_ERR, "[zedcup] run_workers() called before init()")
+        return nil
+    end
+    local timer = require "zedcup.timer"
+    local watch = require "zedcup.watch"
+    local locks = shared[opts.dicts.locks]
+
+    timer.every("zedcup update", update_interval, update)
+    -- after a Consul outage, queued failures go out within watcher_interval
+    timer.every({ name = "zedcup errors sync", backoff_cap = function()
+        return config.global().watcher_interval
+    end }, SYNC_INTERVAL, state.sync)
+    watch.start("config", kv.config_prefix, config.apply_global, watch_settings, locks, config.global_alive)
+    watch.start("instances", kv.instances_prefix, config.apply_instances, watch_settings, locks,
+                config.instances_alive)
+    watch.start("state", kv.state_prefix, state.apply, watch_settings, locks)
+
+    for _, name in ipairs({ "zedcup.session", "zedcup.healthcheck" }) do
+        local mod = optional(name)
+        if mod and mod.run_workers then
+            local ok, err = pcall(mod.run_workers)
+            if not ok or err == false then
+                ngx_log(ngx_ERR, "[zedcup] ", name, ".run_workers() failed: ", tostring(err))
+            end
+        end
+    end
+    return nil
+end
+
+
+--- config() -> the effective global config | nil, err (cached: read-only)
+function _M.config()
+    return config.load_global()
+end
+
+
+--- configure(config) -> true | nil, err
+function _M.configure(conf)
+    return config.write_global(conf)
+end
+
+
+local function bad_name(instance)
+    if type(instance) ~= "string" then
+        error("instance must be a string (got " .. type(instance) .. ")", 3)
+    end
+    if instance == "" or str_find(instance, "/", 1, true) then
+        return "instance: must be a non-empty name without '/' (got " .. schema.show(instance) .. ")"
+    end
+    return nil
+end
+
+
+--- configure_instance(instance, config) -> true | nil, err
+function _M.configure_instance(instance, conf)
+    local err = bad_name(instance)
+    if err then
+        return nil, err
+    end
+    return config.write_instance(instance, conf)
+end
+
+
+--- remove_instance(instance) -> true | nil, err
+function _M.remove_instance(instance)
+    local err = bad_name(instance)
+    if err then
+        return nil, err
+    end
+    return config.remove_instance(instance)
+end
+
+
+--- instance_list() -> { "a", a = true, ... } | nil, err
+function _M.instance_list()
+    return config.list()
+end
+
+
+--- bind(event, callback) -> true | nil, err (this worker's global listeners)
+function _M.bind(event, callback)
+    return events.bind(event, callback)
+end
+
+
+--- create_handler(instance) -> handler | nil, err
+function _M.create_handler(instance)
+    local plan, err = config_plan(instance)
+    if not plan then
+        if type(instance) ~= "string" then
+            error("instance must be a string (got " .. type(instance) .. ")", 2)
+        end
+        return nil, err
+    end
+    return handler_new(plan)
+end
+
+
+---------------------------------------------------------------------------
+-- balancer_by_lua
+---------------------------------------------------------------------------
+
+local ngx_balancer
+local down_for = state.down_for
+local select_next = select.next
+
+--- balance(instance) -> true | nil, err
+-- In balancer_by_lua: picks a host with the same selection as handlers, sets
+-- it as the peer and allows one more try per remaining usable host. On a
+-- retry, the failed peer is counted against its host and skipped.
+function _M.balance(instance)
+    if not ngx_balancer then
+        ngx_balancer = require "ngx.balancer"
+    end
+    local ctx = ngx.ctx
+    local b = ctx.zedcup_balance
+    local plan
+    if not b then
+        plan = config.plan_local(instance)
+        if not plan then
+            return nil, "Instance not found"
+        end
+        b = { plan = plan }
+        ctx.zedcup_balance = b
+    else
+        plan = b.plan
+        local what, code = ngx_balancer.get_last_failure()
+        if b.host then
+            local failed = b.failed or {}
+            b.failed = failed
+            failed[b.host] = true
+            local err = "upstream " .. tostring(what) .. (code and (" " .. code) or "")
+            state.record_failure(instance, b.pool, b.host, err)
+            if events.wanted("host_request_error") then
+                events.fire("host_request_error", instance, { pool = b.pool, host = b.host, err = err })
+            end
+        end
+    end
+
+    local down = down_for(instance)
+    local p, host = select_next(plan, down, b.failed)
+    if not p then
+        return nil, "No available upstream hosts"
+    end
+    local pool = p.config
+    b.pool, b.host = pool, host
+
+    if not b.tries_set then
+        b.tries_set = true
+        local more = select.usable_count(plan, down, b.failed) - 1
+        if more > 0 then
+            ngx_balancer.set_more_tries(more)
+        end
+    end
+    ngx_balancer.set_timeouts(pool.timeout / 1000, pool.read_timeout / 1000, pool.read_timeout / 1000)
+
+    local ok, err
+    local target = plan.targets[host]
+    if target.unix then
+        ok, err = ngx_balancer.set_current_peer(target.address)
+    else
+        ok, err = ngx_balancer.set_current_peer(host.host, host.port)
+    end
+    if not ok then
+        return nil, "setting the peer " .. host.name .. " failed: " .. tostring(err)
+    end
+    return true
+end
+
+
+return _M

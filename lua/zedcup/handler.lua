@@ -1,0 +1,320 @@
+-- zedcup.handler: the short-lived per-request object of create_handler().
+-- Picks hosts with zedcup.select, connects (plain, TLS or unix sockets, or any
+-- lua-resty driver), sends HTTP requests with the HTTP client from
+-- zedcup.deps, fails over to the next host on connect errors, request errors
+-- and bad status codes, and reports failures to zedcup.state and events.
+--
+-- Nothing here touches a shared dict, JSON or Consul unless a host fails.
+
+local deps = require "zedcup.deps"
+local events = require "zedcup.events"
+local select = require "zedcup.select"
+local state = require "zedcup.state"
+
+local ngx = ngx
+local ngx_var = ngx.var
+local tcp = ngx.socket.tcp
+local pcall = pcall
+local type = type
+local setmetatable = setmetatable
+local str_match = string.match
+
+local select_next = select.next
+local down_for = state.down_for
+local record_failure = state.record_failure
+local fire = events.fire
+local wanted = events.wanted
+
+
+local _M = { _VERSION = "0.1.0" }
+local mt = { __index = _M }
+
+local NO_HOSTS = "No available upstream hosts"
+
+
+--- new(plan) -> handler
+function _M.new(plan)
+    return setmetatable({
+        plan = plan,
+        name = plan.name,
+        failed = nil,     -- { [host] = true } hosts that failed in this request
+        listeners = nil,  -- { [event] = { fn, ... } }
+        httpc = nil,
+        sock = nil,
+        pool = nil,
+        host = nil,
+    }, mt)
+end
+
+
+--- bind(event, callback) -> true | nil, err (for this handler only)
+function _M.bind(self, event, callback)
+    local ok, err = events.check(event, callback)
+    if not ok then
+        return nil, err
+    end
+    local listeners = self.listeners
+    if not listeners then
+        listeners = {}
+        self.listeners = listeners
+    end
+    local list = listeners[event]
+    if not list then
+        list = {}
+        listeners[event] = list
+    end
+    list[#list + 1] = callback
+    return true
+end
+
+
+--- config() -> the instance's effective config. Shared and cached: read-only.
+function _M.config(self)
+    return self.plan.config
+end
+
+
+local function failure(self, event, pool, host, err)
+    local failed = self.failed
+    if not failed then
+        failed = {}
+        self.failed = failed
+    end
+    failed[host] = true
+    record_failure(self.name, pool, host, err)
+    if wanted(event, self.listeners) then
+        fire(event, self.name, { pool = pool, host = host, err = err }, self.listeners)
+    end
+end
+
+
+local function var_host()
+    return ngx_var.host
+end
+
+local function request_host()
+    -- ngx.var is unavailable outside requests (timers): then no default SNI
+    local ok, host = pcall(var_host)
+    if ok and host and host ~= "" then
+        return str_match(host, "^%[?([^%]]+)%]?$") or host
+    end
+    return nil
+end
+
+
+local function set_timeout(sock, ms)
+    if sock.settimeout then
+        sock:settimeout(ms)
+    elseif sock.set_timeout then
+        sock:set_timeout(ms)
+    end
+end
+
+
+-- Connects `sock` to one host; the HTTP client gets lua-resty-http's
+-- connect(options) (it does TLS itself), others host/port connect + sslhandshake.
+local function connect_host(self, sock, is_http, pool, host)
+    local plan = self.plan
+    local target = plan.targets[host]
+    local ssl = plan.config.ssl
+    local sni
+    if ssl and not (is_http and target.http_connect) then
+        sni = ssl.sni_name or request_host() or host.host
+    end
+
+    set_timeout(sock, pool.timeout)
+
+    local ok, err
+    if is_http then
+        ok, err = sock:connect(target.http_connect or {
+            scheme = "https",
+            host = target.address,
+            port = not target.unix and host.port or nil,
+            ssl_verify = ssl.verify,
+            ssl_server_name = sni,
+            pool_size = pool.keepalive_pool,
+        })
+    else
+        if target.unix then
+            ok, err = sock:connect(target.address)
+        else
+            ok, err = sock:connect(target.address, host.port)
+        end
+        if ok and ssl then
+            if not sock.sslhandshake then
+                sock:close()
+                return nil, "ssl is configured but the driver has no sslhandshake()"
+            end
+            if sock.getreusedtimes == nil or sock:getreusedtimes() == 0 then
+                ok, err = sock:sslhandshake(nil, sni, ssl.verify)
+            end
+        end
+    end
+    if not ok then
+        return nil, err
+    end
+
+    set_timeout(sock, pool.read_timeout)
+    return true
+end
+
+
+local function connect(self, sock, is_http)
+    local plan = self.plan
+    local down = down_for(self.name)
+    while true do
+        local p, host = select_next(plan, down, self.failed)
+        if not p then
+            return nil, NO_HOSTS
+        end
+        local pool = p.config
+        local s = sock or tcp()
+        local ok, err = connect_host(self, s, is_http, pool, host)
+        if ok then
+            self.pool, self.host, self.codes = pool, host, p.codes
+            if wanted("host_connect", self.listeners) then
+                fire("host_connect", self.name, { pool = pool, host = host }, self.listeners)
+            end
+            return s
+        end
+        failure(self, "host_connect_error", pool, host, err or "connect failed")
+    end
+end
+
+
+--- connect(sock?) -> connected sock | nil, err
+-- sock: an ngx.socket.tcp, or a lua-resty driver with connect() and
+-- settimeout()/set_timeout(); a new ngx.socket.tcp when absent.
+function _M.connect(self, sock)
+    local s, err = connect(self, sock, false)
+    if s then
+        self.sock = s
+    end
+    return s, err
+end
+
+
+--- request(params) -> res | nil, err  (lua-resty-http's request())
+-- Connect errors, request errors and status codes listed in the pool's
+-- status_codes count against the host and move on to the next host. When
+-- no host gives a good response, the last response received is returned. A
+-- streamed body (a function) cannot be replayed, so it gets one attempt.
+function _M.request(self, params)
+    local replayable = type(params) ~= "table" or type(params.body) ~= "function"
+    local last_res, last_httpc, last_pool, last_host, last_codes
+    local last_err
+
+    while true do
+        local httpc = self.httpc
+        if not httpc or self.used then
+            httpc = deps.http.new()
+        end
+        local ok, err = connect(self, httpc, true)
+        if not ok then
+            if last_res then
+                self.httpc, self.pool, self.host, self.codes = last_httpc, last_pool, last_host, last_codes
+                return last_res
+            end
+            return nil, last_err or err
+        end
+        self.httpc = httpc
+        self.used = true
+
+        local res
+        res, err = httpc:request(params)
+        local pool, host = self.pool, self.host
+        if not res then
+            httpc:close()
+            self.httpc = nil
+            last_err = err
+            failure(self, "host_request_error", pool, host, err or "request failed")
+            if not replayable then
+                return nil, err
+            end
+        else
+            -- a newer response replaces the one kept from an earlier host
+            if last_httpc then
+                last_httpc:close()
+            end
+            if not self.codes[res.status] then
+                return res
+            end
+            failure(self, "host_request_error", pool, host, "Bad status code: " .. res.status)
+            if not replayable then
+                return res
+            end
+            last_res, last_httpc, last_pool, last_host, last_codes = res, httpc, pool, host, self.codes
+            self.httpc = nil
+        end
+    end
+end
+
+
+--- get_client_body_reader(chunksize?, sock?) -> reader | nil, err
+function _M.get_client_body_reader(self, ...)
+    local httpc = self.httpc
+    if not httpc then
+        httpc = deps.http.new()
+        self.httpc = httpc
+    end
+    return httpc:get_client_body_reader(...)
+end
+
+
+--- set_keepalive(timeout?, pool_size?) -> ok | nil, err (defaults from the pool)
+function _M.set_keepalive(self, timeout, size)
+    local pool = self.pool
+    if not pool then
+        return nil, "not connected"
+    end
+    timeout = timeout or pool.keepalive_timeout
+    size = size or pool.keepalive_pool
+    if self.httpc then
+        return self.httpc:set_keepalive(timeout, size)
+    end
+    local sock = self.sock
+    if sock then
+        if sock.setkeepalive then
+            return sock:setkeepalive(timeout, size)
+        end
+        return sock:set_keepalive(timeout, size)
+    end
+    return nil, "not connected"
+end
+
+
+--- get_reused_times() -> count | nil, err
+function _M.get_reused_times(self)
+    if self.httpc then
+        return self.httpc:get_reused_times()
+    end
+    local sock = self.sock
+    if sock then
+        if sock.getreusedtimes then
+            return sock:getreusedtimes()
+        end
+        return sock:get_reused_times()
+    end
+    return nil, "not connected"
+end
+
+
+--- close() -> ok | nil, err
+function _M.close(self)
+    if self.httpc then
+        return self.httpc:close()
+    end
+    if self.sock then
+        return self.sock:close()
+    end
+    return nil, "not connected"
+end
+
+
+--- current() -> pool, host the handler is connected to (effective records)
+function _M.current(self)
+    return self.pool, self.host
+end
+
+
+return _M

@@ -1,0 +1,541 @@
+-- zedcup.healthcheck: active HTTP(S) health checks and the revival of hosts.
+--
+-- One node of the cluster checks at a time: the holder of the cluster lock
+-- `healthcheck` (zedcup.session), and within it one worker (a worker lock).
+-- Another node takes over within about session_ttl when the holder dies.
+--
+-- Every healthcheck_interval the checker looks at every host that has an
+-- effective healthcheck (host level beats pool level beats instance level;
+-- `true` means the defaults) and checks those whose own `interval` has passed.
+-- Each result is recorded (state.record_check); `fall` consecutive failures
+-- of an up host mark it down, `rise` consecutive passes of a down host mark it
+-- up. Marking is a cluster-wide CAS in zedcup.state, so each transition fires
+-- host_down / host_up once.
+--
+-- Every host_revive_interval the same worker brings back hosts that failure
+-- accounting marked down and that have no healthcheck, once error_timeout has
+-- passed since their last error. Hosts with a healthcheck come back only
+-- through `rise`.
+
+local deps = require "zedcup.deps"
+local schema = require "zedcup.schema"
+local session = require "zedcup.session"
+local state = require "zedcup.state"
+local timer = require "zedcup.timer"
+
+local ngx = ngx
+local ngx_log = ngx.log
+local ngx_WARN = ngx.WARN
+local ngx_INFO = ngx.INFO
+local ngx_now = ngx.now
+local ngx_update_time = ngx.update_time
+local spawn = ngx.thread.spawn
+local wait = ngx.thread.wait
+local shared = ngx.shared
+local worker_exiting = ngx.worker.exiting
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local pcall = pcall
+local tostring = tostring
+local math_max = math.max
+local str_sub = string.sub
+local str_byte = string.byte
+local str_find = string.find
+local str_lower = string.lower
+local str_gsub = string.gsub
+
+
+local _M = {
+    _VERSION = "0.1.0",
+}
+
+local LOCK = "healthcheck"          -- cluster lock and worker lock name
+local CONCURRENCY = 16              -- checks in flight at once
+local STATS_PREFIX = "zedcup:hc:"   -- counters in the locks dict
+
+-- worker-local: "<inst>/<pool>/<host>" -> { next_at, passes, fails }
+local hosts = {}
+local holding = false
+
+
+local function counter(name, n)
+    local d = shared[session.locks_dict()]
+    if d then
+        d:incr(STATS_PREFIX .. name, n or 1, 0)
+    end
+end
+
+
+--- stats() -> this node's counters (all workers): passes (as the checker),
+-- checks, failed, marked_down, marked_up, revived
+function _M.stats()
+    local d = shared[session.locks_dict()]
+    local out = {}
+    for _, k in ipairs({ "passes", "checks", "failed", "marked_down", "marked_up", "revived" }) do
+        out[k] = d and d:get(STATS_PREFIX .. k) or 0
+    end
+    out.holding = holding
+    return out
+end
+
+
+---------------------------------------------------------------------------
+-- Effective healthcheck of a host
+---------------------------------------------------------------------------
+
+local HC_FIELDS = schema.records.healthcheck.fields
+
+local function default_of(field)
+    local v = HC_FIELDS[field].default
+    if type(v) == "string" then
+        return (str_gsub(v, "{version}", schema.VERSION))
+    end
+    if type(v) == "table" then
+        local out = {}
+        for k, x in pairs(v) do
+            out[k] = type(x) == "string" and (str_gsub(x, "{version}", schema.VERSION)) or x
+        end
+        return out
+    end
+    return v
+end
+
+
+-- hc: true | table (normalised or effective) -> a table with every default
+local function with_defaults(hc)
+    if hc == true then
+        hc = {}
+    end
+    local out = {}
+    for field, spec in pairs(HC_FIELDS) do
+        if not spec.alias_of then
+            local v = hc[field]
+            if v == nil and spec.default ~= nil then
+                v = default_of(field)
+            elseif field == "headers" and type(v) == "table" then
+                -- a map default is merged key by key under the user's entries
+                local merged = default_of("headers")
+                for k, x in pairs(v) do
+                    merged[k] = x
+                end
+                v = merged
+            end
+            out[field] = v
+        end
+    end
+    return out
+end
+
+
+--- effective(inst_conf, pool, host) -> the host's healthcheck with defaults, or nil
+-- Host level beats pool level beats instance level; `false` at a level means
+-- "none" there; status_codes default to the pool's.
+function _M.effective(inst_conf, pool, host)
+    local hc = host.healthcheck
+    if hc == nil then
+        hc = pool.healthcheck
+    end
+    if hc == nil then
+        hc = inst_conf.healthcheck
+    end
+    if not hc then
+        return nil
+    end
+    local out = with_defaults(hc)
+    if out.status_codes == nil then
+        out.status_codes = pool.status_codes or default_of("status_codes")
+            or schema.records.pool.fields.status_codes.default
+    end
+    return out
+end
+
+
+---------------------------------------------------------------------------
+-- One check
+---------------------------------------------------------------------------
+
+-- "5xx", "50x", "503" against a status
+local function status_matches(codes, status)
+    local s = tostring(status)
+    for _, code in ipairs(codes) do
+        local match = #code == #s
+        if match then
+            for i = 1, #code do
+                local c = str_byte(code, i)
+                if c ~= 120 and c ~= 88 and c ~= str_byte(s, i) then -- 'x', 'X'
+                    match = false
+                    break
+                end
+            end
+        end
+        if match then
+            return true
+        end
+    end
+    return false
+end
+_M.status_matches = status_matches
+
+
+local function is_ip(host)
+    return str_find(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil or str_find(host, ":", 1, true) ~= nil
+end
+
+
+local function header(headers, name)
+    local lname = str_lower(name)
+    for k, v in pairs(headers) do
+        if str_lower(k) == lname then
+            return v
+        end
+    end
+    return nil
+end
+
+
+--- check(inst_conf, pool, host, hc) -> true | false, why
+function _M.check(inst_conf, pool, host, hc)
+    local httpc, err = deps.http.new()
+    if not httpc then
+        return false, "could not create an HTTP client: " .. tostring(err)
+    end
+    httpc:set_timeouts(pool.timeout, pool.read_timeout, pool.read_timeout)
+
+    local ssl = hc.ssl
+    if ssl == nil then
+        ssl = inst_conf.ssl
+    end
+    local verify, sni = true, nil
+    if type(ssl) == "table" then
+        if ssl.verify ~= nil then
+            verify = ssl.verify
+        elseif ssl.ssl_verify ~= nil then
+            verify = ssl.ssl_verify
+        end
+        sni = ssl.sni_name
+    end
+    local headers = hc.headers or {}
+
+    local addr, port = host.host, host.port
+    if str_sub(addr, 1, 1) == "/" then
+        addr = "unix:" .. addr
+    end
+    local unix = str_sub(addr, 1, 5) == "unix:"
+    if ssl and not sni then
+        local h = header(headers, "Host")
+        if h then
+            sni = (str_gsub(h, ":%d+$", ""))
+        elseif not unix and not is_ip(addr) then
+            sni = addr
+        end
+    end
+
+    local copts = {
+        scheme = "http",
+        host = addr,
+        port = not unix and port or nil,
+    }
+    if ssl then
+        copts.scheme = "https"
+        copts.ssl_verify = verify
+        copts.ssl_server_name = sni
+    end
+    local ok
+    ok, err = httpc:connect(copts)
+    if not ok then
+        httpc:close()
+        return false, "could not connect: " .. tostring(err)
+    end
+
+    local res
+    res, err = httpc:request({
+        method = hc.method,
+        path = hc.path,
+        headers = headers,
+    })
+    if not res then
+        httpc:close()
+        return false, "request failed: " .. tostring(err)
+    end
+
+    local _, berr = res:read_body()
+    httpc:close()
+    if berr then
+        return false, "reading the body failed: " .. tostring(berr)
+    end
+
+    if status_matches(hc.status_codes or {}, res.status) then
+        return false, "Bad status code: " .. tostring(res.status)
+    end
+    return true
+end
+
+
+---------------------------------------------------------------------------
+-- Passes
+---------------------------------------------------------------------------
+
+-- The effective configs of every instance: { [name] = config } | nil, err
+local function instances()
+    return require("zedcup.config").instances()
+end
+
+
+-- Down cluster-wide, as this worker knows it: Consul's state (through the
+-- node's state watcher) or this worker's own mark_down. A node-local mark
+-- from request failures (an expiry) does not count: only Consul's does.
+local function host_down(inst, pool_name, host_name)
+    local d = state.down_for(inst)
+    d = d and d[pool_name]
+    return d ~= nil and d[host_name] == true
+end
+
+
+local function account(job, ok, why)
+    local inst, pool, host, hc, hs = job.inst, job.pool, job.host, job.hc, job.hs
+    counter("checks")
+
+    local _, err = state.record_check(inst, pool.name, host.name, ok, why)
+    if err then
+        ngx_log(ngx_WARN, "[zedcup] healthcheck: recording the check of ", job.key, ": ", err)
+    end
+
+    local down = host_down(inst, pool.name, host.name)
+    if ok then
+        hs.fails = 0
+        if not down then
+            hs.passes = 0
+            return
+        end
+        hs.passes = hs.passes + 1
+        if hs.passes >= hc.rise then
+            local won, merr = state.mark_up(inst, pool.name, host.name)
+            if won == nil then
+                ngx_log(ngx_WARN, "[zedcup] healthcheck: marking ", job.key, " up: ", merr)
+                return
+            end
+            hs.passes = 0
+            if won then
+                counter("marked_up")
+            end
+        end
+        return
+    end
+
+    counter("failed")
+    hs.passes = 0
+    if down then
+        hs.fails = 0
+        return
+    end
+    hs.fails = hs.fails + 1
+    if hs.fails >= hc.fall then
+        local won, merr = state.mark_down(inst, pool.name, host.name,
+                                          "health check failed " .. hs.fails .. " times: " .. tostring(why))
+        if won == nil then
+            ngx_log(ngx_WARN, "[zedcup] healthcheck: marking ", job.key, " down: ", merr)
+            return
+        end
+        hs.fails = 0
+        if won then
+            counter("marked_down")
+        end
+    end
+end
+
+
+local function run_one(job)
+    local ok, pok, why = pcall(_M.check, job.inst_conf, job.pool, job.host, job.hc)
+    if not ok then
+        pok, why = false, "check raised: " .. tostring(pok)
+    end
+    local aok, aerr = pcall(account, job, pok, why)
+    if not aok then
+        ngx_log(ngx.ERR, "[zedcup] healthcheck: accounting ", job.key, ": ", aerr)
+    end
+    return true
+end
+
+
+local function worker_lock_ttl()
+    return math_max(session.global("worker_lock_ttl"), 3 * session.global("healthcheck_interval"))
+end
+
+
+-- -> true when this worker of this node is the cluster's checker now
+local function elected()
+    local mine, err = session.worker_lock(LOCK, worker_lock_ttl())
+    if not mine then
+        holding = false
+        return false, err
+    end
+    local held
+    held, err = session.acquire(LOCK)
+    if not held then
+        if holding then
+            ngx_log(ngx_INFO, "[zedcup] healthcheck: this node no longer holds the lock")
+        end
+        holding = false
+        hosts = {}
+        return false, err
+    end
+    if not holding then
+        ngx_log(ngx_INFO, "[zedcup] healthcheck: this node (", session.node_name(), ") checks the cluster")
+        hosts = {}
+    end
+    holding = true
+    return true
+end
+
+
+--- pass() -> true | nil, err: one healthcheck pass (timer job, every worker)
+function _M.pass()
+    if worker_exiting() then
+        return true
+    end
+    local ok, err = elected()
+    if not ok then
+        if err then
+            return nil, err
+        end
+        return true
+    end
+    counter("passes")
+
+    local insts
+    insts, err = instances()
+    if not insts then
+        return nil, "healthcheck: instances: " .. tostring(err)
+    end
+
+    ngx_update_time()
+    local now = ngx_now()
+    local due = {}
+    local seen = {}
+    for inst, conf in pairs(insts) do
+        for _, pool in ipairs(conf.pools or {}) do
+            for _, host in ipairs(pool.hosts or {}) do
+                local hc = pool.up ~= false and host.up ~= false and _M.effective(conf, pool, host)
+                if hc then
+                    local key = inst .. "/" .. pool.name .. "/" .. host.name
+                    local hs = hosts[key]
+                    if not hs then
+                        hs = { next_at = 0, passes = 0, fails = 0 }
+                    end
+                    seen[key] = hs
+                    if now >= hs.next_at then
+                        hs.next_at = now + hc.interval
+                        due[#due + 1] = {
+                            key = key, inst = inst, inst_conf = conf,
+                            pool = pool, host = host, hc = hc, hs = hs,
+                        }
+                    end
+                end
+            end
+        end
+    end
+    hosts = seen -- forgets hosts that left the config
+
+    -- at most CONCURRENCY checks in flight; the worker lock is renewed
+    -- between batches so a long pass never loses it
+    local i = 1
+    while i <= #due do
+        if worker_exiting() then
+            return true
+        end
+        local threads = {}
+        for j = i, math.min(i + CONCURRENCY - 1, #due) do
+            local th, serr = spawn(run_one, due[j])
+            if th then
+                threads[#threads + 1] = th
+            else
+                ngx_log(ngx_WARN, "[zedcup] healthcheck: ", due[j].key, ": ", serr)
+            end
+        end
+        for _, th in ipairs(threads) do
+            wait(th)
+        end
+        i = i + CONCURRENCY
+        session.worker_lock(LOCK, worker_lock_ttl())
+    end
+    return true
+end
+
+
+--- revive() -> true | nil, err: brings back hosts without a healthcheck whose
+-- error_timeout has passed since their last error (timer job, every worker)
+function _M.revive()
+    if worker_exiting() then
+        return true
+    end
+    local ok, err = elected()
+    if not ok then
+        if err then
+            return nil, err
+        end
+        return true
+    end
+
+    local insts
+    insts, err = instances()
+    if not insts then
+        return nil, "revive: instances: " .. tostring(err)
+    end
+
+    -- state times are whole seconds (Consul Flags): count from the end of that
+    -- second, so that no host comes back before its error_timeout
+    ngx_update_time()
+    local now = ngx_now() - 1
+    local snap = state.snapshot()
+    for inst, conf in pairs(insts) do
+        local si = snap[inst]
+        for _, pool in ipairs(si and conf.pools or {}) do
+            local sp = si[pool.name]
+            for _, host in ipairs(sp and pool.hosts or {}) do
+                local st = sp[host.name]
+                if st and st.down and not _M.effective(conf, pool, host) then
+                    local last = math_max(st.errors_at or 0, st.last_error_at or 0, st.down_at or 0)
+                    if now - last >= pool.error_timeout then
+                        local won, merr = state.mark_up(inst, pool.name, host.name)
+                        if won == nil then
+                            ngx_log(ngx_WARN, "[zedcup] revive: ", inst, "/", pool.name, "/",
+                                    host.name, ": ", merr)
+                        elseif won then
+                            counter("revived")
+                        end
+                    end
+                end
+            end
+        end
+    end
+    return true
+end
+
+
+local function healthcheck_interval()
+    return session.global("healthcheck_interval")
+end
+
+
+local function revive_interval()
+    return session.global("host_revive_interval")
+end
+
+
+--- run_workers(): starts the checker and reviver timers in this worker
+-- (init_worker_by_lua, every worker; the locks elect one of them).
+function _M.run_workers()
+    local ok, err = timer.every("healthcheck", healthcheck_interval, _M.pass)
+    if ok or str_find(tostring(err), "already running", 1, true) then
+        ok, err = timer.every("revive", revive_interval, _M.revive)
+    end
+    if not ok and not str_find(tostring(err), "already running", 1, true) then
+        ngx_log(ngx.ERR, "[zedcup] healthcheck: ", err)
+        return nil, err
+    end
+    return true
+end
+
+
+return _M

@@ -1,0 +1,164 @@
+-- zedcup.select: host selection, independent of how the request is sent.
+-- Compiles an instance's effective config into a "plan" (per worker: pools in
+-- order, one balancer per pool, status-code sets), then picks hosts: pools in
+-- order, `up = false` pools and hosts skipped, hosts marked down or already
+-- failed in this request skipped, the next pool when a pool has nothing left.
+-- Used by zedcup.handler (cosockets) and zedcup.balance (balancer_by_lua).
+
+local ngx = ngx
+local ngx_now = ngx.now
+local require = require
+local pcall = pcall
+local tostring = tostring
+local str_byte = string.byte
+local str_sub = string.sub
+
+
+local _M = { _VERSION = "0.1.0" }
+
+
+-- status_codes patterns ("500", "50x", "5xx") -> set of matching statuses
+local function status_set(patterns)
+    local set = {}
+    for _, p in ipairs(patterns or {}) do
+        for status = 100, 599 do
+            local s = tostring(status)
+            local match = true
+            for i = 1, 3 do
+                local c = str_sub(p, i, i)
+                if c ~= "x" and c ~= str_sub(s, i, i) then
+                    match = false
+                    break
+                end
+            end
+            if match then
+                set[status] = true
+            end
+        end
+    end
+    return set
+end
+_M.status_set = status_set
+
+
+local function balancer_module(method)
+    local ok, mod = pcall(require, "zedcup.balancer." .. method)
+    if not ok then
+        return nil, "unknown balancing method: " .. tostring(method)
+    end
+    return mod
+end
+
+
+--- compile(name, effective, version) -> plan | nil, err
+function _M.compile(name, effective, version)
+    local pools = {}
+    local targets = {}
+    local nhosts = 0
+    for i, pool in ipairs(effective.pools) do
+        local mod, err = balancer_module(pool.method)
+        if not mod then
+            return nil, "pools[" .. i .. "]: " .. err
+        end
+        for _, host in ipairs(pool.hosts) do
+            -- how to reach the host, kept apart from its config (which users see)
+            local h = host.host
+            local address = h
+            local unix = str_sub(h, 1, 5) == "unix:"
+            if str_byte(h, 1) == 47 then -- "/"
+                address = "unix:" .. h
+                unix = true
+            end
+            local target = { address = address, unix = unix }
+            -- lua-resty-http connect() options, built once per config version;
+            -- none when TLS takes its SNI from each request's Host
+            local ssl = effective.ssl
+            if not ssl or ssl.sni_name then
+                target.http_connect = {
+                    scheme = ssl and "https" or "http",
+                    host = address,
+                    port = not unix and host.port or nil,
+                    ssl_verify = ssl and ssl.verify,
+                    ssl_server_name = ssl and ssl.sni_name or nil,
+                    pool_size = pool.keepalive_pool,
+                }
+            end
+            targets[host] = target
+            nhosts = nhosts + 1
+        end
+        pools[i] = {
+            config = pool,
+            balancer = mod.new(pool.hosts),
+            codes = status_set(pool.status_codes),
+        }
+    end
+    return {
+        name = name,
+        version = version,
+        config = effective,
+        pools = pools,
+        npools = #pools,
+        targets = targets, -- host config -> { address =, unix =, http_connect = }
+        nhosts = nhosts,
+    }
+end
+
+
+-- filter for balancers: a = the pool's down table (or nil), b = failed set (or nil)
+local function usable(host, down, failed)
+    if not host.up then
+        return false
+    end
+    if failed and failed[host] then
+        return false
+    end
+    if down then
+        local d = down[host.name]
+        if d and (d == true or d > ngx_now()) then
+            return false
+        end
+    end
+    return true
+end
+_M.usable = usable
+
+
+--- next(plan, down, failed) -> pool, host, pool_index | nil
+-- down: { [pool name] = { [host name] = true | expiry } } for this instance, or nil.
+-- failed: { [host table] = true } for this request, or nil.
+function _M.next(plan, down, failed)
+    local pools = plan.pools
+    for i = 1, plan.npools do
+        local p = pools[i]
+        local conf = p.config
+        if conf.up then
+            local host = p.balancer:next(usable, down and down[conf.name], failed)
+            if host then
+                return p, host, i
+            end
+        end
+    end
+    return nil
+end
+
+
+--- usable_count(plan, down, failed) -> number of hosts next() could still return
+function _M.usable_count(plan, down, failed)
+    local n = 0
+    for i = 1, plan.npools do
+        local p = plan.pools[i]
+        local conf = p.config
+        if conf.up then
+            local d = down and down[conf.name]
+            for _, host in ipairs(conf.hosts) do
+                if usable(host, d, failed) then
+                    n = n + 1
+                end
+            end
+        end
+    end
+    return n
+end
+
+
+return _M

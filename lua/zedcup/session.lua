@@ -1,0 +1,565 @@
+-- zedcup.session: this node's Consul session, cluster locks held with it, and
+-- per-node worker locks.
+--
+-- One session per node (nginx instance), not per worker: the first worker that
+-- needs it creates it under a shm lock and stores its id in the `locks` dict,
+-- where every worker of the node finds it. Each session_renew_interval exactly
+-- one worker renews it (a shm token per interval); a 404 on renew (the session
+-- lapsed or was destroyed behind our back) creates a new one. The session holds
+-- `<prefix>/registry/<id>` (value "<hostname> <master pid>") so live nodes can be
+-- listed; behavior "release" and a short LockDelay let another node take over a
+-- cluster lock soon after this node dies.
+--
+-- Cluster locks: acquire(name) / release(name) / holder(name) on
+-- `<prefix>/locks/<name>`, value = the node name.
+-- Worker locks: worker_lock(name, ttl) elects one worker of the node for a job;
+-- the holder renews it each time it calls again.
+
+local deps = require "zedcup.deps"
+local kv = require "zedcup.kv"
+local nodelock = require "zedcup.nodelock"
+local timer = require "zedcup.timer"
+local schema = require "zedcup.schema"
+
+local ngx = ngx
+local ngx_log = ngx.log
+local ngx_ERR = ngx.ERR
+local ngx_WARN = ngx.WARN
+local ngx_INFO = ngx.INFO
+local shared = ngx.shared
+local worker_pid = ngx.worker.pid
+local worker_exiting = ngx.worker.exiting
+local type = type
+local tostring = tostring
+local ipairs = ipairs
+local pcall = pcall
+local error = error
+local math_min = math.min
+local str_find = string.find
+local io_open = io.open
+
+
+local _M = {
+    _VERSION = "0.1.0",
+}
+
+local LOCK_DELAY = "1s"
+
+-- keys in the locks dict
+local ID_KEY = "zedcup:session:id"
+local CREATE_KEY = "zedcup:session:create"
+local RENEW_TOKEN = "zedcup:session:renew"
+local RENEWALS_KEY = "zedcup:session:renewals" -- a counter, for tests
+local WLOCK_PREFIX = "zedcup:wlock:"
+
+-- Set by init() in the master (init_by_lua), inherited by every worker.
+local conf = {
+    locks = "zedcup_locks",
+    hostname = nil,
+    master_pid = nil,
+    node_name = nil,
+}
+
+
+local function read_first_line(path)
+    local f = io_open(path, "r")
+    if not f then
+        return nil
+    end
+    local line = f:read("*l")
+    f:close()
+    if line and line ~= "" then
+        return line
+    end
+    return nil
+end
+
+
+local function get_hostname()
+    return read_first_line("/proc/sys/kernel/hostname")
+        or read_first_line("/etc/hostname")
+        or os.getenv("HOSTNAME")
+        or "localhost"
+end
+
+
+local function get_master_pid()
+    local ok, process = pcall(require, "ngx.process")
+    if ok and process.get_master_pid then
+        local pid = process.get_master_pid()
+        if pid then
+            return pid
+        end
+    end
+    -- no master process (master_process off), or an older ngx_lua
+    return worker_pid()
+end
+
+
+--- init(opts): zedcup.init()'s opts; uses opts.dicts.locks and opts.node_name
+-- (both optional). Called in init_by_lua. Consul access and the key prefix
+-- come from zedcup.kv (kv.init).
+function _M.init(opts)
+    if opts == nil then
+        opts = {}
+    elseif type(opts) ~= "table" then
+        error("opts must be a table (got " .. type(opts) .. ")", 2)
+    end
+    if opts.node_name ~= nil and (type(opts.node_name) ~= "string" or opts.node_name == "") then
+        error("opts.node_name must be a non-empty string (got " .. tostring(opts.node_name) .. ")", 2)
+    end
+
+    conf.locks = opts.dicts and opts.dicts.locks or "zedcup_locks"
+    conf.hostname = get_hostname()
+    conf.node_name = opts.node_name
+    return true
+end
+
+
+--- locks_dict() -> the name of the shared dict for locks (init opts.dicts.locks)
+function _M.locks_dict()
+    return conf.locks
+end
+
+
+local function master_pid()
+    if not conf.master_pid then
+        conf.master_pid = get_master_pid()
+    end
+    return conf.master_pid
+end
+
+
+function _M.hostname()
+    if not conf.hostname then
+        conf.hostname = get_hostname()
+    end
+    return conf.hostname
+end
+
+
+--- node_name() -> the name this node uses for cluster locks
+function _M.node_name()
+    return conf.node_name or (_M.hostname() .. ":" .. master_pid())
+end
+
+
+
+
+--- global(name) -> the effective global config value `name`
+-- (Consul's `<prefix>/config/<name>` as the config module caches it, else the default)
+function _M.global(name)
+    local ok, config = pcall(require, "zedcup.config")
+    if ok and type(config) == "table" and type(config.global) == "function" then
+        local gok, g = pcall(config.global)
+        if gok and type(g) == "table" and g[name] ~= nil then
+            return g[name]
+        end
+    end
+    local field = schema.records.global.fields[name]
+    local v = field and field.default
+    if v == nil then
+        error("unknown global config field: " .. tostring(name), 2)
+    end
+    return v
+end
+
+
+local function dict()
+    local d = shared[conf.locks]
+    if not d then
+        return nil, "locks dictionary not found: " .. tostring(conf.locks)
+    end
+    return d
+end
+
+
+local function consul()
+    return kv.client()
+end
+
+
+-- "what failed: why" from an answer that is not the expected one
+local function answer_error(what, res, err)
+    if not res then
+        return what .. ": " .. tostring(err)
+    end
+    local body = res.body
+    if type(body) ~= "string" then
+        body = ""
+    end
+    return what .. ": status " .. tostring(res.status) .. (body ~= "" and (" " .. body) or "")
+end
+
+
+local function registry_key(id)
+    return kv.prefix() .. "/registry/" .. id
+end
+
+
+local function lock_key(name)
+    return kv.prefix() .. "/locks/" .. name
+end
+
+
+-- Deletes registry entries that no session holds any more (their node died):
+-- best effort, each with a CAS on the index we saw.
+local function reap_registry(c)
+    local res = c:get_key(kv.prefix() .. "/registry/", { recurse = true })
+    if not res or res.status ~= 200 or type(res.body) ~= "table" then
+        return
+    end
+    for _, entry in ipairs(res.body) do
+        if type(entry) == "table" and not entry.Session and entry.Key then
+            c:delete_key(entry.Key, { cas = entry.ModifyIndex })
+        end
+    end
+end
+
+
+local function destroy_remote(c, id)
+    local res, err = c:put("/session/destroy/" .. id, "")
+    if not res or res.status ~= 200 then
+        return nil, answer_error("session: destroy " .. id, res, err)
+    end
+    return true
+end
+
+
+-- Creates a session and its registry entry. Callers hold the create lock.
+local function create(d)
+    local c = consul()
+    -- a session's TTL is fixed when it is created: make sure the global config
+    -- was read once (a worker that just started may not have it yet)
+    local zedcup = package.loaded["zedcup"]
+    if type(zedcup) == "table" and zedcup.initted and zedcup.initted() then
+        local lok, g, lerr = pcall(require("zedcup.config").load_global)
+        if not lok or not g then
+            ngx_log(ngx_WARN, "[zedcup] session: reading the global config: ", tostring(lok and lerr or g))
+        end
+    end
+    local ttl = _M.global("session_ttl")
+    local name = "zedcup " .. _M.hostname() .. " " .. master_pid()
+
+    local res, err = c:put("/session/create", {
+        Name = name,
+        TTL = tostring(ttl) .. "s",
+        Behavior = "release",
+        LockDelay = LOCK_DELAY,
+    })
+    if not res or res.status ~= 200 or type(res.body) ~= "table" or type(res.body.ID) ~= "string" then
+        return nil, answer_error("session: create", res, err)
+    end
+    local id = res.body.ID
+
+    res, err = c:put_key(registry_key(id), _M.hostname() .. " " .. master_pid(), { acquire = id })
+    if not res or res.status ~= 200 or res.body ~= true then
+        local msg = answer_error("session: registry " .. registry_key(id), res, err)
+        destroy_remote(c, id)
+        return nil, msg
+    end
+
+    local ok
+    ok, err = d:set(ID_KEY, id)
+    if not ok then
+        destroy_remote(c, id)
+        return nil, "session: storing the id in shm: " .. tostring(err)
+    end
+    -- creation counts as this interval's renewal
+    d:set(RENEW_TOKEN, true, _M.renew_interval() * 0.9)
+
+    ngx_log(ngx_INFO, "[zedcup] session: created ", id, " (", name, ", TTL ", ttl, "s)")
+    reap_registry(c)
+    return id
+end
+
+
+-- Returns the node's session id, creating the session when there is none
+-- (or when it is `stale`, an id known to be invalid).
+local function ensure(stale)
+    local d, err = dict()
+    if not d then
+        return nil, err
+    end
+
+    local id = d:get(ID_KEY)
+    if id and id ~= stale then
+        return id
+    end
+
+    local lock
+    lock, err = deps.lock:new(conf.locks, { exptime = 30, timeout = 15 })
+    if not lock then
+        return nil, "session: lock: " .. tostring(err)
+    end
+    local elapsed
+    elapsed, err = lock:lock(CREATE_KEY)
+    if not elapsed then
+        return nil, "session: waiting for the create lock: " .. tostring(err)
+    end
+
+    id = d:get(ID_KEY)
+    if stale and id == stale then
+        -- left in place until the new one replaces it: no worker ever sees
+        -- the node without a session id while another is being created
+        id = nil
+    end
+    if not id then
+        id, err = create(d)
+    end
+
+    lock:unlock()
+    return id, err
+end
+
+
+--- id() -> the node's session id, or nil when there is none yet (never creates)
+function _M.id()
+    local d = dict()
+    return d and d:get(ID_KEY) or nil
+end
+
+
+--- ensure() -> id | nil, err: the node's session, created if needed
+function _M.ensure()
+    return ensure()
+end
+
+
+--- renew_interval() -> seconds between renewals: session_renew_interval, but never
+-- so long that the session lapses between two renewals.
+function _M.renew_interval()
+    local interval = _M.global("session_renew_interval")
+    local ttl = _M.global("session_ttl")
+    return math_min(interval, ttl / 2)
+end
+
+
+--- renew(force) -> true | nil, err
+-- Renews the node's session unless another worker did so this interval (force
+-- skips that check); creates a new session when Consul no longer knows it.
+function _M.renew(force)
+    local d, err = dict()
+    if not d then
+        return nil, err
+    end
+
+    local id = d:get(ID_KEY)
+    if not id then
+        id, err = ensure()
+        if not id then
+            return nil, err
+        end
+        return true
+    end
+
+    if not force then
+        local ok = d:add(RENEW_TOKEN, true, _M.renew_interval() * 0.9)
+        if not ok then
+            return true -- another worker's turn
+        end
+    end
+
+    local res
+    res, err = consul():put("/session/renew/" .. id, "")
+    if res and res.status == 200 then
+        d:incr(RENEWALS_KEY, 1, 0)
+        return true
+    end
+
+    if res and res.status == 404 then
+        ngx_log(ngx_WARN, "[zedcup] session: ", id, " is gone, creating a new one")
+        d:delete(RENEW_TOKEN)
+        id, err = ensure(id)
+        if not id then
+            return nil, err
+        end
+        return true
+    end
+
+    -- let the next worker that ticks try again at once
+    d:delete(RENEW_TOKEN)
+    return nil, answer_error("session: renew " .. id, res, err)
+end
+
+
+--- destroy() -> true | nil, err: destroys the node's session (releasing its locks)
+function _M.destroy()
+    local d, err = dict()
+    if not d then
+        return nil, err
+    end
+    local id = d:get(ID_KEY)
+    if not id then
+        return true
+    end
+    d:delete(ID_KEY)
+    return destroy_remote(consul(), id)
+end
+
+
+local function check_name(name)
+    if type(name) ~= "string" or name == "" or str_find(name, "/", 1, true) then
+        error("lock name must be a non-empty string without '/' (got " .. tostring(name) .. ")", 3)
+    end
+end
+
+
+-- Consul answers 500 to acquire/release with a session it does not know.
+local function session_unknown(res)
+    return res and res.status == 500 and type(res.body) == "string"
+        and (str_find(res.body, "session", 1, true) or str_find(res.body, "Session", 1, true))
+end
+
+
+--- acquire(name) -> true | false | nil, err
+-- Takes the cluster lock `name` with the node's session (true when this node
+-- holds it, also when it already did; false when another node holds it or the
+-- key is in lock-delay).
+function _M.acquire(name)
+    check_name(name)
+    local id, err = ensure()
+    if not id then
+        return nil, err
+    end
+
+    local res
+    res, err = consul():put_key(lock_key(name), _M.node_name(), { acquire = id })
+    if res and res.status == 200 then
+        return res.body == true
+    end
+
+    if session_unknown(res) then
+        -- our session is gone: replace it now, the caller retries next time
+        local _, cerr = ensure(id)
+        if cerr then
+            ngx_log(ngx_ERR, "[zedcup] ", cerr)
+        end
+    end
+    return nil, answer_error("session: acquire " .. lock_key(name), res, err)
+end
+
+
+--- release(name) -> true | false | nil, err (false: this node did not hold it)
+function _M.release(name)
+    check_name(name)
+    local id = _M.id()
+    if not id then
+        return false
+    end
+    local res, err = consul():put_key(lock_key(name), _M.node_name(), { release = id })
+    if res and res.status == 200 then
+        return res.body == true
+    end
+    if session_unknown(res) then
+        return false
+    end
+    return nil, answer_error("session: release " .. lock_key(name), res, err)
+end
+
+
+--- holder(name) -> node name, session id | nil (no holder) | nil, err
+function _M.holder(name)
+    check_name(name)
+    local res, err = consul():get_key(lock_key(name))
+    if not res then
+        return nil, "session: holder of " .. lock_key(name) .. ": " .. tostring(err)
+    end
+    if res.status == 404 then
+        return nil
+    end
+    if res.status ~= 200 or type(res.body) ~= "table" or type(res.body[1]) ~= "table" then
+        return nil, answer_error("session: holder of " .. lock_key(name), res, err)
+    end
+    local entry = res.body[1]
+    if not entry.Session then
+        return nil
+    end
+    return entry.Value, entry.Session
+end
+
+
+--- holds(name) -> whether this node's session holds cluster lock `name` (one read)
+function _M.holds(name)
+    local _, sid = _M.holder(name)
+    return sid ~= nil and sid == _M.id()
+end
+
+
+--- worker_lock(name, ttl) -> true | false | nil, err
+-- Elects one worker of this node for job `name`: true when this worker holds
+-- the lock (taken now, or renewed for another `ttl` seconds). A holder whose
+-- process is gone is replaced at once (zedcup.nodelock); one that stops
+-- calling is replaced once `ttl` has passed, so `ttl` must be longer than
+-- anything the holder does between two calls (for a blocking query: its wait
+-- plus a margin).
+function _M.worker_lock(name, ttl)
+    if type(name) ~= "string" or name == "" then
+        error("name must be a non-empty string (got " .. tostring(name) .. ")", 2)
+    end
+    if type(ttl) ~= "number" or ttl <= 0 then
+        error("ttl must be a positive number (got " .. tostring(ttl) .. ")", 2)
+    end
+    local d, err = dict()
+    if not d then
+        return nil, err
+    end
+
+    local ok
+    ok, err = nodelock.acquire(d, WLOCK_PREFIX .. name, ttl)
+    if ok == nil then
+        return nil, "worker lock " .. name .. ": " .. tostring(err)
+    end
+    return ok
+end
+
+
+--- worker_unlock(name) -> true when this worker held the lock
+function _M.worker_unlock(name)
+    local d = dict()
+    if not d then
+        return false
+    end
+    local key = WLOCK_PREFIX .. name
+    if d:get(key) == worker_pid() then
+        d:delete(key)
+        return true
+    end
+    return false
+end
+
+
+--- worker_lock_holder(name) -> pid of the worker holding it, or nil
+function _M.worker_lock_holder(name)
+    local d = dict()
+    return d and d:get(WLOCK_PREFIX .. name) or nil
+end
+
+
+local function renew_job()
+    if worker_exiting() then
+        return true
+    end
+    return _M.renew()
+end
+
+
+--- run_workers(): starts the renewal timer in this worker (init_worker_by_lua).
+-- Every worker runs it; the shm token lets one of them renew per interval.
+function _M.run_workers()
+    -- no back-off beyond the interval: a session lapses if renewals stop
+    local ok, err = timer.every({ name = "session renewal", backoff_cap = _M.renew_interval },
+                                _M.renew_interval, renew_job)
+    if not ok and not str_find(tostring(err), "already running", 1, true) then
+        ngx_log(ngx_ERR, "[zedcup] session: ", err)
+        return nil, err
+    end
+    return true
+end
+
+
+-- for tests
+_M._keys = { id = ID_KEY, renew = RENEW_TOKEN, create = CREATE_KEY, renewals = RENEWALS_KEY }
+
+
+return _M

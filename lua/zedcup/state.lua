@@ -1,0 +1,444 @@
+-- zedcup.state: host state and failure accounting.
+--
+-- Request path (failures only): a failure increments the node's count for the
+-- host in the shared dict (window = the pool's error_timeout) and queues the
+-- increment; when the node alone reaches max_errors the worker stops using the
+-- host at once. A timer (every worker, off the request path) drains the queue
+-- in batches into Consul with CAS on <prefix>/state/<inst>/<pool>/<host>/errors
+-- (Flags = last error time) and writes last_error. Reaching max_errors there
+-- marks the host down: CAS-create of `down` (cas=0); only the winner (one
+-- worker on one node of the cluster) fires host_down. Marking up is a
+-- CAS-delete; only its winner fires host_up.
+--
+-- Every worker learns state changes from a per-node watcher on <prefix>/state/
+-- (zedcup.watch) that stores a snapshot in the shared dict; each worker's
+-- update timer copies it into worker-local tables (refresh()), which is all
+-- that host selection reads.
+
+local cjson = require "cjson.safe"
+local kv = require "zedcup.kv"
+local events = require "zedcup.events"
+
+local ngx = ngx
+local ngx_log = ngx.log
+local ngx_WARN = ngx.WARN
+local ngx_now = ngx.now
+local ngx_time = ngx.time
+local pairs = pairs
+local type = type
+local tostring = tostring
+local tonumber = tonumber
+local str_match = string.match
+local str_sub = string.sub
+local json_encode = cjson.encode
+local json_decode = cjson.decode
+
+
+local _M = { _VERSION = "0.1.0" }
+
+local QUEUE = "errq"        -- shm list of host keys with unsynced failures
+local SNAPSHOT = "state"    -- shm: JSON of the state tree
+local GEN = "state_gen"     -- shm: bumped when SNAPSHOT changes
+-- A worker's own mark bridges the time until Consul confirms; it never
+-- outlives this, so a node cut off from Consul retries the host now and then.
+local LOCAL_MARK_TTL = 3
+
+local dict                  -- the cache shared dict
+local config                -- zedcup.config (required lazily: it requires us)
+
+-- worker-local
+local down = {}             -- inst -> pool -> host -> true (Consul) | expiry (this worker)
+local marked_at = {}        -- host key -> when this worker marked it down on its own
+local snapshot = {}         -- inst -> pool -> host -> { down=, down_at=, errors=, errors_at=, ... }
+local gen = -1
+
+
+function _M.init(cache_dict)
+    dict = cache_dict
+end
+
+
+local function get_config()
+    if not config then
+        config = require "zedcup.config"
+    end
+    return config
+end
+
+
+local function host_key(inst, pool, host)
+    return inst .. "/" .. pool .. "/" .. host
+end
+
+
+--- down_for(inst) -> { [pool] = { [host] = true | expiry } } | nil (worker-local, read-only)
+function _M.down_for(inst)
+    return down[inst]
+end
+
+
+--- snapshot() -> the last state tree this worker saw (read-only):
+-- inst -> pool -> host -> { down = reason, down_at = t, errors = n, errors_at = t,
+--                           last_error = msg, last_error_at = t, check = "ok"|msg, check_at = t }
+function _M.snapshot()
+    return snapshot
+end
+
+
+--- is_down(inst, pool, host) -> bool (as this worker sees it)
+function _M.is_down(inst, pool, host)
+    local d = down[inst]
+    d = d and d[pool]
+    d = d and d[host]
+    return d ~= nil and (d == true or d > ngx_now())
+end
+
+
+local function set_local(inst, pool, host, value)
+    local di = down[inst]
+    if not di then
+        if value == nil then
+            return
+        end
+        di = {}
+        down[inst] = di
+    end
+    local dp = di[pool]
+    if not dp then
+        if value == nil then
+            return
+        end
+        dp = {}
+        di[pool] = dp
+    end
+    if value == nil or dp[host] ~= true then
+        dp[host] = value
+    end
+end
+
+
+local function fire(event, inst, pool_name, host_name)
+    if not events.wanted(event) then
+        return
+    end
+    local pool, host = get_config().find_host(inst, pool_name, host_name)
+    events.fire(event, inst, {
+        pool = pool or { name = pool_name },
+        host = host or { name = host_name },
+    })
+end
+
+
+---------------------------------------------------------------------------
+-- Request path
+---------------------------------------------------------------------------
+
+--- record_failure(inst, pool, host, err)
+-- pool, host: effective config records. Touches the shared dict (failures only).
+function _M.record_failure(inst, pool, host, err)
+    local k = host_key(inst, pool.name, host.name)
+    local n = dict:incr("e:" .. k, 1, 0, pool.error_timeout)
+    dict:set("le:" .. k, tostring(err))
+    local q = dict:incr("q:" .. k, 1, 0)
+    if q == 1 then
+        dict:rpush(QUEUE, k)
+    end
+    if n and n >= pool.max_errors then
+        -- this node alone has seen enough: stop using the host here now; the
+        -- sync timer makes it cluster-wide
+        local now = ngx_now()
+        local ttl = pool.error_timeout < LOCAL_MARK_TTL and pool.error_timeout or LOCAL_MARK_TTL
+        set_local(inst, pool.name, host.name, now + ttl)
+        marked_at[k] = now
+    end
+end
+
+
+---------------------------------------------------------------------------
+-- Consul writes
+---------------------------------------------------------------------------
+
+--- mark_down(inst, pool_name, host_name, reason) -> true (won: host_down fired) | false | nil, err
+function _M.mark_down(inst, pool_name, host_name, reason)
+    local now = ngx_time()
+    local ok, err = kv.put(kv.state_key(inst, pool_name, host_name, "down"), tostring(reason or ""),
+                           { cas = 0, flags = now })
+    if ok == nil then
+        return nil, err
+    end
+    if not ok then
+        return false
+    end
+    set_local(inst, pool_name, host_name, true)
+    ngx_log(ngx_WARN, "[zedcup] host down: ", inst, "/", pool_name, "/", host_name, ": ", tostring(reason))
+    fire("host_down", inst, pool_name, host_name)
+    return true
+end
+
+
+--- mark_up(inst, pool_name, host_name) -> true (won: host_up fired) | false | nil, err
+-- Deletes `down` (CAS on its ModifyIndex) and the error count in one transaction.
+function _M.mark_up(inst, pool_name, host_name)
+    local down_key = kv.state_key(inst, pool_name, host_name, "down")
+    local e, err = kv.get(down_key)
+    if e == nil then
+        return nil, err
+    end
+    if not e then
+        return false
+    end
+    local res
+    res, err = kv.txn({
+        { KV = { Verb = "delete-cas", Key = down_key, Index = e.ModifyIndex } },
+        { KV = { Verb = "delete", Key = kv.state_key(inst, pool_name, host_name, "errors") } },
+    })
+    if res == nil then
+        return nil, err
+    end
+    if res == false then
+        return false
+    end
+    local di = down[inst]
+    if di and di[pool_name] then
+        di[pool_name][host_name] = nil
+    end
+    local k = host_key(inst, pool_name, host_name)
+    dict:delete("e:" .. k)
+    dict:set("up:" .. k, ngx_now(), 3600)
+    ngx_log(ngx.NOTICE, "[zedcup] host up: ", inst, "/", pool_name, "/", host_name)
+    fire("host_up", inst, pool_name, host_name)
+    return true
+end
+
+
+--- record_check(inst, pool_name, host_name, ok, msg) -> true | nil, err
+function _M.record_check(inst, pool_name, host_name, ok, msg)
+    local res, err = kv.put(kv.state_key(inst, pool_name, host_name, "check"),
+                            ok and "ok" or tostring(msg or "failed"), { flags = ngx_time() })
+    if not res then
+        return nil, err or "check of " .. host_key(inst, pool_name, host_name) .. " not written"
+    end
+    return true
+end
+
+
+-- Adds `delta` failures of host key k to its Consul count; marks it down
+-- when the count reaches max_errors.
+local function push_errors(k, delta)
+    local inst, pool_name, host_name = str_match(k, "^([^/]+)/([^/]+)/([^/]+)$")
+    local pool = get_config().find_host(inst, pool_name, host_name)
+    if not pool then
+        return true -- instance, pool or host gone: nothing to account
+    end
+
+    local key = kv.state_key(inst, pool_name, host_name, "errors")
+    local count, now
+    for _ = 1, 10 do
+        local e, err = kv.get(key)
+        if e == nil then
+            return nil, err
+        end
+        now = ngx_time()
+        local base, cas = 0, 0
+        if e then
+            cas = e.ModifyIndex
+            if now - (tonumber(e.Flags) or 0) < pool.error_timeout then
+                base = tonumber(e.Value) or 0
+            end
+        end
+        local ok
+        ok, err = kv.put(key, tostring(base + delta), { cas = cas, flags = now })
+        if ok == nil then
+            return nil, err
+        end
+        if ok then
+            count = base + delta
+            break
+        end
+    end
+    if not count then
+        return nil, "errors of " .. k .. ": compare-and-set kept losing"
+    end
+
+    local msg = dict:get("le:" .. k) or ""
+    kv.put(kv.state_key(inst, pool_name, host_name, "last_error"), msg, { flags = now })
+
+    if count >= pool.max_errors then
+        local _, err = _M.mark_down(inst, pool_name, host_name,
+                                    count .. " errors within " .. pool.error_timeout .. "s, last: " .. msg)
+        if err then
+            return nil, err
+        end
+    end
+    return true
+end
+
+
+--- sync() -> true | nil, err: drains queued failures into Consul (timer job)
+function _M.sync()
+    for _ = 1, 10000 do
+        local k = dict:lpop(QUEUE)
+        if not k then
+            return true
+        end
+        local qk = "q:" .. k
+        local delta = dict:get(qk) or 0
+        if delta > 0 then
+            local rest = dict:incr(qk, -delta) or 0
+            if rest > 0 then
+                dict:rpush(QUEUE, k)
+            end
+            local ok, err = push_errors(k, delta)
+            if not ok then
+                -- put them back for the next run
+                if dict:incr(qk, delta, 0) == delta then
+                    dict:rpush(QUEUE, k)
+                end
+                return nil, "syncing errors of " .. k .. ": " .. tostring(err)
+            end
+        end
+    end
+    return true
+end
+
+
+---------------------------------------------------------------------------
+-- State watcher (node) and refresh (worker)
+---------------------------------------------------------------------------
+
+local FIELDS = { down = true, errors = true, last_error = true, check = true }
+
+--- apply(entries) -> true: a listing of <prefix>/state/ into the shared dict
+function _M.apply(entries)
+    local base = kv.state_prefix()
+    local blen = #base
+    local tree = {}
+    for _, e in ipairs(entries) do
+        local inst, pool, host, field = str_match(str_sub(e.Key, blen + 1), "^([^/]+)/([^/]+)/([^/]+)/([^/]+)$")
+        if inst and FIELDS[field] then
+            local ti = tree[inst]
+            if not ti then
+                ti = {}
+                tree[inst] = ti
+            end
+            local tp = ti[pool]
+            if not tp then
+                tp = {}
+                ti[pool] = tp
+            end
+            local th = tp[host]
+            if not th then
+                th = {}
+                tp[host] = th
+            end
+            local value = e.Value or ""
+            if field == "errors" then
+                th.errors = tonumber(value) or 0
+            else
+                th[field] = value
+            end
+            th[field .. "_at"] = tonumber(e.Flags) or 0
+        end
+    end
+    -- hosts that came back since the last snapshot: forget this node's counts
+    -- and any worker's own marks made before now
+    local prev = json_decode(dict:get(SNAPSHOT) or "{}")
+    if type(prev) == "table" then
+        local now = ngx_now()
+        for inst, pools in pairs(prev) do
+            for pool, hosts in pairs(pools) do
+                for host, st in pairs(hosts) do
+                    local cur = tree[inst] and tree[inst][pool] and tree[inst][pool][host]
+                    if st.down and not (cur and cur.down) then
+                        local k = host_key(inst, pool, host)
+                        dict:delete("e:" .. k)
+                        dict:set("up:" .. k, now, 3600)
+                    end
+                end
+            end
+        end
+    end
+
+    local json = json_encode(tree)
+    local ok, err = dict:set(SNAPSHOT, json)
+    if not ok then
+        return nil, "storing the state snapshot: " .. tostring(err)
+    end
+    dict:incr(GEN, 1, 0)
+    _M.refresh()
+    return true
+end
+
+
+--- refresh(): copies the node's snapshot into this worker's tables when it changed
+function _M.refresh()
+    local g = dict:get(GEN)
+    if g == nil or g == gen then
+        return true
+    end
+    local json = dict:get(SNAPSHOT)
+    local tree = json and json_decode(json)
+    if type(tree) ~= "table" then
+        return nil, "state snapshot unreadable"
+    end
+
+    local now = ngx_now()
+    local new = {}
+    for inst, pools in pairs(tree) do
+        for pool, hosts in pairs(pools) do
+            for host, st in pairs(hosts) do
+                if st.down then
+                    local ni = new[inst] or {}
+                    new[inst] = ni
+                    local np = ni[pool] or {}
+                    ni[pool] = np
+                    np[host] = true
+                end
+            end
+        end
+    end
+
+    -- carry this worker's own unconfirmed marks; forget node counts of hosts
+    -- that Consul just brought back
+    for inst, pools in pairs(down) do
+        for pool, hosts in pairs(pools) do
+            for host, v in pairs(hosts) do
+                local now_down = new[inst] and new[inst][pool] and new[inst][pool][host]
+                if v == true and not now_down then
+                    dict:delete("e:" .. host_key(inst, pool, host))
+                elseif v ~= true and not now_down then
+                    -- keep this worker's own mark unless it expired or the
+                    -- host came back (up:) after it was made
+                    local k = host_key(inst, pool, host)
+                    if v > now and (dict:get("up:" .. k) or 0) < (marked_at[k] or 0) then
+                        local ni = new[inst] or {}
+                        new[inst] = ni
+                        local np = ni[pool] or {}
+                        ni[pool] = np
+                        np[host] = v
+                    else
+                        marked_at[k] = nil
+                    end
+                end
+            end
+        end
+    end
+
+    down = new
+    snapshot = tree
+    gen = g
+    return true
+end
+
+
+--- forget(inst): drops worker-local state of a removed instance
+function _M.forget(inst)
+    down[inst] = nil
+end
+
+
+-- the shared dict list of host keys with unsynced failures
+_M.QUEUE = QUEUE
+
+
+return _M

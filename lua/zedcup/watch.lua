@@ -1,0 +1,119 @@
+-- zedcup.watch: one Consul blocking query loop per node for a key prefix.
+-- Each worker runs the loop; only the holder of the node lock queries, the
+-- others stand by and take over when the lock lapses or its holder is gone.
+-- The index resets to 0 when Consul's goes backwards; loops are at least
+-- timer's min_gap apart; failures back off (zedcup.timer) up to
+-- watcher_interval and recover by themselves.
+
+local kv = require "zedcup.kv"
+local nodelock = require "zedcup.nodelock"
+local timer = require "zedcup.timer"
+
+local ngx = ngx
+local ngx_sleep = ngx.sleep
+local worker_exiting = ngx.worker.exiting
+local spawn = ngx.thread.spawn
+local wait = ngx.thread.wait
+local kill = ngx.thread.kill
+
+local _M = { _VERSION = "0.1.0" }
+
+-- how often a standby worker looks at the lock
+local STANDBY_INTERVAL = 0.5
+
+
+local function query(w, wait_s)
+    local c = kv.client((wait_s + wait_s / 16 + 5) * 1000)
+    return kv.get_tree(w.path(), w.index, wait_s, c)
+end
+
+
+-- Returns when the worker starts exiting, so that a long blocking query never
+-- holds up a graceful shutdown.
+local function exit_watch()
+    while not worker_exiting() do
+        ngx_sleep(0.2)
+    end
+    return "exiting"
+end
+
+
+local function step(w)
+    local s = w.settings()
+    local lock_key = "watch:" .. w.name
+    local ok, err = nodelock.acquire(w.dict, lock_key, s.wait + s.lock_ttl)
+    if not ok then
+        if err then
+            return nil, err
+        end
+        w.index = 0 -- a new holder starts from scratch
+        ngx_sleep(STANDBY_INTERVAL)
+        return true
+    end
+
+    local q = spawn(query, w, s.wait)
+    local e = spawn(exit_watch)
+    local okq, entries, index = wait(q, e)
+    kill(q)
+    kill(e)
+    if not okq then
+        return nil, "watch " .. w.name .. ": " .. tostring(entries)
+    end
+    if entries == "exiting" then
+        nodelock.release(w.dict, lock_key)
+        return true
+    end
+    if not entries then
+        return nil, index
+    end
+
+    index = index or 0
+    if index < w.index then
+        w.index = 0 -- Consul restored or keys reaped: start over
+    end
+    if index == w.index and w.applied then
+        if w.alive then
+            w.alive()
+        end
+        return true
+    end
+
+    local aok, aerr = w.apply(entries, index)
+    if not aok then
+        return nil, aerr
+    end
+    w.applied = true
+    w.index = index
+    if w.alive then
+        w.alive()
+    end
+    return true
+end
+
+
+--- start(name, path_fn, apply_fn, settings_fn, dict, alive_fn?)
+-- apply_fn(entries, index) -> true | nil, err: on every change;
+-- alive_fn(): after every answer, changed or not;
+-- settings_fn() -> { wait =, lock_ttl =, backoff_cap = }
+function _M.start(name, path_fn, apply_fn, settings_fn, dict, alive_fn)
+    local w = {
+        alive = alive_fn,
+        name = name,
+        path = path_fn,
+        apply = apply_fn,
+        settings = settings_fn,
+        dict = dict,
+        index = 0,
+        applied = false,
+    }
+    return timer.loop({
+        name = "zedcup watch " .. name,
+        backoff = 0.5,
+        backoff_cap = function()
+            return settings_fn().backoff_cap
+        end,
+    }, step, w)
+end
+
+
+return _M

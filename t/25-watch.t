@@ -1,0 +1,319 @@
+# The Consul watchers (zedcup.watch): one per node and prefix, blocking on
+# their own index, resetting it when it goes backwards; and every Consul answer's
+# status checked. Consul is reached through a counting proxy in the same nginx.
+
+__DATA__
+
+=== TEST 1: defects "several workers watched at once" and "the watcher never saw its own index": an idle node of two workers holds exactly one blocking query per prefix and sends almost nothing
+--- workers: 2
+--- timeout: 10
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    lua_shared_dict flags 1m;
+    # the path to Consul goes through this proxy, which counts and can misbehave
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+        location / {
+            access_by_lua_block {
+                local flags = ngx.shared.flags
+                local args = ngx.req.get_uri_args()
+                local what = ngx.var.uri:match("^/v1/kv/$TEST_ZEDCUP_PREFIX/(%a+)/") or ngx.var.uri
+                flags:incr("requests", 1, 0)
+                if args.index then
+                    ngx.ctx.blocking = "blocking:" .. what
+                    flags:incr(ngx.ctx.blocking, 1, 0)
+                end
+                if ngx.req.get_method() ~= "GET" then
+                    flags:incr("writes:" .. ngx.var.uri, 1, 0)
+                end
+                local status = flags:get("status")
+                if status then return ngx.exit(status) end
+            }
+            header_filter_by_lua_block {
+                local inflate = ngx.shared.flags:get("inflate")
+                local index = tonumber(ngx.header["X-Consul-Index"])
+                if inflate and index and ngx.var.uri:find("/instances/", 1, true) then
+                    ngx.shared.flags:delete("inflate")
+                    ngx.header["X-Consul-Index"] = index + inflate
+                end
+            }
+            log_by_lua_block {
+                if ngx.ctx.blocking then ngx.shared.flags:incr(ngx.ctx.blocking, -1, 0) end
+            }
+            proxy_pass http://127.0.0.1:$TEST_NGINX_CONSUL_PORT;
+            proxy_read_timeout 700s;
+            proxy_buffering off;
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local flags = ngx.shared.flags
+            -- let both workers start their watchers, then watch an idle node
+            local deadline = ngx.now() + 5
+            repeat
+                ngx.sleep(0.1)
+                ngx.update_time()
+            until (flags:get("blocking:instances") == 1 and flags:get("blocking:config") == 1
+                   and flags:get("blocking:state") == 1) or ngx.now() > deadline
+            ngx.sleep(0.5)
+            local before = flags:get("requests")
+            ngx.sleep(1.5)
+            ngx.say("blocking queries in flight: instances=", flags:get("blocking:instances"),
+                    " config=", flags:get("blocking:config"), " state=", flags:get("blocking:state"))
+            ngx.say("requests while idle for 1.5 s <= 3: ", flags:get("requests") - before <= 3)
+        }
+    }
+--- request
+GET /t
+--- response_body
+blocking queries in flight: instances=1 config=1 state=1
+requests while idle for 1.5 s <= 3: true
+--- no_error_log
+[error]
+
+
+=== TEST 2: defect "configure() ignored Consul's HTTP status": every write checks it and fails with the status
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+
+    lua_shared_dict flags 1m;
+    # the path to Consul goes through this proxy, which counts and can misbehave
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+        location / {
+            access_by_lua_block {
+                local flags = ngx.shared.flags
+                local args = ngx.req.get_uri_args()
+                local what = ngx.var.uri:match("^/v1/kv/$TEST_ZEDCUP_PREFIX/(%a+)/") or ngx.var.uri
+                flags:incr("requests", 1, 0)
+                if args.index then
+                    ngx.ctx.blocking = "blocking:" .. what
+                    flags:incr(ngx.ctx.blocking, 1, 0)
+                end
+                if ngx.req.get_method() ~= "GET" then
+                    flags:incr("writes:" .. ngx.var.uri, 1, 0)
+                end
+                local status = flags:get("status")
+                if status then return ngx.exit(status) end
+            }
+            header_filter_by_lua_block {
+                local inflate = ngx.shared.flags:get("inflate")
+                local index = tonumber(ngx.header["X-Consul-Index"])
+                if inflate and index and ngx.var.uri:find("/instances/", 1, true) then
+                    ngx.shared.flags:delete("inflate")
+                    ngx.header["X-Consul-Index"] = index + inflate
+                end
+            }
+            log_by_lua_block {
+                if ngx.ctx.blocking then ngx.shared.flags:incr(ngx.ctx.blocking, -1, 0) end
+            }
+            proxy_pass http://127.0.0.1:$TEST_NGINX_CONSUL_PORT;
+            proxy_read_timeout 700s;
+            proxy_buffering off;
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local conf = { pools = { { hosts = { { host = "127.0.0.1", port = 1 } } } } }
+            assert(zedcup.configure_instance("inst", conf))
+            ngx.shared.flags:set("status", 500)
+            ngx.say(zedcup.configure({ session_ttl = 20 }))
+            ngx.say(zedcup.configure_instance("inst", conf))
+            ngx.say(zedcup.remove_instance("inst"))
+            ngx.say(zedcup.instance_list())
+            ngx.shared.flags:set("status", 403)
+            ngx.say(zedcup.configure_instance("inst", conf))
+            ngx.shared.flags:delete("status")
+            ngx.say(zedcup.remove_instance("inst"))
+        }
+    }
+--- request
+GET /t
+--- response_body
+nilwriting $TEST_ZEDCUP_PREFIX/config/ failed: transaction: Consul answered 500
+nilwriting $TEST_ZEDCUP_PREFIX/instances/inst/ failed: transaction: Consul answered 500
+nilremoving instance inst failed: transaction: Consul answered 500
+nillisting instances failed: Consul answered 500
+nilwriting $TEST_ZEDCUP_PREFIX/instances/inst/ failed: transaction: Consul answered 403
+true
+
+
+=== TEST 3: defect "an index going backwards was never reset": after Consul's index drops, the watcher starts over and changes still arrive
+--- workers: 2
+--- timeout: 15
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    lua_shared_dict flags 1m;
+    # the path to Consul goes through this proxy, which counts and can misbehave
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+        location / {
+            access_by_lua_block {
+                local flags = ngx.shared.flags
+                local args = ngx.req.get_uri_args()
+                local what = ngx.var.uri:match("^/v1/kv/$TEST_ZEDCUP_PREFIX/(%a+)/") or ngx.var.uri
+                flags:incr("requests", 1, 0)
+                if args.index then
+                    ngx.ctx.blocking = "blocking:" .. what
+                    flags:incr(ngx.ctx.blocking, 1, 0)
+                end
+                if ngx.req.get_method() ~= "GET" then
+                    flags:incr("writes:" .. ngx.var.uri, 1, 0)
+                end
+                local status = flags:get("status")
+                if status then return ngx.exit(status) end
+            }
+            header_filter_by_lua_block {
+                local inflate = ngx.shared.flags:get("inflate")
+                local index = tonumber(ngx.header["X-Consul-Index"])
+                if inflate and index and ngx.var.uri:find("/instances/", 1, true) then
+                    ngx.shared.flags:delete("inflate")
+                    ngx.header["X-Consul-Index"] = index + inflate
+                end
+            }
+            log_by_lua_block {
+                if ngx.ctx.blocking then ngx.shared.flags:incr(ngx.ctx.blocking, -1, 0) end
+            }
+            proxy_pass http://127.0.0.1:$TEST_NGINX_CONSUL_PORT;
+            proxy_read_timeout 700s;
+            proxy_buffering off;
+        }
+    }
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "one"; }
+    }
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
+        location / { return 200 "two"; }
+    }
+--- config
+
+    location = /which {
+        content_by_lua_block {
+            local handler, err = require("zedcup").create_handler(ngx.var.arg_i or "inst")
+            if not handler then
+                ngx.say(ngx.worker.id(), " ", err)
+                return
+            end
+            local res, err = handler:request({ path = "/" })
+            if not res then
+                ngx.say(ngx.worker.id(), " ", err)
+                return
+            end
+            ngx.say(ngx.worker.id(), " ", res:read_body())
+            handler:set_keepalive()
+        }
+    }
+
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local kv = require "zedcup.kv"
+            local P = "$TEST_ZEDCUP_PREFIX"
+
+            local function ask(path)
+                local sock = ngx.socket.tcp()
+                sock:settimeout(2000)
+                assert(sock:connect("127.0.0.1", $TEST_NGINX_SERVER_PORT))
+                sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                local data = sock:receive("*a")
+                sock:close()
+                local body = data:match("\r\n\r\n(.*)$") or ""
+                local w, rest = body:match("^(%d+) (.-)\n?$")
+                return tonumber(w), rest
+            end
+            -- polls until every worker answers `want` (or the deadline), -> seconds taken | nil
+            local function until_all(path, want, deadline)
+                local start = ngx.now()
+                local seen = {}
+                while ngx.now() - start < deadline do
+                    local w, body = ask(path)
+                    if w and body == want then
+                        seen[w] = true
+                    elseif w then
+                        seen[w] = nil
+                    end
+                    if seen[0] and seen[1] then
+                        return ngx.now() - start
+                    end
+                    ngx.sleep(0.02)
+                    ngx.update_time()
+                end
+                return nil
+            end
+
+            assert(zedcup.configure({ consul_wait_time = 1 }))
+            assert(zedcup.configure_instance("inst", { pools = { { hosts = {
+                { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
+            ngx.say("served: ", until_all("/which", "one", 5) ~= nil)
+            -- the next answer claims an index far ahead (as before a snapshot restore);
+            -- every answer after it is "backwards"
+            ngx.shared.flags:set("inflate", 1000000)
+            assert(kv.put(P .. "/instances/other/pools/1/hosts/1/host", "/run/other.sock"))
+            local deadline = ngx.now() + 5
+            while ngx.shared.flags:get("inflate") and ngx.now() < deadline do
+                ngx.sleep(0.05)
+                ngx.update_time()
+            end
+            ngx.say("inflated answer sent: ", ngx.shared.flags:get("inflate") == nil)
+            assert(kv.put(P .. "/instances/inst/pools/1/hosts/1/port", "$TEST_NGINX_RAND_PORT_2"))
+            ngx.say("change seen after the reset: ", until_all("/which", "two", 8) ~= nil)
+        }
+    }
+--- request
+GET /t
+--- response_body
+served: true
+inflated answer sent: true
+change seen after the reset: true
+--- no_error_log
+[error]

@@ -1,0 +1,414 @@
+# zedcup.session: one Consul session per node, cluster locks held with it, worker locks
+#
+# Each block sets up zedcup.kv and zedcup.session directly (no instances needed) and
+# shortens the global intervals by wrapping session.global before the workers start.
+
+__DATA__
+
+=== TEST 1: both workers of a node share one session, named after the node, holding its registry key
+--- workers: 2
+--- http_config
+    lua_shared_dict locks 1m;
+    lua_shared_dict seen 1m;
+    init_by_lua_block {
+        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX",
+            { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT })
+        require("zedcup.session").init({ dicts = { locks = "locks" } })
+    }
+    init_worker_by_lua_block {
+        local session = require "zedcup.session"
+        assert(session.run_workers())
+        -- each worker asks for the session itself, as a job that needs it would
+        assert(require("zedcup.timer").every("report", 0.05, function()
+            local id, err = session.ensure()
+            if not id then return nil, err end
+            ngx.shared.seen:set(ngx.worker.id(), id)
+        end))
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local seen = ngx.shared.seen
+            local deadline = ngx.now() + 5
+            while not (seen:get(0) and seen:get(1)) and ngx.now() < deadline do
+                ngx.sleep(0.02)
+                ngx.update_time()
+            end
+            local id0, id1 = seen:get(0), seen:get(1)
+            ngx.say("both workers have one: ", id0 ~= nil and id1 ~= nil)
+            ngx.say("the same: ", id0 == id1)
+
+            local session = require "zedcup.session"
+            local kv = require "zedcup.kv"
+            local c = kv.client()
+            local f = io.open("/proc/sys/kernel/hostname")
+            local hostname = f:read("*l")
+            f:close()
+            local mpid = require("ngx.process").get_master_pid()
+
+            local res = assert(c:get("/session/info/" .. id0))
+            local info = res.body[1]
+            ngx.say("name: ", info.Name == "zedcup " .. hostname .. " " .. mpid)
+            ngx.say("TTL: ", info.TTL, ", behavior: ", info.Behavior,
+                    ", lock delay: ", info.LockDelay / 1e9, "s")
+
+            res = assert(c:get("/session/list"))
+            local same_name = 0
+            for _, s in ipairs(res.body) do
+                if s.Name == info.Name then same_name = same_name + 1 end
+            end
+            ngx.say("sessions of this node: ", same_name)
+
+            local e = assert(kv.get("$TEST_ZEDCUP_PREFIX/registry/" .. id0))
+            ngx.say("registry held by it: ", e.Session == id0)
+            ngx.say("registry value: ", e.Value == hostname .. " " .. mpid)
+            ngx.say("node name: ", session.node_name() == hostname .. ":" .. mpid)
+        }
+    }
+--- request
+GET /t
+--- response_body
+both workers have one: true
+the same: true
+name: true
+TTL: 30s, behavior: release, lock delay: 1s
+sessions of this node: 1
+registry held by it: true
+registry value: true
+node name: true
+--- no_error_log
+[error]
+[warn]
+
+
+
+=== TEST 2: renewal keeps the session alive past its TTL, one worker renewing per interval
+--- workers: 2
+--- timeout: 30
+--- http_config
+    lua_shared_dict locks 1m;
+    init_by_lua_block {
+        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX",
+            { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT })
+        local session = require "zedcup.session"
+        session.init({ dicts = { locks = "locks" } })
+        local global = session.global
+        local over = { session_ttl = 10, session_renew_interval = 1 }
+        session.global = function(name)
+            if over[name] ~= nil then return over[name] end
+            return global(name)
+        end
+    }
+    init_worker_by_lua_block {
+        assert(require("zedcup.session").run_workers())
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local session = require "zedcup.session"
+            local deadline = ngx.now() + 5
+            while not session.id() and ngx.now() < deadline do
+                ngx.sleep(0.02)
+                ngx.update_time()
+            end
+            local id = session.id()
+            ngx.say("have a session: ", id ~= nil)
+            local renewals0 = ngx.shared.locks:get(session._keys.renewals) or 0
+
+            -- Consul invalidates a 10s session after 10s without renewal
+            ngx.sleep(12)
+
+            local res = assert(require("zedcup.kv").client():get("/session/info/" .. id))
+            ngx.say("alive after 12s: ", type(res.body) == "table" and res.body[1] ~= nil)
+            ngx.say("same id: ", session.id() == id)
+            local n = (ngx.shared.locks:get(session._keys.renewals) or 0) - renewals0
+            -- one renewal per second: both workers renewing would make ~24
+            ngx.say("renewals in range: ", n >= 8 and n <= 15, " (", n, ")")
+        }
+    }
+--- request
+GET /t
+--- response_body_like
+have a session: true
+alive after 12s: true
+same id: true
+renewals in range: true \(\d+\)
+--- no_error_log
+[error]
+[warn]
+
+
+
+=== TEST 3: a session destroyed behind the node's back is replaced; the dead one's registry entry goes
+--- http_config
+    lua_shared_dict locks 1m;
+    init_by_lua_block {
+        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX",
+            { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT })
+        local session = require "zedcup.session"
+        session.init({ dicts = { locks = "locks" } })
+        local global = session.global
+        session.global = function(name)
+            if name == "session_renew_interval" then return 0.2 end
+            return global(name)
+        end
+    }
+    init_worker_by_lua_block {
+        assert(require("zedcup.session").run_workers())
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local session = require "zedcup.session"
+            local kv = require "zedcup.kv"
+            local deadline = ngx.now() + 5
+            while not session.id() and ngx.now() < deadline do
+                ngx.sleep(0.02)
+                ngx.update_time()
+            end
+            local old = session.id()
+            local res = assert(kv.client():put("/session/destroy/" .. old, ""))
+            ngx.say("destroyed: ", res.status)
+
+            deadline = ngx.now() + 5
+            while session.id() == old and ngx.now() < deadline do
+                ngx.sleep(0.02)
+                ngx.update_time()
+            end
+            local new = session.id()
+            ngx.say("replaced: ", new ~= nil and new ~= old)
+            res = assert(kv.client():get("/session/info/" .. new))
+            ngx.say("new one exists: ", res.body[1] ~= nil and res.body[1].ID == new)
+            local e = assert(kv.get("$TEST_ZEDCUP_PREFIX/registry/" .. new))
+            ngx.say("new registry entry held: ", e.Session == new)
+            ngx.say("old registry entry reaped: ", kv.get("$TEST_ZEDCUP_PREFIX/registry/" .. old))
+        }
+    }
+--- request
+GET /t
+--- response_body
+destroyed: 200
+replaced: true
+new one exists: true
+new registry entry held: true
+old registry entry reaped: false
+--- error_log
+is gone, creating a new one
+--- no_error_log
+[error]
+
+
+
+=== TEST 4: cluster locks: acquire, holder, release, and acquire again at once after a release
+--- http_config
+    lua_shared_dict locks 1m;
+    init_by_lua_block {
+        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX",
+            { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT })
+        require("zedcup.session").init({ dicts = { locks = "locks" }, node_name = "edge-1" })
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local session = require "zedcup.session"
+            ngx.say("holder before: ", session.holder("healthcheck"))
+            ngx.say("acquire: ", session.acquire("healthcheck"))
+            local name, sid = session.holder("healthcheck")
+            ngx.say("holder: ", name, ", with our session: ", sid == session.id())
+            ngx.say("holds: ", session.holds("healthcheck"))
+            ngx.say("acquire again: ", session.acquire("healthcheck"))
+            ngx.say("release: ", session.release("healthcheck"))
+            ngx.say("holder after: ", session.holder("healthcheck"))
+            ngx.say("release again: ", session.release("healthcheck"))
+            ngx.say("acquire after release: ", session.acquire("healthcheck"))
+            ngx.say(select(2, pcall(session.acquire, "a/b")))
+        }
+    }
+--- request
+GET /t
+--- response_body
+holder before: nil
+acquire: true
+holder: edge-1, with our session: true
+holds: true
+acquire again: true
+release: true
+holder after: nil
+release again: false
+acquire after release: true
+lock name must be a non-empty string without '/' (got a/b)
+--- no_error_log
+[error]
+[warn]
+
+
+
+=== TEST 5: two nodes: one holds a lock; when its session dies the other gets it after the lock delay
+--- nodes: 2
+--- http_config
+    lua_shared_dict locks 1m;
+    init_by_lua_block {
+        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX",
+            { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT })
+        require("zedcup.session").init({ dicts = { locks = "locks" }, node_name = "node$TEST_NGINX_NODE" })
+    }
+--- config
+    location = /acquire {
+        content_by_lua_block {
+            ngx.print(tostring(require("zedcup.session").acquire("x")))
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local session = require "zedcup.session"
+            local function node2(what)
+                local httpc = require("zedcup.deps").http.new()
+                local res = assert(httpc:request_uri("http://127.0.0.1:$TEST_NGINX_NODE_PORT_2/" .. what))
+                return res.body
+            end
+
+            ngx.say("node1 acquire: ", session.acquire("x"))
+            ngx.say("node2 acquire: ", node2("acquire"))
+            ngx.say("holder: ", (session.holder("x")))
+
+            -- node 1's session dies (as when its TTL lapses)
+            ngx.update_time()
+            local t0 = ngx.now()
+            assert(session.destroy())
+            ngx.say("node2 acquire in lock delay: ", node2("acquire"))
+            local got
+            local deadline = t0 + 5
+            while ngx.now() < deadline do
+                got = node2("acquire")
+                if got == "true" then break end
+                ngx.sleep(0.05)
+                ngx.update_time()
+            end
+            ngx.say("node2 acquire after it: ", got, ", waited about the delay: ", ngx.now() - t0 >= 0.9)
+            ngx.say("holder: ", (session.holder("x")))
+            ngx.say("node1 acquire: ", session.acquire("x"))
+        }
+    }
+--- request
+GET /t
+--- response_body
+node1 acquire: true
+node2 acquire: false
+holder: node1
+node2 acquire in lock delay: false
+node2 acquire after it: true, waited about the delay: true
+holder: node2
+node1 acquire: false
+--- no_error_log
+[error]
+
+
+
+=== TEST 6: worker locks: one worker of the node holds one, another takes it when it lets go
+--- workers: 2
+--- http_config
+    lua_shared_dict locks 1m;
+    lua_shared_dict held 1m;
+    init_by_lua_block {
+        require("zedcup.session").init({ dicts = { locks = "locks" } })
+    }
+    init_worker_by_lua_block {
+        local session = require "zedcup.session"
+        local held = ngx.shared.held
+        local pid = ngx.worker.pid()
+        assert(require("zedcup.timer").every("contender", 0.02, function()
+            if held:get("quit") == pid then
+                session.worker_unlock("job")
+                return
+            end
+            local mine, err = session.worker_lock("job", 5)
+            if mine == nil then return nil, err end
+            if mine then held:incr(pid, 1, 0) end
+        end))
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local held = ngx.shared.held
+            local session = require "zedcup.session"
+            local function holders()
+                local out = {}
+                for _, k in ipairs(held:get_keys()) do
+                    if k ~= "quit" then out[#out + 1] = tonumber(k) end
+                end
+                return out
+            end
+
+            ngx.sleep(0.3)
+            local first = holders()
+            ngx.say("one holder: ", #first == 1)
+            ngx.say("it is the lock's holder: ", session.worker_lock_holder("job") == first[1])
+
+            held:set("quit", first[1])
+            local deadline = ngx.now() + 3
+            while #holders() < 2 and ngx.now() < deadline do
+                ngx.sleep(0.02)
+                ngx.update_time()
+            end
+            local count = held:get(first[1])
+            ngx.sleep(0.1)
+            ngx.say("taken over: ", #holders() == 2)
+            ngx.say("first stopped: ", held:get(first[1]) == count)
+            ngx.say("new holder: ", session.worker_lock_holder("job") ~= first[1])
+        }
+    }
+--- request
+GET /t
+--- response_body
+one holder: true
+it is the lock's holder: true
+taken over: true
+first stopped: true
+new holder: true
+--- no_error_log
+[error]
+
+
+
+=== TEST 7: with Consul unreachable, renewal keeps retrying every interval and logs the failure once, not a flood
+--- http_config
+    lua_shared_dict locks 1m;
+    lua_socket_log_errors off;
+    init_by_lua_block {
+        -- nothing listens on this port
+        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX", { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 })
+        local session = require "zedcup.session"
+        session.init({ dicts = { locks = "locks" } })
+        local global = session.global
+        session.global = function(name)
+            if name == "session_renew_interval" then return 0.05 end
+            return global(name)
+        end
+    }
+    init_worker_by_lua_block {
+        assert(require("zedcup.session").run_workers())
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            ngx.sleep(0.6)
+            local s = require("zedcup.timer").stats()["session renewal"]
+            ngx.say("still scheduled: ", s.pending or s.running)
+            ngx.say("kept trying: ", s.runs >= 5, " (", s.runs, ")")
+            ngx.say("no back-off past the interval: ", s.last_delay)
+            ngx.say("no session: ", require("zedcup.session").id())
+        }
+    }
+--- request
+GET /t
+--- response_body_like
+still scheduled: true
+kept trying: true \(\d+\)
+no back-off past the interval: 0.05
+no session: nil
+--- grep_error_log
+[zedcup] session renewal: session: create: consul: could not connect to 127.0.0.1:$TEST_NGINX_RAND_PORT_1
+--- grep_error_log_out
+[zedcup] session renewal: session: create: consul: could not connect to 127.0.0.1:$TEST_NGINX_RAND_PORT_1
+--- no_error_log
+[error]

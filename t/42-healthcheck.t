@@ -1,0 +1,479 @@
+# zedcup.healthcheck: active checks with rise/fall, HTTPS, the effective healthcheck of a host,
+# and the revival of hosts without one. Real nginx, dev-consul and backends (extra servers
+# whose /health answer a location flips through a shared dict).
+#
+# Every block sets healthcheck_interval and host_revive_interval to 0.1s with zedcup.configure();
+# the running timers pick the new intervals up at once (timer recheck).
+
+__DATA__
+
+=== TEST 1: fall failures mark a host down, rise passes bring it back; each transition fires once
+--- timeout: 20
+--- http_config
+    lua_shared_dict zedcup_cache 1m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+    init_by_lua_block {
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX", node_name = "checker",
+            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
+                       token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+    init_worker_by_lua_block {
+        local zedcup = require "zedcup"
+        zedcup.run_workers()
+        for _, ev in ipairs({ "host_down", "host_up" }) do
+            zedcup.bind(ev, function(inst, data)
+                ngx.log(ngx.NOTICE, "event ", ev, " ", inst, "/", data.pool.name, "/", data.host.name)
+            end)
+        end
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location = /health {
+            content_by_lua_block {
+                local flags = ngx.shared.flags
+                if flags:get("sick") then
+                    flags:incr("sick_hits", 1, 0)
+                    return ngx.exit(503)
+                end
+                flags:incr("ok_hits", 1, 0)
+                ngx.say("ok")
+            }
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local kv = require "zedcup.kv"
+            local flags = ngx.shared.flags
+            local base = "$TEST_ZEDCUP_PREFIX/state/app/primary/web01/"
+            local function wait_for(what, pred)
+                local deadline = ngx.now() + 8
+                while ngx.now() < deadline do
+                    local v = pred()
+                    if v then return v end
+                    ngx.sleep(0.02)
+                    ngx.update_time()
+                end
+                ngx.say("timed out waiting for ", what)
+                return ngx.exit(200)
+            end
+
+            assert(zedcup.configure({ healthcheck_interval = 0.1, host_revive_interval = 0.1 }))
+            assert(zedcup.configure_instance("app", { pools = { {
+                name = "primary",
+                hosts = { {
+                    name = "web01", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1,
+                    healthcheck = { path = "/health", interval = 0.1, fall = 2, rise = 3 },
+                } },
+            } } }))
+
+            local e = wait_for("a check", function() return kv.get(base .. "check") end)
+            ngx.say("first check: ", e.Value, ", at about now: ", math.abs(e.Flags - ngx.time()) <= 2)
+
+            flags:set("sick", true)
+            local down = wait_for("down", function() return kv.get(base .. "down") end)
+            ngx.say("down: ", down.Value)
+            ngx.say("sick checks before: ", flags:get("sick_hits") >= 2)
+            ngx.say("last check: ", kv.get(base .. "check").Value)
+
+            flags:set("ok_hits", 0)
+            flags:delete("sick")
+            wait_for("up", function() return kv.get(base .. "down") == false end)
+            -- not before rise (3) passing checks
+            ngx.say("passing checks before up: ", flags:get("ok_hits") >= 3)
+            ngx.say("last check: ", kv.get(base .. "check").Value)
+            local s = require("zedcup.healthcheck").stats()
+            ngx.say("marked down: ", s.marked_down, ", marked up: ", s.marked_up)
+        }
+    }
+--- request
+GET /t
+--- response_body
+first check: ok, at about now: true
+down: health check failed 2 times: Bad status code: 503
+sick checks before: true
+last check: Bad status code: 503
+passing checks before up: true
+last check: ok
+marked down: 1, marked up: 1
+--- grep_error_log re
+event host_\w+ [\w/]+
+--- grep_error_log_out
+event host_down app/primary/web01
+event host_up app/primary/web01
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: HTTPS checks: the healthcheck's ssl (or the instance's) applies, and certificates are verified unless told not to
+--- timeout: 20
+--- http_config
+    lua_shared_dict zedcup_cache 1m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_socket_log_errors off;
+    init_by_lua_block {
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
+                       token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+    # a throwaway self-signed certificate for CN=localhost, made for these tests
+    map $server_port $test_cert {
+        default "-----BEGIN CERTIFICATE-----\nMIIBfzCCASWgAwIBAgIUEzooVJgJ40UxzP96W8p/rjeGK6MwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyMTA4MTEyOFoYDzIxMjYxMDI4\nMDgxMTI4WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO\nPQMBBwNCAATGdR+SJwGlWshrPsHrM7M3ZjUdM8LAeEZhJYKo/9Uugg6bPHA2H9kL\nxPaUyUimS7W3JWQPgVGrqm3VUWNP5Jcao1MwUTAdBgNVHQ4EFgQUewDCguA8NViJ\nPCKVALAs89R24u4wHwYDVR0jBBgwFoAUewDCguA8NViJPCKVALAs89R24u4wDwYD\nVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiAaX0pFfybwhl0ZEo6fUN5M\nemF5is0MCSJbKD3qqcRIUAIhAOoclZ1RG4Gd1JS0gzTJt1jAlURoxbfwd+WNhvRG\n5jLV\n-----END CERTIFICATE-----\n";
+    }
+    map $server_port $test_key {
+        default "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgZjJKr1qicT/kVxew\n9rLuuTugkG2NoWeiGgEDemEoagyhRANCAATGdR+SJwGlWshrPsHrM7M3ZjUdM8LA\neEZhJYKo/9Uugg6bPHA2H9kLxPaUyUimS7W3JWQPgVGrqm3VUWNP5Jca\n-----END PRIVATE KEY-----\n";
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1 ssl;
+        ssl_certificate data:$test_cert;
+        ssl_certificate_key data:$test_key;
+        location = /health { return 200 "tls $ssl_server_name"; }
+        location = /sni {
+            if ($ssl_server_name = "checks.example") {
+                return 200 "sni ok";
+            }
+            return 421;
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local kv = require "zedcup.kv"
+            local function check_of(host)
+                local key = "$TEST_ZEDCUP_PREFIX/state/tls/p/" .. host .. "/check"
+                local deadline = ngx.now() + 8
+                while ngx.now() < deadline do
+                    local e = kv.get(key)
+                    if e then return e.Value end
+                    ngx.sleep(0.02)
+                    ngx.update_time()
+                end
+                return "no check"
+            end
+
+            assert(zedcup.configure({ healthcheck_interval = 0.1 }))
+            local port = $TEST_NGINX_RAND_PORT_1
+            assert(zedcup.configure_instance("tls", {
+                ssl = { verify = false },
+                pools = { {
+                    name = "p",
+                    healthcheck = { path = "/health", interval = 0.1, fall = 1 },
+                    hosts = {
+                        -- the instance's ssl
+                        { name = "inherit", host = "127.0.0.1", port = port },
+                        -- the healthcheck's own ssl: verify by default, the self-signed cert fails
+                        { name = "verify", host = "127.0.0.1", port = port,
+                          healthcheck = { path = "/health", interval = 0.1, fall = 1, ssl = true } },
+                        -- no TLS at all against a TLS port
+                        { name = "plain", host = "127.0.0.1", port = port,
+                          healthcheck = { path = "/health", interval = 0.1, fall = 1, ssl = false } },
+                        -- SNI: the ssl's sni_name, else the Host header
+                        { name = "sni", host = "127.0.0.1", port = port,
+                          healthcheck = { path = "/sni", interval = 0.1, fall = 1,
+                                          ssl = { verify = false, sni_name = "checks.example" } } },
+                        { name = "sni_host", host = "127.0.0.1", port = port,
+                          healthcheck = { path = "/sni", interval = 0.1, fall = 1,
+                                          headers = { Host = "checks.example:443" } } },
+                        { name = "no_sni", host = "127.0.0.1", port = port,
+                          healthcheck = { path = "/sni", interval = 0.1, fall = 1 } },
+                    },
+                } },
+            }))
+            ngx.say("inherit: ", check_of("inherit"))
+            local v = check_of("verify")
+            ngx.say("verify: ", v:find("could not connect", 1, true) ~= nil
+                                and v:find("certificate", 1, true) ~= nil, " (", v, ")")
+            ngx.say("plain: ", check_of("plain"))
+            ngx.say("sni: ", check_of("sni"))
+            ngx.say("sni from Host: ", check_of("sni_host"))
+            ngx.say("no sni: ", check_of("no_sni"))
+        }
+    }
+--- request
+GET /t
+--- response_body_like
+^inherit: ok
+verify: true \(.*\)
+plain: Bad status code: 400
+sni: ok
+sni from Host: ok
+no sni: Bad status code: 421
+$
+--- no_error_log
+[error]
+
+
+
+=== TEST 3: the effective healthcheck: host beats pool beats instance, true means the defaults, status codes default to the pool's
+--- http_config
+    lua_shared_dict zedcup_cache 1m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    init_by_lua_block {
+        assert(require("zedcup").init({ prefix = "$TEST_ZEDCUP_PREFIX" }))
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local schema = require "zedcup.schema"
+            local hc = require "zedcup.healthcheck"
+            local conf = schema.effective("instance", assert(schema.check("instance", {
+                healthcheck = { path = "/inst", interval = 5 },
+                pools = {
+                    { name = "a", status_codes = { "500" }, healthcheck = true, hosts = {
+                        { host = "h1", port = 1 },
+                        { host = "h2", port = 1, healthcheck = { path = "/host", rise = 5,
+                                                                 headers = { Host = "x.test" } } },
+                        { host = "h3", port = 1, healthcheck = false },
+                    } },
+                    { name = "b", hosts = { { host = "h4", port = 1 } } },
+                },
+            })))
+            local function show(h)
+                if not h then return "none" end
+                local hdrs = {}
+                for k, v in pairs(h.headers) do hdrs[#hdrs + 1] = k .. "=" .. v end
+                table.sort(hdrs)
+                return table.concat({ h.method, h.path, h.interval, h.rise, h.fall,
+                                      table.concat(h.status_codes, ","), table.concat(hdrs, ";") }, " ")
+            end
+            local a, b = conf.pools[1], conf.pools[2]
+            ngx.say("pool true:  ", show(hc.effective(conf, a, a.hosts[1])))
+            ngx.say("host:       ", show(hc.effective(conf, a, a.hosts[2])))
+            ngx.say("host false: ", show(hc.effective(conf, a, a.hosts[3])))
+            ngx.say("instance:   ", show(hc.effective(conf, b, b.hosts[1])))
+            conf.healthcheck = nil
+            ngx.say("nothing:    ", show(hc.effective(conf, b, b.hosts[1])))
+            ngx.say(hc.status_matches({ "5xx" }, 503), hc.status_matches({ "50x" }, 510),
+                    hc.status_matches({ "404" }, 404), hc.status_matches({ "4xx", "500" }, 200))
+        }
+    }
+--- request
+GET /t
+--- response_body
+pool true:  GET / 60 2 3 500 User-Agent=zedcup/0.1.0 HTTP Check (lua)
+host:       GET /host 60 5 3 500 Host=x.test;User-Agent=zedcup/0.1.0 HTTP Check (lua)
+host false: none
+instance:   GET /inst 5 2 3 5xx,4xx User-Agent=zedcup/0.1.0 HTTP Check (lua)
+nothing:    none
+truefalsetruefalse
+--- no_error_log
+[error]
+
+
+
+=== TEST 4: a check sends the configured method, path and headers, with zedcup's User-Agent by default
+--- timeout: 20
+--- http_config
+    lua_shared_dict zedcup_cache 1m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict seen 1m;
+    init_by_lua_block {
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
+                       token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / {
+            content_by_lua_block {
+                ngx.shared.seen:set("req", table.concat({ ngx.req.get_method(), ngx.var.request_uri,
+                    ngx.var.http_host, ngx.var.http_user_agent, ngx.var.http_x_check or "-" }, " | "))
+                -- pool status_codes are { "500" }: a 404 is a pass
+                ngx.exit(404)
+            }
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local kv = require "zedcup.kv"
+            assert(zedcup.configure({ healthcheck_interval = 0.1 }))
+            assert(zedcup.configure_instance("hdr", {
+                healthcheck = { method = "HEAD", path = "/status?full=1", interval = 0.1,
+                                headers = { Host = "www.example.com", ["X-Check"] = "yes" } },
+                pools = { { name = "p", status_codes = { "500" },
+                            hosts = { { name = "h", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } },
+            }))
+            local key = "$TEST_ZEDCUP_PREFIX/state/hdr/p/h/check"
+            local deadline = ngx.now() + 8
+            while not kv.get(key) and ngx.now() < deadline do
+                ngx.sleep(0.02)
+                ngx.update_time()
+            end
+            ngx.say(ngx.shared.seen:get("req"))
+            ngx.say("check: ", kv.get(key).Value)
+        }
+    }
+--- request
+GET /t
+--- response_body
+HEAD | /status?full=1 | www.example.com | zedcup/0.1.0 HTTP Check (lua) | yes
+check: ok
+--- no_error_log
+[error]
+
+
+
+=== TEST 5: revive: a down host without a healthcheck comes back after error_timeout; one with a failing healthcheck stays down
+--- timeout: 20
+--- http_config
+    lua_shared_dict zedcup_cache 1m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    init_by_lua_block {
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
+                       token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location = /health {
+            content_by_lua_block {
+                if ngx.shared.flags:get("sick") then return ngx.exit(503) end
+                ngx.say("ok")
+            }
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local kv = require "zedcup.kv"
+            local state = require "zedcup.state"
+            local port = $TEST_NGINX_RAND_PORT_1
+            local base = "$TEST_ZEDCUP_PREFIX/state/rev/p/"
+            ngx.shared.flags:set("sick", true)
+            assert(zedcup.configure({ healthcheck_interval = 0.1, host_revive_interval = 0.1 }))
+            assert(zedcup.configure_instance("rev", { pools = { {
+                name = "p", error_timeout = 1.5,
+                hosts = {
+                    { name = "plain", host = "127.0.0.1", port = port },
+                    { name = "checked", host = "127.0.0.1", port = port,
+                      healthcheck = { path = "/health", interval = 0.1, rise = 2, fall = 50 } },
+                },
+            } } }))
+            ngx.update_time()
+            local t0 = ngx.now()
+            assert(state.mark_down("rev", "p", "plain", "test"))
+            assert(state.mark_down("rev", "p", "checked", "test"))
+
+            local deadline = t0 + 8
+            while kv.get(base .. "plain/down") and ngx.now() < deadline do
+                ngx.sleep(0.02)
+                ngx.update_time()
+            end
+            local waited = ngx.now() - t0
+            ngx.say("plain revived: ", kv.get(base .. "plain/down") == false)
+            ngx.say("not before error_timeout: ", waited >= 1.4, " (", waited >= 1.4 and "" or waited, ")")
+            ngx.say("checked still down: ", kv.get(base .. "checked/down") ~= false)
+            ngx.say("its check: ", kv.get(base .. "checked/check").Value)
+
+            ngx.shared.flags:delete("sick")
+            deadline = ngx.now() + 8
+            while kv.get(base .. "checked/down") and ngx.now() < deadline do
+                ngx.sleep(0.02)
+                ngx.update_time()
+            end
+            ngx.say("checked up through rise: ", kv.get(base .. "checked/down") == false)
+            local s = require("zedcup.healthcheck").stats()
+            ngx.say("revived: ", s.revived, ", marked up: ", s.marked_up)
+        }
+    }
+--- request
+GET /t
+--- response_body
+plain revived: true
+not before error_timeout: true ()
+checked still down: true
+its check: Bad status code: 503
+checked up through rise: true
+revived: 1, marked up: 1
+--- no_error_log
+[error]
+
+
+
+=== TEST 6: unix socket hosts (unix:/path and /path) are checked over the socket; a refused connection is a failure
+--- timeout: 20
+--- http_config
+    lua_shared_dict zedcup_cache 1m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_socket_log_errors off;
+    init_by_lua_block {
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
+                       token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+    server {
+        listen unix:$TEST_NGINX_SERVROOT/logs/backend.sock;
+        location = /health { return 200 "ok"; }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local kv = require "zedcup.kv"
+            assert(zedcup.configure({ healthcheck_interval = 0.1 }))
+            assert(zedcup.configure_instance("sock", {
+                healthcheck = { path = "/health", interval = 0.1 },
+                pools = { { name = "p", hosts = {
+                    { name = "prefixed", host = "unix:$TEST_NGINX_SERVROOT/logs/backend.sock" },
+                    { name = "path", host = "$TEST_NGINX_SERVROOT/logs/backend.sock" },
+                    { name = "refused", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 },
+                } } },
+            }))
+            for _, h in ipairs({ "prefixed", "path", "refused" }) do
+                local key = "$TEST_ZEDCUP_PREFIX/state/sock/p/" .. h .. "/check"
+                local deadline = ngx.now() + 8
+                while not kv.get(key) and ngx.now() < deadline do
+                    ngx.sleep(0.02)
+                    ngx.update_time()
+                end
+                local e = kv.get(key)
+                ngx.say(h, ": ", e and e.Value:gsub("127.0.0.1:%d+", "127.0.0.1:PORT") or "no check")
+            end
+        }
+    }
+--- request
+GET /t
+--- response_body_like
+^prefixed: ok
+path: ok
+refused: could not connect: .*connection refused
+$
+--- no_error_log
+[error]
