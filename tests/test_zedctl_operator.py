@@ -224,6 +224,9 @@ def test_validate_configure_inspect_status_remove(sh: Shell, consul: Server) -> 
     consul.put(f"{state}/dr/1/check", "ok", flags=now - 2)
     consul.put(f"{state}/dr/1/errors", "9", flags=now - 3600)  # window over: 0
     consul.put(f"{p}/state/web2/1/1/check", "ok", flags=now)
+    # web2's state under the same pool and host names must not leak into web's.
+    consul.put(f"{p}/state/web2/primary/web01/errors", "7", flags=now)
+    consul.put(f"{p}/state/web2/primary/web01/down", "elsewhere", flags=now)
     consul.put(f"{p}/locks/healthcheck", "node-a", acquire=consul.session())
 
     report = json.loads(sh("status", "web", "-o", "json").stdout)

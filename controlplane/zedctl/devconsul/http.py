@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from .durations import MINUTE, SECOND, DurationError, parse_duration
 from .store import (
@@ -45,6 +45,10 @@ VERSION = "1.16.0"
 MAX_DRAIN = 64 * 1024 * 1024
 _UINT = re.compile(r"[0-9]+")
 _UINT64_MAX = (1 << 64) - 1
+# A LockDelay below this many ns is a number of seconds (Consul's lockDelayMinThreshold).
+LOCK_DELAY_SECONDS_BELOW = 1000
+# Consul's txn_max_req_len (default: raft's suggested maximum entry size, 512 KiB).
+MAX_TXN_BODY = 512 * 1024
 
 
 class HTTPError(Exception):
@@ -75,6 +79,7 @@ class Request:
     headers: Any
     body: bytes
     alive: Callable[[], bool] | None = None  # is the client still connected?
+    query_string: str = ""  # as sent, for redirects
 
 
 def go_json(value: Any, pretty: bool = False) -> bytes:
@@ -153,12 +158,18 @@ class Api:
     def handle(self, req: Request, oversized: int = 0) -> Response:
         """Answer one request; `oversized` is the size of a KV body too big to keep."""
         try:
-            self._check_acl(req)
+            early = self._path_check(req)
+            if early is not None:
+                return early
+            if req.method != "OPTIONS":  # Consul answers OPTIONS before any handler
+                self._check_acl(req)
             dc = req.query.get("dc", "")
             if dc and dc != DATACENTER:
                 raise HTTPError(500, "No path to datacenter")
             if oversized:
                 req.body = b""
+                if req.path == "/v1/txn":
+                    raise HTTPError(413, txn_too_large())
                 if req.path.startswith("/v1/kv/"):
                     self._kv_put_checks(req, req.path[len("/v1/kv/") :])
                 raise HTTPError(413, too_large(oversized))
@@ -177,59 +188,87 @@ class Api:
         if not token:
             token = req.headers.get("X-Consul-Token", "") or ""
         if not token:
-            auth = req.headers.get("Authorization", "") or ""
-            scheme, _, value = auth.strip().partition(" ")
-            if scheme.lower() == "bearer":
-                token = value.strip()
+            token = bearer_token(req.headers.get("Authorization", "") or "")
         if not token:
             raise HTTPError(403, "Permission denied")
         if token != self.acl_token:
             raise HTTPError(403, "ACL not found")
 
+    def _endpoints(self) -> dict[str, dict[str, Callable[..., Response]]]:
+        """Consul's patterns for this subset, as registered on Go's ServeMux: a pattern
+        ending in "/" is a subtree (the rest of the path is its argument), any other
+        pattern matches exactly. Methods in Consul's order (the Allow header keeps it)."""
+        return {
+            "/v1/kv/": {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete},
+            "/v1/txn": {"PUT": self.txn},
+            "/v1/session/create": {"PUT": self.session_create},
+            "/v1/session/destroy/": {"PUT": self.session_destroy},
+            "/v1/session/renew/": {"PUT": self.session_renew},
+            "/v1/session/info/": {"GET": self.session_info},
+            "/v1/session/node/": {"GET": self.session_node},
+            "/v1/session/list": {"GET": self.session_list},
+            "/v1/status/leader": {"GET": self._simple(lambda r: LEADER)},
+            "/v1/status/peers": {"GET": self._simple(lambda r: [LEADER])},
+            "/v1/catalog/datacenters": {"GET": self._simple(lambda r: [DATACENTER])},
+            "/v1/agent/self": {"GET": self._simple(self.agent_self)},
+        }
+
+    def _simple(self, fn: Callable[[Request], Any]) -> Callable[..., Response]:
+        def answer(req: Request, arg: str = "") -> Response:
+            return self._json(req, fn(req), index=self.store.current_index())
+
+        return answer
+
+    def _path_check(self, req: Request) -> Response | None:
+        """What happens before Consul's handlers run: a path with unprintable characters
+        is refused (400, empty body), and Go's ServeMux redirects (301) a path that is
+        not clean (`//`, `.`, `..`) or that names a subtree without its slash."""
+        path = req.path
+        if not path.isprintable():
+            return Response(400, b"", None)
+        clean = go_clean_path(path)
+        patterns = self._endpoints()
+        if clean not in patterns and clean + "/" in patterns:
+            clean += "/"
+        if clean == path:
+            return None
+        location = quote(clean, safe="/:@!$&'()*+,;=-._~")
+        if req.query_string:
+            location += "?" + req.query_string
+        resp = Response(301, b"", None, headers={"Location": location})
+        if req.method in ("GET", "HEAD"):
+            resp.content_type = "text/html; charset=utf-8"
+        if req.method == "GET":
+            href = location.replace("&", "&amp;").replace('"', "&#34;")
+            resp.body = f'<a href="{href}">Moved Permanently</a>.\n\n'.encode()
+        return resp
+
     def _route(self, req: Request) -> Response:
         path = req.path
-        if path.startswith("/v1/kv/") or path == "/v1/kv":
-            key = path[len("/v1/kv/") :] if path.startswith("/v1/kv/") else ""
-            return self._methods(
-                req, {"GET": self.kv_get, "PUT": self.kv_put, "DELETE": self.kv_delete}, key
+        patterns = self._endpoints()
+        table = patterns.get(path)
+        arg = ""
+        if table is None:
+            # The longest subtree pattern that prefixes the path, as ServeMux picks.
+            for pattern in sorted(patterns, key=len, reverse=True):
+                if pattern.endswith("/") and path.startswith(pattern):
+                    table, arg = patterns[pattern], path[len(pattern) :]
+                    break
+        if table is None:
+            if "/v1/" in path:
+                raise HTTPError(404, "Invalid URL path: not a recognized HTTP API endpoint\n")
+            raise HTTPError(
+                404,
+                "Invalid URL path: if attempting to use the HTTP API, "
+                "ensure the path starts with '/v1/'\n",
             )
-        if path == "/v1/txn":
-            return self._methods(req, {"PUT": self.txn})
-        if path.startswith("/v1/session/"):
-            rest = path[len("/v1/session/") :]
-            name, _, arg = rest.partition("/")
-            handlers: dict[str, dict[str, Callable[..., Response]]] = {
-                "create": {"PUT": self.session_create},
-                "destroy": {"PUT": self.session_destroy},
-                "renew": {"PUT": self.session_renew},
-                "info": {"GET": self.session_info},
-                "node": {"GET": self.session_node},
-                "list": {"GET": self.session_list},
-            }
-            if name in handlers:
-                return self._methods(req, handlers[name], arg)
-        simple: dict[str, Callable[[Request], Any]] = {
-            "/v1/status/leader": lambda r: LEADER,
-            "/v1/status/peers": lambda r: [LEADER],
-            "/v1/catalog/datacenters": lambda r: [DATACENTER],
-            "/v1/agent/self": self.agent_self,
-        }
-        if path in simple:
-            fn = simple[path]
-            return self._methods(
-                req, {"GET": lambda r: self._json(r, fn(r), index=self.store.current_index())}
-            )
-        raise HTTPError(404, "404 page not found\n")
-
-    def _methods(
-        self, req: Request, table: dict[str, Callable[..., Response]], *args: str
-    ) -> Response:
+        allow = ",".join(["OPTIONS", *table])
+        if req.method == "OPTIONS":
+            return Response(200, b"", None, headers={"Allow": allow})
         fn = table.get(req.method)
         if fn is None:
-            raise HTTPError(
-                405, f"method {req.method} not allowed", {"Allow": ", ".join(sorted(table))}
-            )
-        return fn(req, *args)
+            raise HTTPError(405, f"method {req.method} not allowed", {"Allow": allow})
+        return fn(req, arg)
 
     def _json(
         self, req: Request, value: Any, status: int = 200, index: int | None = None
@@ -269,7 +308,10 @@ class Api:
         if entry is None:
             return Response(404, b"", None, index)
         if "raw" in q:
-            return Response(200, entry.value, "text/plain", index)
+            resp = Response(200, entry.value, "text/plain", index)
+            resp.headers["X-Content-Type-Options"] = "nosniff"
+            resp.headers["Content-Security-Policy"] = "sandbox"
+            return resp
         return self._json(req, [entry_json(entry)], index=index)
 
     def _conflicting(self, req: Request, *names: str) -> None:
@@ -319,9 +361,13 @@ class Api:
 
     # ------------------------------------------------------------ transactions
 
-    def txn(self, req: Request) -> Response:
+    def txn(self, req: Request, arg: str = "") -> Response:
+        if len(req.body) > MAX_TXN_BODY:  # a chunked body (no Content-Length to check)
+            raise HTTPError(413, txn_too_large())
+        if not req.body.strip():
+            raise HTTPError(400, "Failed to parse body: EOF")  # Go's decoder on no JSON
         try:
-            raw = json.loads(req.body or b"null")
+            raw = json.loads(req.body)
         except (ValueError, UnicodeDecodeError) as err:
             raise HTTPError(400, f"Failed to parse body: {err}") from None
         if raw is None:
@@ -525,6 +571,42 @@ def blocking_params(
     return index, wait / SECOND
 
 
+def go_clean_path(path: str) -> str:
+    """Go's ServeMux cleanPath: path.Clean (collapse `//`, drop `.`, resolve `..`),
+    keeping a trailing slash."""
+    if not path:
+        return "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    clean = "/" + "/".join(parts)
+    if path.endswith("/") and clean != "/":
+        clean += "/"
+    return clean
+
+
+def bearer_token(header: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header, split as Consul does:
+    on single spaces, scheme case-insensitive, only the first word of the value."""
+    parts = header.split(" ")
+    if len(parts) < 2 or parts[0].lower() != "bearer":
+        return ""
+    value = " ".join(parts[1:]).strip()
+    return value.split(" ")[0].strip()
+
+
+def txn_too_large() -> str:
+    return f"Request body too large, max size: {MAX_TXN_BODY} bytes"
+
+
 def too_large(size: int) -> str:
     return (
         f"Request body({size} bytes) too large, max size: {MAX_VALUE_SIZE} bytes. "
@@ -533,20 +615,21 @@ def too_large(size: int) -> str:
 
 
 def parse_lock_delay(value: Any) -> int:
-    """LockDelay as Consul decodes it: a Go duration string, or a number of ns where a
-    number below 1000 means seconds. Answers nanoseconds."""
+    """LockDelay as Consul decodes it: a Go duration string or a number of ns, where
+    anything below 1000 ns is taken as seconds (`5` and `"5ns"` both mean 5s). Answers
+    nanoseconds, not capped: the 60s cap applies when the delay is enforced."""
     if isinstance(value, bool):
         raise HTTPError(400, f"Request decode failed: LockDelay {value!r} is not a duration")
     if isinstance(value, (int, float)):
-        if value < 1000:
-            return int(value) * SECOND
-        return int(value)
-    if isinstance(value, str):
+        ns = int(value)
+    elif isinstance(value, str):
         try:
-            return parse_duration(value)
+            ns = parse_duration(value)
         except DurationError as err:
             raise HTTPError(400, f"Request decode failed: {err}") from None
-    raise HTTPError(400, f"Request decode failed: LockDelay {value!r} is not a duration")
+    else:
+        raise HTTPError(400, f"Request decode failed: LockDelay {value!r} is not a duration")
+    return ns * SECOND if ns < LOCK_DELAY_SECONDS_BELOW else ns
 
 
 class _Server(ThreadingHTTPServer):
@@ -640,7 +723,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(Response(400, b"Invalid Content-Length", TEXT_TYPE))
             return None
-        if length > MAX_VALUE_SIZE and self.command == "PUT" and self.path.startswith("/v1/kv/"):
+        if self.command == "PUT" and (
+            (length > MAX_VALUE_SIZE and self.path.startswith("/v1/kv/"))
+            or (length > MAX_TXN_BODY and urlsplit(self.path).path == "/v1/txn")
+        ):
             if length > MAX_DRAIN:
                 self.close_connection = True
             else:
@@ -685,6 +771,7 @@ class Handler(BaseHTTPRequestHandler):
             headers=self.headers,
             body=body,
             alive=self._client_connected,
+            query_string=parts.query,
         )
         try:
             resp = self.server.api.handle(req, oversized)

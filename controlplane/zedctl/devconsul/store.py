@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 MAX_VALUE_SIZE = 512 * 1024
 MAX_TXN_OPS = 64
+WRITE_VERBS = frozenset(("set", "cas", "lock", "unlock", "delete", "delete-tree", "delete-cas"))
 TOMBSTONE_TTL = 15 * 60.0  # seconds
 SESSION_TTL_MIN = 10 * SECOND
 SESSION_TTL_MAX = 86400 * SECOND
@@ -393,8 +394,9 @@ class Store:
             self._set_tomb(key, tomb, None)
 
     def _commit(self, idx: int, keys: set[str], sessions: bool = False) -> None:
-        if not keys and not sessions:
-            return
+        """Close a write at index idx. Every write that reaches Consul's raft log takes
+        an index, whether it changed anything or not (an identical PUT, a failed cas);
+        the table indexes move only when something in them changed."""
         self.index = idx
         if keys:
             self.kv_index = idx
@@ -487,8 +489,11 @@ class Store:
         for key in list(self._range(self._keys, prefix)):
             self._op_delete(idx, key, undo, changed)
 
-    def _write(self, fn: Callable[[int, _Undo, set[str]], T]) -> T:
-        """Run one KV write: commit what it changed, or roll back if it raises."""
+    def _write(self, fn: Callable[[int, _Undo, set[str]], T], raft: bool = True) -> T:
+        """Run one KV write: commit what it changed, or roll back if it raises.
+
+        `raft` says whether the write reaches the raft log (and so takes an index even
+        when it changes nothing); a read-only transaction does not."""
         with self._lock:
             idx = self.index + 1
             undo = _Undo()
@@ -498,7 +503,8 @@ class Store:
             except BaseException:
                 self._rollback(undo)
                 raise
-            self._commit(idx, changed)
+            if raft or changed:
+                self._commit(idx, changed)
             return result
 
     def kv_set(self, key: str, value: bytes, flags: int = 0, cas: int | None = None) -> bool:
@@ -514,12 +520,14 @@ class Store:
 
     def kv_acquire(self, key: str, value: bytes, flags: int, session: str) -> bool:
         def op(idx: int, undo: _Undo, changed: set[str]) -> bool:
-            # Consul checks the lock-delay before it looks at the session.
-            if self.lock_delay_remaining(key) > 0:
-                return False
             return self._op_lock(idx, key, value, flags, session, undo, changed) is not None
 
-        return self._write(op)
+        with self._lock:
+            # Consul checks the lock-delay before the write goes to raft (and before it
+            # looks at the session): a refused acquire takes no index.
+            if self.lock_delay_remaining(key) > 0:
+                return False
+            return self._write(op)
 
     def kv_release(self, key: str, value: bytes, flags: int, session: str) -> bool:
         def op(idx: int, undo: _Undo, changed: set[str]) -> bool:
@@ -571,10 +579,21 @@ class Store:
                 except StoreError as err:
                     errors.append((i, str(err)))
             if errors:
-                raise TxnConflict(errors)
+                # The transaction went through raft (it takes an index) but the state
+                # store aborted it: undo every operation and report.
+                self._rollback(undo)
+                changed.clear()
+                failed.extend(errors)
+                return []
             return results
 
-        return self._write(run)
+        failed: list[tuple[int, str]] = []
+        # Only a transaction with a write verb goes through raft; one of reads only is
+        # answered from the state store.
+        results = self._write(run, raft=any(op.verb in WRITE_VERBS for op in ops))
+        if failed:
+            raise TxnConflict(failed)
+        return results
 
     def _txn_op(self, idx: int, op: TxnOp, undo: _Undo, changed: set[str]) -> list[TxnResult]:
         key = op.key
@@ -672,7 +691,8 @@ class Store:
                 raise StoreError(f"Missing check '{check}' registration")
         if service_checks:
             raise StoreError("Missing check registration for service checks")
-        lock_delay = max(0, min(lock_delay, MAX_LOCK_DELAY))
+        # LockDelay is kept as given (the session JSON shows it); the 60s cap applies
+        # when the delay is enforced, as in Consul.
         with self._lock:
             idx = self.index + 1
             sess = Session(
@@ -712,12 +732,15 @@ class Store:
         with self._lock:
             if sid in self._sessions:
                 self._invalidate(sid)
+            else:
+                self._commit(self.index + 1, set())  # still a raft write in Consul
 
     def _invalidate(self, sid: str) -> None:
         sess = self._sessions.pop(sid)
         idx = self.index + 1
         changed: set[str] = set()
         now = time.monotonic()
+        delay = min(sess.lock_delay, MAX_LOCK_DELAY)
         for key in sorted(self._held.get(sid, ())):
             old = self._kv[key]
             if sess.behavior == "delete":
@@ -725,8 +748,8 @@ class Store:
             else:
                 self._put(key, replace(old, session="", modify_index=idx), None)
                 changed.add(key)
-            if sess.lock_delay > 0:
-                self._lock_delay[key] = now + sess.lock_delay / SECOND
+            if delay > 0:
+                self._lock_delay[key] = now + delay / SECOND
         self._held.pop(sid, None)
         self._commit(idx, changed, sessions=True)
 
