@@ -14,7 +14,7 @@ local events = require "zedcup.events"
 local handler = require "zedcup.handler"
 local kv = require "zedcup.kv"
 local schema = require "zedcup.schema"
-local select = require "zedcup.select"
+local selection = require "zedcup.select"
 local state = require "zedcup.state"
 
 local ngx = ngx
@@ -263,7 +263,7 @@ end
 
 local ngx_balancer
 local down_for = state.down_for
-local select_next = select.next
+local select_next = selection.next
 
 --- balance(instance) -> true | nil, err
 -- In balancer_by_lua: picks a host with the same selection as handlers, sets
@@ -308,7 +308,7 @@ function _M.balance(instance)
 
     if not b.tries_set then
         b.tries_set = true
-        local more = select.usable_count(plan, down, b.failed) - 1
+        local more = selection.usable_count(plan, down, b.failed) - 1
         if more > 0 then
             ngx_balancer.set_more_tries(more)
         end

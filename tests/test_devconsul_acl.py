@@ -82,6 +82,21 @@ def test_header_token_comes_before_bearer(anonymous: RawConsul) -> None:
     assert resp.status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        (f"Bearer {TOKEN} trailing words", 404),  # only the first word is the token
+        (f"bearer  {TOKEN}", 404),  # scheme case-insensitive, value trimmed
+        (f"Basic {TOKEN}", 403),
+        (f"Bearer{TOKEN}", 403),
+    ],
+)
+def test_bearer_header_is_split_as_consul_does(
+    anonymous: RawConsul, header: str, status: int
+) -> None:
+    assert anonymous.get("/v1/kv/k", headers={"Authorization": header}).status_code == status
+
+
 def test_refused_writes_change_nothing(anonymous: RawConsul) -> None:
     anonymous.put("/v1/kv/guarded", data=b"x")
     anonymous.put("/v1/kv/guarded?token=wrong", data=b"x")

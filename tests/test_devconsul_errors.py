@@ -4,6 +4,9 @@ Runs against dev-consul or a real Consul (`--consul-url`)."""
 
 from __future__ import annotations
 
+import http.client
+from urllib.parse import urlsplit
+
 import pytest
 from zedctl.devconsul.testing import RawConsul
 
@@ -21,6 +24,14 @@ def test_conflicting_put_flags_are_400(raw_consul: RawConsul, kv_prefix: str, qu
     assert resp.status_code == 400
     assert resp.text.startswith("Conflicting flags")
     assert raw_consul.get(f"/v1/kv/{kv_prefix}k").status_code == 404
+
+
+def test_conflicting_flags_message_lists_the_query_sorted_by_name(
+    raw_consul: RawConsul, kv_prefix: str
+) -> None:
+    resp = raw_consul.put(f"/v1/kv/{kv_prefix}k?cas=2&acquire=x&cas=1", data=b"v")
+    assert resp.status_code == 400
+    assert resp.text.rstrip("\n") == "Conflicting flags: acquire=x&cas=2&cas=1"  # Values.Encode
 
 
 def test_delete_with_recurse_and_cas_is_400(raw_consul: RawConsul, kv_prefix: str) -> None:
@@ -84,6 +95,27 @@ def test_txn_that_is_not_a_list_is_400(raw_consul: RawConsul) -> None:
     assert no_traceback(resp.text)
 
 
+def test_txn_body_over_512kib_is_413_even_with_small_values(
+    raw_consul: RawConsul, kv_prefix: str
+) -> None:
+    # Consul's txn_max_req_len (default 512 KiB) bounds the whole request body.
+    import base64
+
+    value = base64.b64encode(b"z" * (150 * 1024)).decode()
+    ops = [{"KV": {"Verb": "set", "Key": f"{kv_prefix}{i}", "Value": value}} for i in range(3)]
+    resp = raw_consul.put("/v1/txn", json=ops)
+    assert resp.status_code == 413
+    assert resp.text == "Request body too large, max size: 524288 bytes"
+    assert raw_consul.get(f"/v1/kv/{kv_prefix}?recurse").status_code == 404
+    assert raw_consul.put("/v1/txn", json=ops[:2]).status_code == 200
+
+
+def test_txn_with_an_empty_body_is_400(raw_consul: RawConsul) -> None:
+    resp = raw_consul.put("/v1/txn", data=b"")
+    assert resp.status_code == 400
+    assert resp.text.startswith("Failed to parse body")
+
+
 def test_txn_value_over_the_limit_is_413(raw_consul: RawConsul, kv_prefix: str) -> None:
     import base64
 
@@ -99,6 +131,94 @@ def test_wrong_method_is_405(raw_consul: RawConsul) -> None:
     resp = raw_consul.request("POST", "/v1/session/list")
     assert resp.status_code == 405
     assert no_traceback(resp.text)
+
+
+def test_405_names_the_methods_as_consul_does(raw_consul: RawConsul, kv_prefix: str) -> None:
+    resp = raw_consul.request("POST", f"/v1/kv/{kv_prefix}k")
+    assert resp.status_code == 405
+    assert resp.text == "method POST not allowed"
+    assert resp.headers["Allow"] == "OPTIONS,GET,PUT,DELETE"
+    assert raw_consul.request("GET", "/v1/txn").headers["Allow"] == "OPTIONS,PUT"
+
+
+def test_options_answers_the_allowed_methods(raw_consul: RawConsul) -> None:
+    resp = raw_consul.request("OPTIONS", "/v1/session/create")
+    assert resp.status_code == 200
+    assert resp.headers["Allow"] == "OPTIONS,PUT"
+    assert resp.content == b""
+
+
+def test_unknown_endpoint_is_404(raw_consul: RawConsul) -> None:
+    resp = raw_consul.get("/v1/no/such/endpoint")
+    assert resp.status_code == 404
+    assert resp.text == "Invalid URL path: not a recognized HTTP API endpoint\n"
+    outside = raw_consul.get("/nope")
+    assert outside.status_code == 404
+    assert outside.text.startswith("Invalid URL path: if attempting to use the HTTP API")
+
+
+def send_verbatim(raw_consul: RawConsul, method: str, path: str) -> http.client.HTTPResponse:
+    """One request with the path exactly as given (requests would remove dot segments)."""
+    url = urlsplit(raw_consul.url)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    headers = {"X-Consul-Token": raw_consul.token} if raw_consul.token else {}
+    conn.request(method, path, body=b"v" if method == "PUT" else None, headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp
+
+
+@pytest.mark.parametrize(
+    ("path", "clean"),
+    [
+        ("/v1/kv/{p}a//b", "/v1/kv/{p}a/b"),
+        ("/v1/kv/{p}a/./b", "/v1/kv/{p}a/b"),
+        ("/v1/kv/{p}a/x/../b", "/v1/kv/{p}a/b"),
+        ("/v1/kv", "/v1/kv/"),
+        ("/v1/session/info", "/v1/session/info/"),
+    ],
+)
+def test_unclean_paths_are_redirected_not_served(
+    raw_consul: RawConsul, kv_prefix: str, path: str, clean: str
+) -> None:
+    # Go's ServeMux redirects before Consul sees the request: a key with `//`, `.` or
+    # `..` segments cannot be written or read through the HTTP API.
+    path, clean = path.format(p=kv_prefix), clean.format(p=kv_prefix)
+    put = send_verbatim(raw_consul, "PUT", path + "?flags=1")
+    assert put.status == 301
+    assert put.getheader("Location") == clean + "?flags=1"
+    get = send_verbatim(raw_consul, "GET", path)
+    assert get.status == 301
+    assert get.getheader("Location") == clean
+    assert raw_consul.get(f"/v1/kv/{kv_prefix}?recurse").status_code == 404  # nothing written
+
+
+def test_a_path_with_a_broken_escape_is_400(raw_consul: RawConsul, kv_prefix: str) -> None:
+    resp = send_verbatim(raw_consul, "PUT", f"/v1/kv/{kv_prefix}100%")
+    assert resp.status == 400
+    assert raw_consul.get(f"/v1/kv/{kv_prefix}?recurse").status_code == 404
+
+
+@pytest.mark.parametrize("query", ["recurse;keys", "flags=%zz", "a=%4"])
+def test_a_query_go_cannot_parse_is_500(raw_consul: RawConsul, kv_prefix: str, query: str) -> None:
+    resp = send_verbatim(raw_consul, "PUT", f"/v1/kv/{kv_prefix}k?{query}")
+    assert resp.status == 500
+    assert raw_consul.get(f"/v1/kv/{kv_prefix}?recurse").status_code == 404
+
+
+def test_a_hash_in_the_request_path_is_part_of_the_key(
+    raw_consul: RawConsul, kv_prefix: str
+) -> None:
+    # The server reads the request target as it comes: no #fragment is cut off.
+    assert send_verbatim(raw_consul, "PUT", f"/v1/kv/{kv_prefix}a#b").status == 200
+    assert raw_consul.get(f"/v1/kv/{kv_prefix}a%23b").json()[0]["Key"] == f"{kv_prefix}a#b"
+
+
+def test_unprintable_path_is_400(raw_consul: RawConsul, kv_prefix: str) -> None:
+    resp = raw_consul.put(f"/v1/kv/{kv_prefix}a%0Ab", data=b"v")
+    assert resp.status_code == 400
+    assert raw_consul.get(f"/v1/kv/{kv_prefix}?recurse").status_code == 404
 
 
 def test_status_leader_and_peers(raw_consul: RawConsul) -> None:

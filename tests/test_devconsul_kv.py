@@ -76,8 +76,29 @@ def test_raw_answers_bare_value_as_text_plain(raw_consul: RawConsul, kv_prefix: 
     resp = raw_consul.get(f"/v1/kv/{kv_prefix}r?raw")
     assert resp.status_code == 200
     assert resp.content == b"plain text"
-    assert resp.headers["Content-Type"].startswith("text/plain")
+    assert resp.headers["Content-Type"] == "text/plain"
     assert index_of(resp) > 0
+    # Consul's guard against serving stored HTML/JS as a page (consul#3462, #12048).
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.headers["Content-Security-Policy"] == "sandbox"
+
+
+def test_answers_of_1400_bytes_or_more_are_gzipped_for_clients_that_ask(
+    raw_consul: RawConsul, kv_prefix: str
+) -> None:
+    # Consul wraps its endpoints in gziphandler (minimum size 1400 bytes).
+    value = bytes(range(256)) * 8
+    raw_consul.put(f"/v1/kv/{kv_prefix}big", data=value)
+    plain = raw_consul.get(f"/v1/kv/{kv_prefix}big?raw", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+    assert plain.headers["Vary"] == "Accept-Encoding"
+    zipped = raw_consul.get(f"/v1/kv/{kv_prefix}big?raw", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert zipped.content == plain.content == value  # requests decompresses
+    small = raw_consul.get(f"/v1/kv/{kv_prefix}big?keys", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in small.headers
+    refused = raw_consul.get(f"/v1/kv/{kv_prefix}big?raw", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in refused.headers
 
 
 def test_keys_with_special_characters(raw_consul: RawConsul, kv_prefix: str) -> None:
@@ -184,6 +205,21 @@ def test_identical_write_does_not_bump_modify_index(raw_consul: RawConsul, kv_pr
     after = raw_consul.get(key).json()[0]
     assert after["ModifyIndex"] > before["ModifyIndex"]
     assert after["CreateIndex"] == before["CreateIndex"]
+
+
+def test_every_write_takes_a_raft_index_even_when_it_changes_nothing(
+    raw_consul: RawConsul, kv_prefix: str
+) -> None:
+    # One global raft index: an identical PUT and a refused cas are still raft writes,
+    # so the next real write lands at least one index further on.
+    key = f"/v1/kv/{kv_prefix}k"
+    raw_consul.put(key, data=b"v")
+    first = raw_consul.get(key).json()[0]["ModifyIndex"]
+    assert raw_consul.put(key, data=b"v").json() is True
+    assert raw_consul.get(key).json()[0]["ModifyIndex"] == first
+    assert raw_consul.put(key + "?cas=1", data=b"w").json() is False
+    raw_consul.put(f"/v1/kv/{kv_prefix}other", data=b"x")
+    assert raw_consul.get(f"/v1/kv/{kv_prefix}other").json()[0]["ModifyIndex"] >= first + 3
 
 
 def test_delete_answers_true_even_for_missing_keys(raw_consul: RawConsul, kv_prefix: str) -> None:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from zedctl.devconsul.durations import SECOND
 from zedctl.devconsul.store import Store, TxnConflict, TxnOp
 from zedctl.devconsul.testing import wait_for
 
@@ -47,8 +48,31 @@ def test_a_failed_txn_leaves_no_trace(store: Store) -> None:
             ]
         )
     assert [i for i, _ in err.value.errors] == [3]
-    assert (store.index, store.kv_list("t/")) == before
+    # It went through raft (the global index moves on) but left no data behind.
+    assert store.index == before[0] + 1
+    assert store.kv_list("t/") == before[1]
     assert store.tombstone_count() == 0
+
+
+def test_reads_only_and_refused_writes_take_no_index(store: Store) -> None:
+    store.kv_set("r/k", b"v")
+    before = store.index
+    store.txn([TxnOp("get", "r/k"), TxnOp("check-not-exists", "r/none")])
+    with pytest.raises(TxnConflict):
+        store.txn([TxnOp("get", "r/missing")])
+    with pytest.raises(TxnConflict):
+        store.txn([TxnOp("set", "", b"x")])  # refused by the pre-check, before raft
+    assert store.index == before
+
+
+def test_lock_delay_is_kept_as_given_but_enforced_for_at_most_60s(store: Store) -> None:
+    sess = store.session_create(lock_delay=120 * SECOND)
+    assert sess.lock_delay == 120 * SECOND
+    assert store.kv_acquire("l/k", b"", 0, sess.id)
+    store.session_destroy(sess.id)
+    assert 59 < store.lock_delay_remaining("l/k") <= 60
+    other = store.session_create()
+    assert not store.kv_acquire("l/k", b"", 0, other.id)
 
 
 def test_block_wakes_only_for_its_key(store: Store) -> None:

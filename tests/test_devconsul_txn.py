@@ -264,3 +264,20 @@ def test_an_empty_key_fails_the_txn(raw_consul: RawConsul, kv_prefix: str) -> No
     assert error["OpIndex"] == 1
     assert "key" in error["What"].lower()
     assert raw_consul.get(f"/v1/kv/{kv_prefix}k").status_code == 404
+
+
+def test_a_read_only_txn_is_answered_as_a_query(raw_consul: RawConsul, kv_prefix: str) -> None:
+    raw_consul.put(f"/v1/kv/{kv_prefix}r", data=b"v")
+    resp = txn(raw_consul, [kv("get", f"{kv_prefix}r")])
+    assert resp.status_code == 200
+    assert resp.headers["X-Consul-KnownLeader"] == "true"
+    assert resp.headers["X-Consul-LastContact"] == "0"
+    assert "X-Consul-Index" not in resp.headers  # not blockable
+    stale = raw_consul.put("/v1/txn?stale&consistent", json=[kv("get", f"{kv_prefix}r")])
+    assert stale.status_code == 400
+    # A transaction that writes goes through raft and parses no consistency flags.
+    write = raw_consul.put(
+        "/v1/txn?stale&consistent", json=[kv("set", f"{kv_prefix}w", Value=b64(b"x"))]
+    )
+    assert write.status_code == 200
+    assert "X-Consul-KnownLeader" not in write.headers

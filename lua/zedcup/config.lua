@@ -17,7 +17,7 @@
 local cjson = require "cjson.safe"
 local kv = require "zedcup.kv"
 local schema = require "zedcup.schema"
-local select = require "zedcup.select"
+local selection = require "zedcup.select"
 local state = require "zedcup.state"
 
 local ngx = ngx
@@ -93,7 +93,7 @@ end
 
 local function compile(name, normalised, sig)
     local eff = schema.effective("instance", normalised)
-    return select.compile(name, eff, sig)
+    return selection.compile(name, eff, sig)
 end
 
 

@@ -8,7 +8,7 @@
 
 local deps = require "zedcup.deps"
 local events = require "zedcup.events"
-local select = require "zedcup.select"
+local selection = require "zedcup.select"
 local state = require "zedcup.state"
 
 local ngx = ngx
@@ -19,7 +19,7 @@ local type = type
 local setmetatable = setmetatable
 local str_match = string.match
 
-local select_next = select.next
+local select_next = selection.next
 local down_for = state.down_for
 local record_failure = state.record_failure
 local fire = events.fire

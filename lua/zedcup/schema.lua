@@ -637,7 +637,7 @@ local function number_text(n)
     if n % 1 == 0 and n > -1e15 and n < 1e15 then
         return str_format("%d", n)
     end
-    for digits = 15, 17 do
+    for digits = 1, 17 do
         local s = str_format("%." .. digits .. "g", n)
         if tonumber(s) == n then
             return without_exponent(s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import gzip
 import json
 import random
 import re
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from .durations import MINUTE, SECOND, DurationError, parse_duration
 from .store import (
@@ -25,6 +26,7 @@ from .store import (
     DEFAULT_LOCK_DELAY,
     MAX_TXN_OPS,
     MAX_VALUE_SIZE,
+    WRITE_VERBS,
     Entry,
     Session,
     SessionNotFound,
@@ -39,7 +41,12 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 DEFAULT_WAIT = 5 * MINUTE
 MAX_WAIT = 10 * MINUTE
 JITTER_FRACTION = 16
+GZIP_MIN_SIZE = 1400  # gziphandler's DefaultMinSize, which Consul keeps
 LEADER = "127.0.0.1:8300"
+UI_DISABLED = (
+    "Consul Agent: UI disabled. To enable, set ui_config.enabled=true in the agent "
+    "configuration and restart."
+)
 VERSION = "1.16.0"
 # Bodies larger than this are not drained after a 413: the connection is closed.
 MAX_DRAIN = 64 * 1024 * 1024
@@ -68,6 +75,7 @@ class Response:
     content_type: str | None = JSON_TYPE
     index: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    gzip: bool = True  # answered through Consul's gzip wrapper (not before the mux)
 
 
 @dataclass
@@ -161,6 +169,8 @@ class Api:
             early = self._path_check(req)
             if early is not None:
                 return early
+            if not go_query_ok(req.query_string):
+                return Response(500, b"", None)  # Consul's "Failed to decode query"
             if req.method != "OPTIONS":  # Consul answers OPTIONS before any handler
                 self._check_acl(req)
             dc = req.query.get("dc", "")
@@ -225,7 +235,7 @@ class Api:
         not clean (`//`, `.`, `..`) or that names a subtree without its slash."""
         path = req.path
         if not path.isprintable():
-            return Response(400, b"", None)
+            return Response(400, b"", None, gzip=False)
         clean = go_clean_path(path)
         patterns = self._endpoints()
         if clean not in patterns and clean + "/" in patterns:
@@ -235,7 +245,7 @@ class Api:
         location = quote(clean, safe="/:@!$&'()*+,;=-._~")
         if req.query_string:
             location += "?" + req.query_string
-        resp = Response(301, b"", None, headers={"Location": location})
+        resp = Response(301, b"", None, headers={"Location": location}, gzip=False)
         if req.method in ("GET", "HEAD"):
             resp.content_type = "text/html; charset=utf-8"
         if req.method == "GET":
@@ -255,6 +265,8 @@ class Api:
                     table, arg = patterns[pattern], path[len(pattern) :]
                     break
         if table is None:
+            if path == "/":  # Consul's index page, with the UI off
+                return Response(200, UI_DISABLED.encode(), TEXT_TYPE)
             if "/v1/" in path:
                 raise HTTPError(404, "Invalid URL path: not a recognized HTTP API endpoint\n")
             raise HTTPError(
@@ -316,7 +328,7 @@ class Api:
 
     def _conflicting(self, req: Request, *names: str) -> None:
         if sum(1 for n in names if n in req.query) > 1:
-            encoded = urlencode(sorted(req.raw_query))
+            encoded = urlencode(sorted(req.raw_query, key=lambda kv: kv[0]))  # Go's Encode
             raise HTTPError(400, f"Conflicting flags: {encoded}")
 
     def _uint_param(self, req: Request, name: str) -> int:
@@ -381,13 +393,24 @@ class Api:
                 413, f"Transaction contains too many operations ({len(raw)} > {MAX_TXN_OPS})"
             )
         ops = [self._txn_op(i, item) for i, item in enumerate(raw)]
+        read_only = not any(op.verb in WRITE_VERBS for op in ops)
+        if read_only:
+            # Consul answers reads-only from the state store as a query: consistency
+            # flags and wait are parsed (and refused as for any read), and the answer
+            # carries the leader headers but no index (it cannot block).
+            blocking_params(req.query)
         try:
             results = self.store.txn(ops)
         except TxnConflict as err:
             errors = [{"OpIndex": i, "What": what} for i, what in err.errors]
-            return self._json(req, {"Results": None, "Errors": errors}, status=409)
-        out = [{"KV": entry_json(r.entry, r.with_value)} for r in results]
-        return self._json(req, {"Results": out, "Errors": None})
+            resp = self._json(req, {"Results": None, "Errors": errors}, status=409)
+        else:
+            out = [{"KV": entry_json(r.entry, r.with_value)} for r in results]
+            resp = self._json(req, {"Results": out, "Errors": None})
+        if read_only:
+            resp.headers["X-Consul-Knownleader"] = "true"
+            resp.headers["X-Consul-Lastcontact"] = "0"
+        return resp
 
     @staticmethod
     def _txn_op(i: int, item: Any) -> TxnOp:
@@ -571,6 +594,39 @@ def blocking_params(
     return index, wait / SECOND
 
 
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def valid_escapes(text: str) -> bool:
+    """Every % starts a two-digit hex escape (what Go's unescape insists on)."""
+    return _BAD_ESCAPE.search(text) is None
+
+
+def go_query_ok(query: str) -> bool:
+    """Whether Go's url.ParseQuery accepts a query string: no `;` separators and no
+    broken % escapes (Consul answers 500 for one it cannot parse)."""
+    return ";" not in query and valid_escapes(query)
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header accepts gzip (a q-value above 0), as
+    gziphandler reads it."""
+    for coding in header.split(","):
+        name, *params = coding.split(";")
+        if name.strip().lower() != "gzip":
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.strip().partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+        return q > 0
+    return False
+
+
 def go_clean_path(path: str) -> str:
     """Go's ServeMux cleanPath: path.Clean (collapse `//`, drop `.`, resolve `..`),
     keeping a trailing slash."""
@@ -725,7 +781,7 @@ class Handler(BaseHTTPRequestHandler):
             return None
         if self.command == "PUT" and (
             (length > MAX_VALUE_SIZE and self.path.startswith("/v1/kv/"))
-            or (length > MAX_TXN_BODY and urlsplit(self.path).path == "/v1/txn")
+            or (length > MAX_TXN_BODY and self.path.partition("?")[0] == "/v1/txn")
         ):
             if length > MAX_DRAIN:
                 self.close_connection = True
@@ -750,8 +806,17 @@ class Handler(BaseHTTPRequestHandler):
                 self.server.idle.notify_all()
 
     def _serve_one(self) -> None:
-        parts = urlsplit(self.path)
-        raw_query = parse_qsl(parts.query, keep_blank_values=True)
+        # Split as Go's ParseRequestURI does: no #fragment (a "#" is part of the key).
+        target = self.path
+        if target.startswith(("http://", "https://")):  # absolute-form request target
+            target = "/" + target.split("://", 1)[1].partition("/")[2]
+        raw_path, _, raw_qs = target.partition("?")
+        if not valid_escapes(raw_path):
+            # Go's server refuses a request line whose path it cannot unescape.
+            self.close_connection = True
+            self._send(Response(400, b"400 Bad Request", TEXT_TYPE, gzip=False))
+            return
+        raw_query = parse_qsl(raw_qs, keep_blank_values=True)
         query: dict[str, str] = {}
         for k, v in raw_query:
             query.setdefault(k, v)
@@ -765,13 +830,13 @@ class Handler(BaseHTTPRequestHandler):
         body, oversized = got
         req = Request(
             method=self.command,
-            path=unquote(parts.path),
+            path=unquote(raw_path),
             query=query,
             raw_query=raw_query,
             headers=self.headers,
             body=body,
             alive=self._client_connected,
-            query_string=parts.query,
+            query_string=raw_qs,
         )
         try:
             resp = self.server.api.handle(req, oversized)
@@ -801,8 +866,18 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("X-Consul-Lastcontact", "0")
         for name, value in resp.headers.items():
             self.send_header(name, value)
-        body = b"" if self.command == "HEAD" else resp.body
-        self.send_header("Content-Length", str(len(resp.body)))
+        payload = resp.body
+        if resp.gzip:
+            # Consul wraps every endpoint in gziphandler: Vary always, and a body of
+            # 1400 bytes or more is compressed for a client that accepts gzip.
+            self.send_header("Vary", "Accept-Encoding")
+            if len(payload) >= GZIP_MIN_SIZE and accepts_gzip(
+                self.headers.get("Accept-Encoding") or ""
+            ):
+                payload = gzip.compress(payload, mtime=0)
+                self.send_header("Content-Encoding", "gzip")
+        body = b"" if self.command == "HEAD" else payload
+        self.send_header("Content-Length", str(len(payload)))
         if self.close_connection:
             self.send_header("Connection", "close")
         # Headers and body in one write: two small writes meet the peer's delayed ACK.
