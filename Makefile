@@ -15,11 +15,17 @@ STAMP   := $(VENV)/.installed
 # are used, and the distro nginx is not installed.
 OPENRESTY := $(shell command -v openresty 2>/dev/null)
 ifeq ($(OPENRESTY),)
-NGINX_PKGS := nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache lua-cjson
+NGINX_PKGS := nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache
 else
 NGINX_PKGS :=
 endif
-TOOL_PKGS := wrk lua-check
+# lua5.1 + lua-cjson: tests/test_schema_lua_agreement.py runs the Lua schema module outside nginx.
+# openssl: the TLS tests make a throwaway certificate. wrk: make bench. lua-check: make lint.
+# ca-certificates: the system CA store, for pip behind a TLS-intercepting proxy the machine trusts.
+TOOL_PKGS := lua5.1 lua-cjson lua-check openssl wrk ca-certificates
+# Debian's python3 has no ensurepip (so no `python3 -m venv`) without python3-venv.
+VENV_PKGS := $(shell python3 -c 'import ensurepip, venv' 2>/dev/null || echo python3-venv)
+APT_PKGS  := $(NGINX_PKGS) $(TOOL_PKGS) $(VENV_PKGS)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PYTEST_ARGS ?=
@@ -28,42 +34,47 @@ PYTEST_ARGS ?=
 
 deps: system-deps python-deps
 
+# Installs only what is missing: no apt-get update (and nothing else) when all is there.
 system-deps:
+	@installed=$$(dpkg-query -W -f='$${Package} $${db:Status-Status}\n' $(APT_PKGS) 2>/dev/null || true)
 	missing=""
-	for pkg in $(NGINX_PKGS) $(TOOL_PKGS); do
-	    dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"
+	for pkg in $(APT_PKGS); do
+	    grep -qx "$$pkg installed" <<<"$$installed" || missing="$$missing $$pkg"
 	done
-	if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing="$$missing python3-venv python3-pip"; fi
-	if [ -n "$$missing" ]; then
-	    echo "make deps: installing Debian packages:$$missing"
-	    export DEBIAN_FRONTEND=noninteractive
-	    $(SUDO) apt-get update -qq
-	    $(SUDO) apt-get install -y -qq --no-install-recommends $$missing
-	    # The Debian package starts a system nginx on port 80; tests start their own.
-	    if [ -n "$(NGINX_PKGS)" ] && command -v systemctl >/dev/null && systemctl is-active -q nginx 2>/dev/null; then
-	        $(SUDO) systemctl stop nginx || true
-	    fi
+	[ -n "$$missing" ] || exit 0
+	echo "make deps: installing Debian packages:$$missing"
+	# Debian's nginx postinst starts a system nginx on port 80, which fails (or lingers)
+	# without systemd; tests start their own. Forbid service starts during the install.
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+	    printf '#!/bin/sh\n# zedcup make deps: no service starts while installing\nexit 101\n' \
+	        | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null
+	    $(SUDO) chmod 755 /usr/sbin/policy-rc.d
+	    trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT
 	fi
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    -o Dpkg::Use-Pty=0 --no-install-recommends $$missing >/dev/null
+	echo "make deps: installed:$$missing"
 
 python-deps: $(STAMP)
 
-$(STAMP): controlplane/pyproject.toml
-	if [ ! -x $(PY) ]; then echo "make deps: creating $(VENV)"; python3 -m venv $(VENV); fi
+$(STAMP): controlplane/pyproject.toml | system-deps
+	@if [ ! -x $(PY) ]; then echo "make deps: creating $(VENV)"; python3 -m venv $(VENV); fi
 	echo "make deps: pip install -e 'controlplane[test]' into $(VENV)"
 	$(PY) -m pip install -q --disable-pip-version-check -e 'controlplane[test]'
 	touch $@
 
-lint: deps lint-lua lint-python
+lint: lint-lua lint-python
 
-lint-lua:
+lint-lua: system-deps
 	luacheck -q lua/
 
-lint-python:
+lint-python: python-deps
 	$(RUFF) check controlplane/ tests/ bench/
 	$(RUFF) format --check controlplane/ tests/ bench/
 
-test: deps lint
-	$(PYTEST) -q -p no:cacheprovider tests/ t/ $(PYTEST_ARGS)
+test: lint
+	$(PYTEST) -q -rs -p no:cacheprovider tests/ t/ $(PYTEST_ARGS)
 
 bench: deps
 	for script in bench/bench_*.py; do echo "== $$script"; $(PY) "$$script"; done
@@ -72,4 +83,4 @@ run: deps
 	$(PY) -m zedctl.demo
 
 clean:
-	rm -rf $(VENV) t/servroot* .pytest_cache .ruff_cache
+	rm -rf $(VENV) t/servroot* .pytest_cache .ruff_cache .hypothesis

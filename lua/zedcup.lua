@@ -66,6 +66,9 @@ end
 
 
 --- init(opts?) -> true | false, err
+-- opts: prefix, consul, dicts (the README's), node_name, and builtin_deps
+-- (true: use zedcup's built-in HTTP client, Consul client, cache and lock even
+-- when lua-resty-http/consul/mlcache/lock are installed; see zedcup.deps).
 function _M.init(user)
     if user ~= nil and type(user) ~= "table" then
         error("opts must be a table (got " .. type(user) .. ")", 2)
@@ -75,14 +78,27 @@ function _M.init(user)
                                or str_find(user.prefix, "/$")) then
         error("opts.prefix must be a non-empty string not ending in '/' (got " .. tostring(user.prefix) .. ")", 2)
     end
+    if user.prefix ~= nil then
+        -- key paths are URLs: empty, '.' and '..' segments would name other keys
+        -- (as zedctl's Layout.for_prefix refuses them)
+        for seg in (user.prefix .. "/"):gmatch("([^/]*)/") do
+            if seg == "" or seg == "." or seg == ".." then
+                error("opts.prefix must not have empty, '.' or '..' segments (got " .. user.prefix .. ")", 2)
+            end
+        end
+    end
     if user.consul ~= nil and type(user.consul) ~= "table" then
         error("opts.consul must be a table (got " .. type(user.consul) .. ")", 2)
     end
     if user.dicts ~= nil and type(user.dicts) ~= "table" then
         error("opts.dicts must be a table (got " .. type(user.dicts) .. ")", 2)
     end
+    if user.builtin_deps ~= nil and type(user.builtin_deps) ~= "boolean" then
+        error("opts.builtin_deps must be a boolean (got " .. type(user.builtin_deps) .. ")", 2)
+    end
 
     local o = {
+        builtin_deps = user.builtin_deps,
         prefix = user.prefix or DEFAULTS.prefix,
         consul = user.consul or DEFAULTS.consul,
         dicts = {},
@@ -95,6 +111,12 @@ function _M.init(user)
         if not shared[o.dicts[k]] then
             return false, "[zedcup] " .. k .. " dictionary not found: " .. tostring(o.dicts[k])
         end
+    end
+
+    if user.builtin_deps ~= nil then
+        -- true: zedcup's own HTTP client, Consul client, cache and lock even
+        -- when the lua-resty-* libraries are installed
+        require("zedcup.deps").init({ builtin = user.builtin_deps })
     end
 
     kv.init(o.prefix, o.consul)
@@ -205,8 +227,9 @@ local function bad_name(instance)
     if type(instance) ~= "string" then
         error("instance must be a string (got " .. type(instance) .. ")", 3)
     end
-    if instance == "" or str_find(instance, "/", 1, true) then
-        return "instance: must be a non-empty name without '/' (got " .. schema.show(instance) .. ")"
+    if instance == "" or instance == "." or instance == ".." or str_find(instance, "/", 1, true) then
+        return "instance: must be a non-empty name without '/', not '.' or '..' (got "
+               .. schema.show(instance) .. ")"
     end
     return nil
 end

@@ -114,7 +114,7 @@ GET /t
 ^nil \| pools\[1\]\.hosts\[2\]\.port: must be at most 65535 \(got 70000\); pools\[1\]\.method: must be one of weighted_rr \(got "hash"\)
 0
 nil \| consul_wait_time: must be at most 600 \(got 601\)
-nil \| instance: must be a non-empty name without '/' \(got "a/b"\)
+nil \| instance: must be a non-empty name without '/', not '\.' or '\.\.' \(got "a/b"\)
 false \| .*instance must be a string \(got number\)
 $
 --- no_error_log

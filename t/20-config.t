@@ -185,7 +185,7 @@ final keys: 900
 
 === TEST 3: a hand-edited bad value in Consul is logged once, with its key, and the last good config stays in use until it is fixed
 --- workers: 2
---- timeout: 10
+--- timeout: 30
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -305,7 +305,7 @@ $TEST_ZEDCUP_PREFIX/instances/inst/pools/1/hosts/1/port: must be an integer (got
 
 === TEST 4: defect "the first instance took minutes to appear": an instance written by another node appears in every worker within a second, and so does a change
 --- workers: 2
---- timeout: 10
+--- timeout: 20
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -551,7 +551,7 @@ recovered: true
 
 === TEST 6: config() returns the cached global config (defect: deep-copied on every call); configure() replaces it; removal reaches every worker
 --- workers: 2
---- timeout: 10
+--- timeout: 20
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;

@@ -170,7 +170,7 @@ true
 
 === TEST 3: defect "an index going backwards was never reset": after Consul's index drops, the watcher starts over and changes still arrive
 --- workers: 2
---- timeout: 15
+--- timeout: 30
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;

@@ -151,7 +151,7 @@ $
 
 === TEST 3: max_errors within error_timeout marks the host down once (two workers), in the state tree and not the config tree; it is then skipped everywhere; mark_up brings it back once
 --- workers: 2
---- timeout: 15
+--- timeout: 25
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;

@@ -56,8 +56,13 @@ backed off to the cap: 0.1
                 return nil, "consul: could not connect"
             end))
 
-            -- logged at 0, then once in [0.4, 0.6) with the count; the next would be at 0.8
-            ngx.sleep(0.6)
+            -- logged at 0, then once 0.4s later with the count; stopped as soon as
+            -- that second line is out (the next would come 0.4s after it)
+            local deadline = ngx.now() + 5
+            while timer.stats().flood.logged < 2 and ngx.now() < deadline do
+                ngx.sleep(0.01)
+                ngx.update_time()
+            end
             timer.stop("flood")
             ngx.say("ran many times: ", runs > 5)
         }
@@ -220,10 +225,17 @@ delay: 0.05
                 if v == "boom" then error("no interval") end
                 return v
             end, function() runs = runs + 1 end))
-            ngx.sleep(0.1)
+            local function wait_runs(n)
+                local deadline = ngx.now() + 5
+                while runs < n and ngx.now() < deadline do
+                    ngx.sleep(0.01)
+                    ngx.update_time()
+                end
+            end
+            wait_runs(3)
             settings:set("interval", "boom")
             local before = runs
-            ngx.sleep(0.2)
+            wait_runs(before + 3)
             ngx.say("still running: ", runs > before + 2)
             ngx.say("delay: ", timer.stats().bad_interval.last_delay)
             timer.stop("bad_interval")
@@ -273,15 +285,30 @@ runs in range: true (true, true)
         content_by_lua_block {
             local timer = require "zedcup.timer"
             local runs = 0
+            local at = {}
             assert(timer.loop({ name = "failing", backoff = 0.1, backoff_cap = 2 }, function()
                 runs = runs + 1
+                ngx.update_time()
+                at[runs] = ngx.now()
                 return nil, "connection refused"
             end))
-            ngx.sleep(1)
-            -- runs at 0, 0.1, 0.3, 0.7, then 1.5
+            -- runs at 0, 0.1, 0.3, 0.7, then 1.5: read right after the 4th, however
+            -- late the timers fire on a busy machine
+            local deadline = ngx.now() + 5
+            while runs < 4 and ngx.now() < deadline do
+                ngx.sleep(0.01)
+                ngx.update_time()
+            end
             ngx.say("runs: ", runs)
             ngx.say("next delay: ", timer.stats().failing.last_delay)
             timer.stop("failing")
+            local grew = true
+            for i = 2, #at do
+                if at[i] - at[i - 1] < 0.1 * 2 ^ (i - 2) - 0.005 then
+                    grew = false
+                end
+            end
+            ngx.say("gaps at least 0.1, 0.2, 0.4: ", grew)
         }
     }
 --- request
@@ -289,6 +316,7 @@ GET /t
 --- response_body
 runs: 4
 next delay: 0.8
+gaps at least 0.1, 0.2, 0.4: true
 --- error_log
 [zedcup] failing: connection refused (failure 1, next run in 0.1s)
 
@@ -361,8 +389,13 @@ unknown timer option: bogus
 --- config
     location = /t {
         content_by_lua_block {
-            ngx.sleep(0.2)
-            ngx.say(require("zedcup.timer").stats().heartbeat.runs > 1)
+            local timer = require "zedcup.timer"
+            local deadline = ngx.now() + 5
+            while timer.stats().heartbeat.runs <= 1 and ngx.now() < deadline do
+                ngx.sleep(0.01)
+                ngx.update_time()
+            end
+            ngx.say(timer.stats().heartbeat.runs > 1)
         }
     }
 --- request

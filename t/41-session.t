@@ -309,6 +309,7 @@ node1 acquire: false
 --- http_config
     lua_shared_dict locks 1m;
     lua_shared_dict held 1m;
+    lua_shared_dict ticks 1m;
     init_by_lua_block {
         require("zedcup.session").init({ dicts = { locks = "locks" } })
     }
@@ -317,6 +318,7 @@ node1 acquire: false
         local held = ngx.shared.held
         local pid = ngx.worker.pid()
         assert(require("zedcup.timer").every("contender", 0.02, function()
+            ngx.shared.ticks:incr(pid, 1, 0)
             if held:get("quit") == pid then
                 session.worker_unlock("job")
                 return
@@ -339,19 +341,30 @@ node1 acquire: false
                 return out
             end
 
-            ngx.sleep(0.3)
+            local ticks = ngx.shared.ticks
+            -- polls until cond() (or 5 s)
+            local function wait_until(cond)
+                local deadline = ngx.now() + 5
+                while not cond() and ngx.now() < deadline do
+                    ngx.sleep(0.01)
+                    ngx.update_time()
+                end
+            end
+            -- both workers contended a few times
+            wait_until(function()
+                local keys = ticks:get_keys()
+                return #keys == 2 and ticks:get(keys[1]) >= 5 and ticks:get(keys[2]) >= 5
+            end)
             local first = holders()
             ngx.say("one holder: ", #first == 1)
             ngx.say("it is the lock's holder: ", session.worker_lock_holder("job") == first[1])
 
             held:set("quit", first[1])
-            local deadline = ngx.now() + 3
-            while #holders() < 2 and ngx.now() < deadline do
-                ngx.sleep(0.02)
-                ngx.update_time()
-            end
+            wait_until(function() return #holders() >= 2 end)
             local count = held:get(first[1])
-            ngx.sleep(0.1)
+            -- the first worker ran a few more times since
+            local t = ticks:get(first[1])
+            wait_until(function() return ticks:get(first[1]) >= t + 3 end)
             ngx.say("taken over: ", #holders() == 2)
             ngx.say("first stopped: ", held:get(first[1]) == count)
             ngx.say("new holder: ", session.worker_lock_holder("job") ~= first[1])
@@ -391,8 +404,13 @@ new holder: true
 --- config
     location = /t {
         content_by_lua_block {
-            ngx.sleep(0.6)
-            local s = require("zedcup.timer").stats()["session renewal"]
+            local timer = require "zedcup.timer"
+            local deadline = ngx.now() + 5
+            while timer.stats()["session renewal"].runs < 5 and ngx.now() < deadline do
+                ngx.sleep(0.02)
+                ngx.update_time()
+            end
+            local s = timer.stats()["session renewal"]
             ngx.say("still scheduled: ", s.pending or s.running)
             ngx.say("kept trying: ", s.runs >= 5, " (", s.runs, ")")
             ngx.say("no back-off past the interval: ", s.last_delay)

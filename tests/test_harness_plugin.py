@@ -7,8 +7,10 @@ nginx.conf and the block's error-log slice in the report.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,3 +334,75 @@ def test_without_nginx_the_blocks_are_skipped_with_the_reason(tmp_path: Path) ->
     assert run.returncode == 0, run.output
     assert [o.status for o in run.outcomes.values()] == ["skipped", "skipped"]
     assert f"no nginx with Lua: TEST_NGINX_BINARY={missing!r} is not an executable" in run.output
+
+
+HANGING_T = r"""
+__DATA__
+
+=== TEST 1: a block still waiting when the run is terminated
+--- timeout: 60
+--- config
+    location = /t {
+        content_by_lua_block {
+            ngx.sleep(50)
+            ngx.say("late")
+        }
+    }
+--- request
+GET /t
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_stops_the_nginx_of_the_block_in_progress(
+    nginx_available: None, tmp_path: Path
+) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "hang.t").write_text(HANGING_T)
+    basetemp = tmp_path / "basetemp"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={basetemp}",
+            "--rootdir",
+            str(tmp_path),
+            "t",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # the block is under way once its nginx wrote its pid and took the request
+        deadline = time.monotonic() + 60
+        pid = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            for pid_file in basetemp.glob("*/servroot/logs/nginx.pid"):
+                log = pid_file.with_name("error.log")
+                if log.exists() and "/t HTTP/1.1" in log.read_text(errors="replace"):
+                    pid = int(pid_file.read_text().strip() or 0)
+            if pid:
+                break
+            time.sleep(0.05)
+        assert pid and _alive(pid), "the block's nginx never took the request"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, output  # interrupted
+    assert "KeyboardInterrupt: signal 15 (SIGTERM)" in output
+    assert not _alive(pid), f"nginx {pid} outlived the run"

@@ -26,7 +26,9 @@ from zedctl.testnginx import (
 )
 from zedctl.testnginx.block import Consul
 from zedctl.testnginx.runner import (
+    PORT_FLOOR,
     default_repo,
+    ephemeral_range,
     is_lifecycle_line,
     severe_lines,
     summarize_log,
@@ -189,6 +191,30 @@ def test_port_in_use_is_detected(server_factory) -> None:
         with pytest.raises(NginxStartError) as err:
             server_factory(port=port, start_timeout=10)
     assert err.value.address_in_use
+
+
+def test_picked_ports_are_free_distinct_and_outside_the_ephemeral_range() -> None:
+    low, _high = ephemeral_range()
+    picker = PortPicker()
+    ports = picker.pick_many(50)
+    assert len(set(ports)) == 50
+    if low - PORT_FLOOR >= 1000:
+        # an outgoing connection's local port can never take one of these
+        assert all(PORT_FLOOR <= p < low for p in ports), ports
+    for port in ports[:5]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free: binds
+
+
+def test_a_port_in_use_is_never_picked(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken, free = PortPicker().pick_many(2)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", taken))
+        picker = PortPicker()
+        draws = iter([taken, taken, free])
+        monkeypatch.setattr(picker, "_span", (PORT_FLOOR, PORT_FLOOR + 1))
+        monkeypatch.setattr(picker._random, "randint", lambda _a, _b: next(draws))
+        assert picker.pick() == free
 
 
 def test_raw_conf_text(binary: NginxBinary, tmp_path: Path) -> None:

@@ -22,9 +22,10 @@ SCHEMA = Schema.load()
 
 # Text without surrogates (not encodable as UTF-8, so not storable in Consul).
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+# Names are key segments: no '/', and not the dot segments '.' and '..'.
 names = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="/"), min_size=1, max_size=8
-)
+).filter(lambda s: s not in (".", ".."))
 token = st.text(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=12
 )

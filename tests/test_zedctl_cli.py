@@ -300,7 +300,7 @@ def test_a_300_host_instance_takes_several_transactions(zed: Zed, raw_consul: Ra
     doc = {"instances": {"big": {"pools": [{"name": "all", "hosts": hosts}]}}}
     result = zed("configure", zed.file(json.dumps(doc), "big.json"))
     keys = 1 + 300 * 3
-    txns = -(-(keys + 4) // 64)
+    txns = -(-(keys + 4) // 63)  # one check-index per transaction besides the 4 ops
     assert f"wrote instance big: {keys} keys in {txns} transactions" in result.output
     stored = values_of(raw_consul, f"{zed.prefix}/instances/big")
     assert len(stored) == keys and f"{zed.prefix}/instances/big/_pending" not in stored
@@ -868,7 +868,13 @@ def test_a_write_interrupted_part_way_stays_pending(
     )
     assert "run configure again" in result.output
     assert "is being written" in zed("get", "big", code=1).output
-    # Running it again completes the write.
+    # Running it again at once is refused: a fresh marker may be a write under way.
+    refused = zed("configure", big, code=1)
+    assert "is being written by another writer" in refused.output
+    assert "nothing written" in refused.output
+    # Once the marker is older than 60 s it is taken over, and the write completes.
+    marker = f"{zed.prefix}/instances/big/_pending"
+    put(raw_consul, marker, "zedctl elsewhere", flags=int(time.time()) - 61)
     zed("configure", big)
     assert len(json.loads(zed("get", "big", "-o", "json").stdout)["pools"][0]["hosts"]) == 100
     assert f"{zed.prefix}/instances/big/_pending" not in values_of(raw_consul, zed.prefix)
@@ -937,6 +943,30 @@ def test_configuring_the_same_file_again_writes_nothing_and_keeps_state(
     after = values_of(raw_consul, p)
     assert f"{p}/state/web/primary/web01/down" in after
     assert f"{p}/state/web2/1/1/errors" not in after
+
+
+def test_a_large_write_respects_a_fresh_pending_of_the_data_plane(
+    zed: Zed, raw_consul: RawConsul
+) -> None:
+    """zedcup.kv marks a multi-transaction write `_pending` = unix time, Flags = the same."""
+    hosts = [{"host": f"10.0.0.{i}", "port": 80} for i in range(1, 101)]
+    big = zed.file(json.dumps({"instances": {"big": {"pools": [{"hosts": hosts}]}}}), "big.json")
+    marker = f"{zed.prefix}/instances/big/_pending"
+    now = int(time.time())
+    put(raw_consul, f"{zed.prefix}/instances/big/pools/1/hosts/1/host", "10.9.9.9")
+    put(raw_consul, marker, str(now), flags=now)
+    result = zed("configure", big, code=1)
+    assert f"{zed.prefix}/instances/big/ is being written by another writer" in result.output
+    assert f"(_pending: {now}, begun " in result.output
+    stored = values_of(raw_consul, zed.prefix)
+    assert stored[marker] == str(now), "the other writer's marker is left alone"
+    assert stored[f"{zed.prefix}/instances/big/pools/1/hosts/1/host"] == "10.9.9.9"
+    assert f"{zed.prefix}/instances/big/pools/1/hosts/2/host" not in stored
+    # A small write (one transaction) is atomic: it replaces the tree, marker included,
+    # and the other writer's next check-index fails.
+    small = zed.file(json.dumps({"instances": {"big": {"pools": [{"hosts": hosts[:2]}]}}}))
+    zed("configure", small)
+    assert marker not in values_of(raw_consul, zed.prefix)
 
 
 def test_an_interrupted_write_with_the_same_keys_is_finished(
@@ -1065,3 +1095,37 @@ def test_a_server_that_is_not_consul_is_not_read_as_an_empty_one(tmp_path: Path)
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_names_with_url_characters_are_escaped_in_key_paths(
+    zed: Zed, raw_consul: RawConsul
+) -> None:
+    """As in the data plane (zedcup.consul escapes each key segment): ' ', '?', '#', '%'
+    and '+' in names reach Consul as the keys they are."""
+    p = zed.prefix
+    inst = "web 01?x=1#a%2F"
+    doc = {
+        "instances": {
+            inst: {
+                "pools": [
+                    {"name": "p 1?", "hosts": [{"name": "a%2F+", "host": "10.0.0.1", "port": 80}]}
+                ]
+            }
+        }
+    }
+    zed("configure", zed.file(json.dumps(doc), "odd.json"))
+    assert values_of(raw_consul, f"{p}/instances") == {
+        f"{p}/instances/{inst}/pools/1/name": "p 1?",
+        f"{p}/instances/{inst}/pools/1/hosts/1/name": "a%2F+",
+        f"{p}/instances/{inst}/pools/1/hosts/1/host": "10.0.0.1",
+        f"{p}/instances/{inst}/pools/1/hosts/1/port": "80",
+    }
+    got = json.loads(zed("get", inst, "-o", "json").stdout)
+    assert got["pools"][0]["hosts"][0]["name"] == "a%2F+"
+    zed("host", "down", inst, "p 1?", "a%2F+")
+    assert (
+        values_of(raw_consul, f"{p}/instances")[f"{p}/instances/{inst}/pools/1/hosts/1/up"]
+        == "false"
+    )
+    zed("remove", inst)
+    assert values_of(raw_consul, f"{p}/instances") == {}

@@ -16,7 +16,14 @@ from zedctl.consulapi import TXN_LIMIT, ConsulSettings, KVEntry, parse_address
 from zedctl.errors import ConfigSyntaxError, InvalidConfig, UsageProblem
 from zedctl.kvmap import flatten, read_config
 from zedctl.layout import Layout
-from zedctl.ops import batch_transactions, natural_key
+from zedctl.ops import (
+    OWN_PENDING_INDEX,
+    PENDING_STALE,
+    batch_transactions,
+    bind_pending,
+    natural_key,
+    pending_age,
+)
 from zedctl.render import status_table
 from zedctl.schema import (
     Schema,
@@ -165,27 +172,47 @@ def test_a_small_tree_is_written_in_one_transaction() -> None:
 def test_a_large_tree_is_bracketed_by_pending(count: int) -> None:
     keys = {f"p/instances/web/k{i}": str(i) for i in range(count)}
     pending = "p/instances/web/_pending"
-    txns = [
-        _decode(t)
-        for t in batch_transactions(
-            ["p/instances/web/", "p/state/web/"], pending, keys, "zedctl host 1"
-        )
-    ]
+    raw = batch_transactions(["p/instances/web/", "p/state/web/"], pending, keys, "zedctl host 1")
+    txns = [_decode(t) for t in raw]
     assert len(txns) >= 2
     assert all(len(t) <= TXN_LIMIT for t in txns)
     first, last = txns[0], txns[-1]
-    assert first[:3] == [
+    # The data plane's protocol: the marker must not exist, then deletes and the marker.
+    assert first[:4] == [
+        ("check-not-exists", pending, None),
         ("delete-tree", "p/instances/web/", None),
         ("delete-tree", "p/state/web/", None),
         ("set", pending, "zedctl host 1"),
     ]
-    assert last[-1] == ("delete", pending, None)
+    # Every later transaction checks that the marker is still ours; the last removes it
+    # with delete-cas, both on the index apply_plan binds.
+    for t in raw[1:]:
+        assert t[0]["KV"] == {"Verb": "check-index", "Key": pending, "Index": OWN_PENDING_INDEX}
+    assert last[-1] == ("delete-cas", pending, None)
+    assert raw[-1][-1]["KV"]["Index"] == OWN_PENDING_INDEX
+    assert bind_pending(raw[-1], 42)[-1]["KV"]["Index"] == 42
+    assert bind_pending(raw[1], 42)[0]["KV"]["Index"] == 42
     sets = [(k, v) for t in txns for verb, k, v in t if verb == "set" and k != pending]
     assert sets == list(keys.items()), "every key set once, in order"
     for middle in txns[1:-1]:
-        assert all(verb == "set" for verb, _, _ in middle)
-    # As few transactions as the limit allows.
-    assert len(txns) == -(-(count + 4) // TXN_LIMIT)
+        assert all(verb == "set" for verb, _, _ in middle[1:])
+    # As few transactions as the limit allows: one check per transaction, 4 operations
+    # of bracketing and deletes, and delete-cas.
+    assert len(txns) == -(-(count + 4) // (TXN_LIMIT - 1))
+
+
+def test_a_stale_pending_is_taken_over_with_check_index() -> None:
+    keys = {f"p/instances/web/k{i}": str(i) for i in range(100)}
+    stale = KVEntry("p/instances/web/_pending", "1700000000", flags=1700000000, modify_index=77)
+    txns = batch_transactions(
+        ["p/instances/web/"], "p/instances/web/_pending", keys, "m", current=stale
+    )
+    assert txns[0][0]["KV"] == {
+        "Verb": "check-index",
+        "Key": "p/instances/web/_pending",
+        "Index": 77,
+    }
+    assert pending_age(stale, now=1700000061) == 61 >= PENDING_STALE
 
 
 # -- addresses and layout ---------------------------------------------------------------
@@ -310,7 +337,11 @@ def test_the_pending_marker_carries_the_start_time_in_its_flags() -> None:
     keys = {f"p/instances/web/k{i}": str(i) for i in range(100)}
     before = int(time.time())
     txns = batch_transactions(["p/instances/web/"], "p/instances/web/_pending", keys, "m")
-    pending = next(op["KV"] for op in txns[0] if op["KV"]["Key"].endswith("_pending"))
+    pending = next(
+        op["KV"]
+        for op in txns[0]
+        if op["KV"]["Key"].endswith("_pending") and op["KV"]["Verb"] == "set"
+    )
     assert before <= pending["Flags"] <= int(time.time())
 
 

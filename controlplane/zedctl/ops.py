@@ -4,9 +4,13 @@ Plain functions over `ConsulKV`, `Layout` and `Schema`; the CLI only parses and 
 
 Writes follow README.md: an instance (or the global config) is replaced as a whole, the
 old tree (and the instance's state) deleted and the new keys set in one transaction when
-that fits in `TXN_LIMIT` operations; otherwise the first transaction deletes, sets
-`_pending` and the first keys, the middle ones set keys, and the last sets the rest and
-deletes `_pending`. Readers ignore a tree holding `_pending`.
+that fits in `TXN_LIMIT` operations. A larger write follows the same protocol as the data
+plane (zedcup.kv.write_tree), so zedctl and nginx nodes writing at once never mix trees:
+the first transaction checks that `_pending` does not exist (or takes over a stale one,
+older than `PENDING_STALE` seconds, with check-index), deletes, and sets `_pending` with
+Flags = unix time; every later one checks with check-index that `_pending` is still
+ours; the last removes it with delete-cas. A fresh `_pending` of another writer makes
+the write refuse. Readers ignore a tree holding `_pending`.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class TreeWrite:
     deletes: list[str]
     keys: dict[str, str] | None
     transactions: list[list[dict[str, Any]]] = field(default_factory=list)
+    # A fresh `_pending` of another writer, found when planning a multi-transaction
+    # write: applying refuses with this message.
+    busy: str | None = None
 
     @property
     def unchanged(self) -> bool:
@@ -102,29 +109,75 @@ def natural_key(key: str) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, int(seg), "") if seg.isdigit() else (1, 0, seg) for seg in key.split("/"))
 
 
+# A `_pending` older than this (s) was left by a writer that died, and is taken over; as
+# in the data plane (zedcup.kv.PENDING_STALE).
+PENDING_STALE = 60
+# Stands for the ModifyIndex of this writer's own `_pending` in planned transactions;
+# apply_plan fills it in once the first transaction has set the marker.
+OWN_PENDING_INDEX = -1
+
+
 def batch_transactions(
     deletes: Sequence[str],
     pending_key: str,
     keys: Mapping[str, str],
     marker: str,
     limit: int = TXN_LIMIT,
+    current: KVEntry | None = None,
+    now: int | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """The transactions that replace a tree: one if it fits in `limit` operations."""
+    """The transactions that replace a tree: one if it fits in `limit` operations.
+
+    Otherwise the `_pending` protocol of the module docstring: `current` is the
+    `_pending` found when planning (taken over with check-index; None: it must not
+    exist). Operations on our own marker carry `OWN_PENDING_INDEX` until apply_plan
+    binds them.
+    """
     head = [op("delete-tree", d) for d in deletes]
     sets = [op("set", k, v) for k, v in keys.items()]
     if len(head) + len(sets) <= limit:
         return [head + sets]
-    room = limit - len(head) - 1
+    start = (
+        op("check-index", pending_key, index=current.modify_index)
+        if current is not None
+        else op("check-not-exists", pending_key)
+    )
+    # Flags = the unix time the write began, as the data plane writes it.
+    first = [
+        start,
+        *head,
+        op("set", pending_key, marker, flags=int(time.time() if now is None else now)),
+    ]
+    room = limit - len(first)
     if room < 1:
         raise ValueError("batch_transactions: too many deletes for one transaction")
-    # Flags = the unix time the write began, as the data plane writes it.
-    txns = [[*head, op("set", pending_key, marker, flags=int(time.time())), *sets[:room]]]
+    txns = [first + sets[:room]]
     rest = sets[room:]
-    while len(rest) > limit - 1:
-        txns.append(rest[:limit])
-        rest = rest[limit:]
-    txns.append([*rest, op("delete", pending_key)])
+
+    def ours() -> dict[str, Any]:
+        return op("check-index", pending_key, index=OWN_PENDING_INDEX)
+
+    while len(rest) > limit - 2:
+        txns.append([ours(), *rest[: limit - 1]])
+        rest = rest[limit - 1 :]
+    txns.append([ours(), *rest, op("delete-cas", pending_key, index=OWN_PENDING_INDEX)])
     return txns
+
+
+def bind_pending(txn: Sequence[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+    """`txn` with `OWN_PENDING_INDEX` replaced by the ModifyIndex of our `_pending`."""
+    out = []
+    for item in txn:
+        kv = item["KV"]
+        if kv.get("Index") == OWN_PENDING_INDEX:
+            item = {"KV": {**kv, "Index": index}}
+        out.append(item)
+    return out
+
+
+def pending_age(entry: KVEntry, now: float | None = None) -> int:
+    """Seconds since the writer that holds `_pending` began (its Flags: unix time)."""
+    return int((time.time() if now is None else now) - entry.flags)
 
 
 def _diff(old: Mapping[str, str | None], new: Mapping[str, str]) -> list[KeyChange]:
@@ -164,7 +217,19 @@ def plan_configure(
         diff = _diff(_subtree(old, tree), keys)
         write = TreeWrite(label, tree, deletes, keys)
         if diff:  # a leftover `_pending` shows as a removed key, so it is rewritten
-            write.transactions = batch_transactions(deletes, layout.pending(tree), keys, marker)
+            pending = old.get(layout.pending(tree))
+            write.transactions = batch_transactions(
+                deletes, layout.pending(tree), keys, marker, current=pending
+            )
+            if pending is not None and len(write.transactions) > 1:
+                age = pending_age(pending)
+                if age < PENDING_STALE:
+                    write.busy = (
+                        f"{tree} is being written by another writer ({PENDING_KEY}: "
+                        f"{pending.value or '?'}, begun {age} s ago): nothing written; try "
+                        f"again when it is done (a {PENDING_KEY} older than {PENDING_STALE} s "
+                        "is taken over)"
+                    )
         writes.append(write)
         changes.extend(sorted(diff, key=lambda c: natural_key(c.key)))
 
@@ -193,20 +258,53 @@ def plan_configure(
     return ConfigurePlan(writes, changes)
 
 
+def _own_pending_index(results: Sequence[dict[str, Any]], pending_key: str) -> int:
+    indexes = [
+        int(r["KV"].get("ModifyIndex") or 0)
+        for r in results
+        if isinstance(r, dict)
+        and isinstance(r.get("KV"), dict)
+        and r["KV"].get("Key") == pending_key
+    ]
+    if not indexes or max(indexes) <= 0:
+        raise ConsulError(f"Consul did not return the index of {pending_key} it just set")
+    return max(indexes)
+
+
 def apply_plan(kv: ConsulKV, plan: ConfigurePlan) -> None:
-    """Run a plan's transactions, tree by tree."""
+    """Run a plan's transactions, tree by tree (none when a tree is being written by
+    another writer)."""
+    for write in plan.writes:
+        if write.busy:
+            raise Conflict(write.busy)
     for write in plan.writes:
         total = len(write.transactions)
+        pending_key = f"{write.tree}{PENDING_KEY}"
+        mine = 0
         for n, txn in enumerate(write.transactions, 1):
+            what = f"writing {write.label} (transaction {n} of {total})"
             try:
-                kv.txn(txn, f"writing {write.label} (transaction {n} of {total})")
+                results = kv.txn(bind_pending(txn, mine) if n > 1 else txn, what)
+            except TxnFailed as e:
+                if n == 1:
+                    raise Conflict(
+                        f"{write.tree} was marked {PENDING_KEY} by another writer just now: "
+                        f"nothing written; try again when it is done ({e.message})"
+                    ) from None
+                raise Conflict(
+                    f"{write.tree} was taken over by another writer after {n - 1} of {total} "
+                    f"transactions: stopped; the other write stands ({e.message})"
+                ) from None
             except ConsulError as e:
                 if n > 1:
                     raise ConsulError(
                         f"{e.message}\n{write.tree} is left marked {PENDING_KEY} after "
-                        f"{n - 1} of {total} transactions: run configure again"
+                        f"{n - 1} of {total} transactions: run configure again (a "
+                        f"{PENDING_KEY} is taken over once it is {PENDING_STALE} s old)"
                     ) from None
                 raise
+            if n == 1 and total > 1:
+                mine = _own_pending_index(results, pending_key)
 
 
 # -- reading ----------------------------------------------------------------------------

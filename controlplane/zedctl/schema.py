@@ -486,9 +486,11 @@ class Schema:
             value_field = self.element_field(f.values, f.name)
             result: dict[str, Any] = {}
             for key, item in value.items():
-                if not isinstance(key, str) or key == "" or "/" in key:
+                if not isinstance(key, str) or key in ("", ".", "..") or "/" in key:
                     walk.add(
-                        (*path, str(key)), item, "map keys must be non-empty strings without '/'"
+                        (*path, str(key)),
+                        item,
+                        "map keys must be non-empty strings without '/', not '.' or '..'",
                     )
                     continue
                 result[key] = self._value(value_field, item, (*path, key), walk)
@@ -574,6 +576,9 @@ def _check_format(fmt: str, value: str) -> str | None:
             return "a name must not be empty"
         if "/" in value:
             return "a name must not contain '/'"
+        if value in (".", ".."):
+            # dot segments are resolved by URL paths: a key segment `..` names another key
+            return "a name must not be '.' or '..'"
     elif fmt == "path":
         if not value.startswith("/"):
             return "a path must start with '/'"

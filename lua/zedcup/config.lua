@@ -60,8 +60,8 @@ end
 
 --- check_name(name): instance names are schema names (no '/', not empty)
 function _M.check_name(name, level)
-    if type(name) ~= "string" or name == "" or str_find(name, "/", 1, true) then
-        error("instance must be a non-empty string without '/' (got " .. schema.show(name) .. ")",
+    if type(name) ~= "string" or name == "" or name == "." or name == ".." or str_find(name, "/", 1, true) then
+        error("instance must be a non-empty string without '/', not '.' or '..' (got " .. schema.show(name) .. ")",
               (level or 1) + 1)
     end
 end
@@ -137,7 +137,7 @@ end
 -- Loads one instance on a worker cache miss: from the node's shared dict,
 -- else (no watcher has synced) straight from Consul.
 local function load_plan(name)
-    if type(name) ~= "string" or name == "" or str_find(name, "/", 1, true) then
+    if type(name) ~= "string" or name == "" or name == "." or name == ".." or str_find(name, "/", 1, true) then
         return nil, "Instance not found"
     end
     local raw = dict:get("i:" .. name)
@@ -550,9 +550,11 @@ end
 
 
 --- list() -> { "a", "b", a = true, b = true } | nil, err (from Consul)
+-- An instance exists when it has a key (folder keys ending in '/' made by
+-- UIs do not count), as for kv.split_instances and zedctl.
 function _M.list()
     local base = kv.instances_prefix()
-    local res, err = kv.client():list_keys(base, { separator = "/" })
+    local res, err = kv.client():list_keys(base)
     if not res then
         return nil, "listing instances failed: " .. tostring(err)
     end
@@ -565,8 +567,8 @@ function _M.list()
     end
     local blen = #base
     for _, key in ipairs(res.body) do
-        local name = key:match("^([^/]+)/$", blen + 1)
-        if name and not out[name] then
+        local name, rel = str_sub(key, blen + 1):match("^([^/]+)/(.*)$")
+        if name and rel ~= "" and str_sub(rel, -1) ~= "/" and not out[name] then
             out[#out + 1] = name
             out[name] = true
         end

@@ -19,6 +19,8 @@ local deps = require "zedcup.deps"
 local ngx = ngx
 local encode_base64 = ngx.encode_base64
 local decode_base64 = ngx.decode_base64
+local escape_uri = ngx.escape_uri
+local concat = table.concat
 local json_encode = cjson.encode
 local json_decode = cjson.decode
 local error = error
@@ -275,6 +277,29 @@ function _M.delete(self, path, args)
 end
 
 
+-- Each '/'-separated segment of a key URL-escaped on its own, so names such
+-- as `web 01`, `a?b` or `a%2F` reach Consul as the keys they are (the
+-- separators stay; empty segments and a trailing '/' are kept).
+local function escape_key(key)
+    if not find(key, "[^%w%-%._~/]") then
+        return key
+    end
+    local out, n = {}, 0
+    local pos = 1
+    while true do
+        local slash = find(key, "/", pos, true)
+        n = n + 1
+        out[n] = escape_uri(sub(key, pos, slash and slash - 1 or -1))
+        if not slash then
+            break
+        end
+        pos = slash + 1
+    end
+    return concat(out, "/")
+end
+_M.escape_key = escape_key
+
+
 -- -> "/kv/<key>" | nil, err (a key that is not a string: lua-resty-consul
 -- answers nil, err there, so callers check for it)
 local function kv_path(key, what)
@@ -286,7 +311,7 @@ local function kv_path(key, what)
         key = sub(key, 2)
     end
 
-    return "/kv/" .. key
+    return "/kv/" .. escape_key(key)
 end
 
 

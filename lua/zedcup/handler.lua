@@ -207,6 +207,12 @@ function _M.request(self, params)
     while true do
         local httpc = self.httpc
         if not httpc or self.used then
+            if httpc then
+                -- a connection of an earlier request() on this handler (a
+                -- kept-alive one is already back in its pool: close is a no-op)
+                httpc:close()
+                self.httpc = nil
+            end
             httpc = deps.http.new()
         end
         local ok, err = connect(self, httpc, true)

@@ -503,6 +503,9 @@ function _M.revive()
                                     host.name, ": ", merr)
                         elseif won then
                             counter("revived")
+                            ngx_log(ngx_INFO, "[zedcup] revive: ", inst, "/", pool.name, "/",
+                                    host.name, ": no error since ", last, " (error_timeout ",
+                                    pool.error_timeout, "s)")
                         end
                     end
                 end

@@ -296,6 +296,11 @@ function _M.write_tree(base, entries, extra_deletes)
     head[#head + 1] = set_op(pending, tostring(now), now)
     local res
     res, err = _M.txn(head)
+    if res == false then
+        -- another writer set (or renewed) `_pending` since we read it
+        return nil, "writing " .. base .. " refused: another write is under way (it began just now: "
+                    .. tostring(err) .. ")"
+    end
     if not res then
         return nil, "writing " .. base .. " (start) failed: " .. tostring(err)
     end

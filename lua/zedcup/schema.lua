@@ -200,7 +200,8 @@ local FORMATS = {
                "must be a status code like 500, 50x or 5xx"
     end,
     name = function(s)
-        return s ~= "" and not str_find(s, "/", 1, true), "must be a non-empty name without '/'"
+        return s ~= "" and s ~= "." and s ~= ".." and not str_find(s, "/", 1, true),
+               "must be a non-empty name without '/', not '.' or '..'"
     end,
     path = function(s)
         return str_sub(s, 1, 1) == "/", "must start with '/'"
@@ -397,8 +398,8 @@ normalise_value = function(spec, v, path, problems)
         local out = {}
         local ok = true
         for k, val in pairs(v) do
-            if type(k) ~= "string" or k == "" or str_find(k, "/", 1, true) then
-                add(problems, path_append(path, k), val, "keys must be non-empty strings without '/'")
+            if type(k) ~= "string" or k == "" or k == "." or k == ".." or str_find(k, "/", 1, true) then
+                add(problems, path_append(path, k), val, "keys must be non-empty strings without '/', not '.' or '..'")
                 ok = false
             else
                 local n = normalise_value(vspec, val, path_append(path, k), problems)

@@ -259,6 +259,10 @@ local function create(d)
         return nil, msg
     end
 
+    -- before the id is published: whoever sees the new session also sees the
+    -- dead sessions' entries gone
+    reap_registry(c)
+
     local ok
     ok, err = d:set(ID_KEY, id)
     if not ok then
@@ -269,7 +273,6 @@ local function create(d)
     d:set(RENEW_TOKEN, true, _M.renew_interval() * 0.9)
 
     ngx_log(ngx_INFO, "[zedcup] session: created ", id, " (", name, ", TTL ", ttl, "s)")
-    reap_registry(c)
     return id
 end
 

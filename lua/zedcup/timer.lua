@@ -105,6 +105,7 @@ local function log_failure(job, err, delay)
     job.last_logged = msg
     job.last_logged_at = now
     job.suppressed = 0
+    job.logged = job.logged + 1
 end
 
 
@@ -280,6 +281,7 @@ local function start(kind, spec, interval, fn, ...)
         failures = 0,
         consecutive_failures = 0,
         suppressed = 0,
+        logged = 0,
         last_logged_at = 0,
         started_at = 0,
         pending = false,
@@ -349,6 +351,8 @@ function _M.stats()
             failures = job.failures,
             consecutive_failures = job.consecutive_failures,
             last_error = job.last_error,
+            logged = job.logged,         -- failure lines written to the log
+            suppressed = job.suppressed, -- failures not logged since the last line
             last_delay = job.last_delay,
             next_run = job.next_run,
             pending = job.pending,

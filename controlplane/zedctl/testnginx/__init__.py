@@ -88,8 +88,10 @@ ndk_http_module.so and ngx_http_lua_module.so when Lua is not built in), proven 
 `nginx -t` with Lua. Without one the t/ blocks are skipped with the reason.
 Readiness: the pid file, a TCP connect (from 127.0.0.2, so the probe's own log lines
 are dropped before any check) and, with workers, every worker forked. Ports are
-picked free; when nginx still finds one in use, the block is retried with new ports
-(3 tries).
+picked free, at random from below the kernel's ephemeral port range (so outgoing
+connections never take them); when nginx still finds one in use, the block is
+retried with new ports (3 tries). SIGTERM and SIGHUP end a run like Ctrl-C, so the
+block in progress stops its nginx.
 
 Python API (for bench/ and tests)::
 

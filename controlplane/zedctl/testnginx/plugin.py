@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,28 @@ def configure(config: pytest.Config) -> None:
     keyword = getattr(config.option, "keyword", "")
     if keyword and _K_TEST_RE.search(keyword):
         config.option.keyword = _K_TEST_RE.sub(lambda m: keyword_for(int(m.group(1))), keyword)
+    _stop_servers_on_sigterm(config)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum} ({signal.Signals(signum).name})")
+
+
+def _stop_servers_on_sigterm(config: pytest.Config) -> None:
+    """SIGTERM/SIGHUP (a CI timeout, a closed terminal) end the run like Ctrl-C does.
+
+    nginx runs in a session of its own (so the terminal's Ctrl-C reaches only
+    pytest); Python's default for SIGTERM would end pytest without running the
+    `finally` blocks that stop the nginx servers, leaving them (and their ports)
+    behind. As a KeyboardInterrupt, the block in progress stops its nginx first.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_DFL:
+            continue  # someone else handles it
+        signal.signal(signum, _interrupt)
+        config.add_cleanup(lambda signum=signum: signal.signal(signum, signal.SIG_DFL))
 
 
 def nginx_binary(config: pytest.Config) -> NginxBinary:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -61,22 +62,60 @@ def severe_lines(text: str) -> list[str]:
     ]
 
 
+#: Where picked ports come from when the kernel's ephemeral range allows: below it.
+PORT_FLOOR = 20000
+
+
+def ephemeral_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux; else 32768-60999)."""
+    try:
+        with open(path) as f:
+            low, high = (int(x) for x in f.read().split()[:2])
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 class PortPicker:
     """Hands out free TCP ports on 127.0.0.1, never the same one twice.
 
-    A port is free when it was bound (and released) just now; another process can
-    still take it before nginx binds it, hence the retries in the runner.
+    Ports come from below the kernel's ephemeral range when there is room
+    (PORT_FLOOR up to it), picked at random and proven free by a bind: the local
+    port of an outgoing connection (nginx to Consul, a test's client) is always
+    taken from the ephemeral range, so it can never take a picked port between
+    the pick and nginx's bind, however busy the machine is. Without room, the
+    kernel picks (bind to port 0). Another process can still take a picked port
+    before nginx binds it, hence the retries in the runner.
     """
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
         self._given: set[int] = set()
+        low, _high = ephemeral_range()
+        self._span = (PORT_FLOOR, low - 1) if low - PORT_FLOOR >= 1000 else None
+        self._random = random.Random()
+
+    def _bindable(self, port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((self.host, port))
+            except OSError:
+                return False
+        return True
+
+    def _kernel_pick(self) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((self.host, 0))
+            return int(s.getsockname()[1])
 
     def pick(self) -> int:
         for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind((self.host, 0))
-                port = s.getsockname()[1]
+            if self._span is not None:
+                port = self._random.randint(*self._span)
+                if port in self._given or not self._bindable(port):
+                    continue
+            else:
+                port = self._kernel_pick()
             if port not in self._given:
                 self._given.add(port)
                 return port
