@@ -55,6 +55,19 @@ __DATA__
         }
     }
 
+    # "yes" once this worker's background jobs run at the tight intervals
+    location = /ready {
+        content_by_lua_block {
+            local st = require("zedcup.timer").stats()
+            local ready = true
+            for _, job in ipairs({ "healthcheck", "revive" }) do
+                local j = st[job]
+                if not (j and j.last_delay and j.last_delay <= 0.2) then ready = false end
+            end
+            ngx.print(ready and "yes" or "no")
+        }
+    }
+
     location = /t {
         content_by_lua_block {
             local zedcup = require "zedcup"
@@ -86,6 +99,8 @@ __DATA__
             assert(zedcup.configure_instance("inst", { healthcheck = { interval = 0.2 }, pools = { { hosts = {
                 { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
             ngx.say("served: ", until_all("/which", "one", 10))
+            -- both workers' jobs have picked up the intervals: each will meet the outage
+            ngx.say("ready: ", until_all("/ready", "yes", 10))
 
             local logfile = "$TEST_NGINX_SERVROOT/logs/error.log"
             local function log_size()
@@ -137,6 +152,7 @@ __DATA__
 GET /t
 --- response_body_like
 ^served: true
+ready: true
 served during the outage: true \(\d+/\d+\)
 something was logged: true
 at most 4 lines per job \(2 workers\) in 4 s: true \(.*\)
