@@ -1,28 +1,37 @@
-"""Benchmark: zedcup's handler against native nginx proxying and a raw cosocket.
+"""Benchmark: zedcup's handler and balancer against native nginx and a raw cosocket.
 
 A backend nginx serves a small fixed response. A front nginx (one worker) has
-three locations that fetch it, all over keepalive connections:
+five locations that fetch it, all over keepalive connections:
 
-- /native: proxy_pass to an upstream block (nginx's own proxy, the baseline)
-- /zedcup: create_handler + handler:request + read_body + set_keepalive, with
-           the instance configured in an embedded dev-consul
-- /raw:    a hand-written cosocket GET (the floor of any Lua client)
+- /native:  proxy_pass to an upstream block (nginx's own proxy, the baseline)
+- /zedcup:  create_handler + handler:request + read_body + set_keepalive, with
+            the instance configured in an embedded dev-consul
+- /raw:     a hand-written cosocket GET (the floor of any Lua client)
+- /balance: proxy_pass to an upstream whose peer zedcup.balance() picks in
+            balancer_by_lua (zedcup's selection on nginx's own proxy)
+- /client:  the HTTP client zedcup's handler uses (zedcup.deps http), driven
+            directly without zedcup: splits /zedcup's cost into client and handler
 
-wrk drives each location in turn, in one run, against the same backend; the
-report gives requests/s and the ratio to native nginx. Not a test: nothing is
-asserted. Usage: .venv/bin/python bench/bench_handler.py [-d SECONDS] [-c CONNS]
+wrk (one thread, a fixed connection count) drives the locations interleaved
+over several rounds (native, zedcup, raw, balance, client, native, ...) after a warm-up,
+so load from other processes hits every location alike. The report gives the
+median and best requests/s per location and the median of the per-round ratios
+to native. Not a test: nothing is asserted.
+Usage: .venv/bin/python bench/bench_handler.py [-d SECONDS] [-c CONNS] [-r ROUNDS]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zedctl.devconsul import DevConsul
@@ -45,8 +54,22 @@ FRONT_HTTP = """
         keepalive 64;
     }
 
+    upstream zedcup_backend {
+        server 0.0.0.1;   # placeholder: balancer_by_lua picks the peer
+        balancer_by_lua_block {
+            local ok, err = require("zedcup").balance("bench")
+            if not ok then
+                ngx.log(ngx.ERR, "bench: ", err)
+                return ngx.exit(502)
+            end
+        }
+        keepalive 64;
+    }
+
     init_by_lua_block {
         require "resty.core"
+        -- --lua-dir: modules there shadow the checkout's (for experiments)
+        package.path = "%(lua_dir)s" .. package.path
         assert(require("zedcup").init({
             prefix = "bench",
             consul = { host = "127.0.0.1", port = %(consul)d },
@@ -108,19 +131,46 @@ FRONT_CONFIG = r"""
             sock:setkeepalive()
         }
     }
+
+    location = /client {
+        content_by_lua_block {
+            local httpc = require("zedcup.deps").http.new()
+            assert(httpc:connect({ scheme = "http", host = "127.0.0.1", port = %(backend)d }))
+            local res = assert(httpc:request({ path = "/backend" }))
+            ngx.print(res:read_body())
+            httpc:set_keepalive()
+        }
+    }
+
+    location = /balance {
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_pass http://zedcup_backend/backend;
+    }
 """
 
-LOCATIONS = ("native", "zedcup", "raw")
+LOCATIONS = ("native", "zedcup", "raw", "balance", "client")
 
 
 @dataclass
-class Result:
-    location: str
+class Sample:
     requests_per_s: float
     non_2xx: int
+    errors: int
 
 
-def run_wrk(url: str, duration: int, connections: int) -> Result:
+@dataclass
+class Series:
+    location: str
+    samples: list[Sample] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)  # to native, same round
+
+    @property
+    def rates(self) -> list[float]:
+        return [s.requests_per_s for s in self.samples]
+
+
+def run_wrk(url: str, duration: int, connections: int) -> Sample:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", url],
         capture_output=True,
@@ -129,18 +179,74 @@ def run_wrk(url: str, duration: int, connections: int) -> Result:
     ).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return Result(
-        location=url.rsplit("/", 1)[1],
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return Sample(
         requests_per_s=float(rps.group(1)) if rps else 0.0,
         non_2xx=int(bad.group(1)) if bad else 0,
+        errors=sum(int(g) for g in errs.groups()) if errs else 0,
     )
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read()
+
+
+def machine() -> str:
+    version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"nproc {os.cpu_count()}, {version}, front nginx 1 worker, loadavg {load}"
+
+
+def measure(base: str, rounds: int, duration: int, connections: int) -> list[Series]:
+    fetch(f"{base}/setup")
+    for name in LOCATIONS:  # warm up keepalive pools, worker caches and the JIT
+        body = fetch(f"{base}/{name}")
+        if not body.startswith(b"0123456789abcdef"):
+            raise RuntimeError(f"/{name} answered {body[:200]!r}, not the backend's body")
+        run_wrk(f"{base}/{name}", 1, connections)
+    series = {name: Series(name) for name in LOCATIONS}
+    for _ in range(rounds):
+        round_samples = {
+            name: run_wrk(f"{base}/{name}", duration, connections) for name in LOCATIONS
+        }
+        native = round_samples["native"].requests_per_s or 1.0
+        for name, sample in round_samples.items():
+            series[name].samples.append(sample)
+            series[name].ratios.append(sample.requests_per_s / native)
+    return list(series.values())
+
+
+def report(results: list[Series], args: argparse.Namespace) -> None:
+    print(f"machine: {machine()}")
+    print(
+        f"wrk -t1 -c{args.connections}, {args.rounds} interleaved rounds of {args.duration}s each"
+    )
+    print(
+        f"{'location':<9} {'median r/s':>11} {'best r/s':>9} "
+        f"{'vs native (median)':>19} {'min..max':>12} {'non-2xx':>8} {'sock err':>8}"
+    )
+    for s in results:
+        print(
+            f"{s.location:<9} {statistics.median(s.rates):>11.0f} {max(s.rates):>9.0f} "
+            f"{statistics.median(s.ratios):>19.2f} "
+            f"{min(s.ratios):>5.2f}..{max(s.ratios):<5.2f} "
+            f"{sum(x.non_2xx for x in s.samples):>8} {sum(x.errors for x in s.samples):>8}"
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-d", "--duration", type=int, default=5, help="seconds per location")
+    parser.add_argument(
+        "-d", "--duration", type=int, default=3, help="seconds per location and round"
+    )
     parser.add_argument("-c", "--connections", type=int, default=16, help="wrk connections")
+    parser.add_argument("-r", "--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument(
+        "--lua-dir", type=Path, help="a directory whose zedcup modules shadow lua/ (experiments)"
+    )
     args = parser.parse_args()
+    lua_dir = f"{args.lua_dir.resolve()}/?.lua;" if args.lua_dir else ""
 
     if not shutil.which("wrk"):
         print("bench_handler: wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -156,36 +262,23 @@ def main() -> int:
                 servroot=Path(tmp) / "backend",
                 config=BACKEND_CONFIG,
                 port=backend_port,
+                workers=1,
                 error_log_level="warn",
             )
-            values = {"backend": backend_port, "consul": consul.address[1]}
+            values = {"backend": backend_port, "consul": consul.address[1], "lua_dir": lua_dir}
             front = NginxServer(
                 servroot=Path(tmp) / "front",
                 http_config=FRONT_HTTP % values,
                 config=FRONT_CONFIG % values,
+                workers=1,
                 error_log_level="warn",
             )
             with backend, front:
-                with urllib.request.urlopen(f"{front.url}/setup", timeout=10) as resp:
-                    resp.read()
-                for name in LOCATIONS:  # warm up keepalive pools, worker caches and the JIT
-                    with urllib.request.urlopen(f"{front.url}/{name}", timeout=10) as resp:
-                        resp.read()
-                    run_wrk(f"{front.url}/{name}", 1, args.connections)
-                results = [
-                    run_wrk(f"{front.url}/{name}", args.duration, args.connections)
-                    for name in LOCATIONS
-                ]
+                results = measure(front.url, args.rounds, args.duration, args.connections)
     finally:
         consul.stop()
 
-    native = results[0].requests_per_s or 1.0
-    print(f"{'location':<10} {'requests/s':>12} {'vs native':>10} {'non-2xx':>8}")
-    for r in results:
-        print(
-            f"{r.location:<10} {r.requests_per_s:>12.0f} "
-            f"{r.requests_per_s / native:>10.2f} {r.non_2xx:>8}"
-        )
+    report(results, args)
     return 0
 
 
