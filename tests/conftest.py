@@ -18,10 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from zedctl.devconsul.testing import RawConsul, consul_client, free_port
 from zedctl.pytest_plugin import ConsulEndpoint
 
 ZEDCTL = Path(sys.executable).with_name("zedctl")
+
+# Property tests never fail on a slow machine's timing (no per-example deadline). In CI the
+# examples are derived from each test's name, so a red run can be reproduced exactly;
+# local runs keep exploring new examples.
+settings.register_profile("dev", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture
