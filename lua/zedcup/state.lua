@@ -39,9 +39,11 @@ local _M = { _VERSION = "0.1.0" }
 local QUEUE = "errq"        -- shm list of host keys with unsynced failures
 local SNAPSHOT = "state"    -- shm: JSON of the state tree
 local GEN = "state_gen"     -- shm: bumped when SNAPSHOT changes
--- A worker's own mark bridges the time until Consul confirms; it never
--- outlives this, so a node cut off from Consul retries the host now and then.
-local LOCAL_MARK_TTL = 3
+-- A worker's own mark bridges the time until Consul confirms. It lasts the
+-- pool's error_timeout (as nginx's fail_timeout would), so a slow state watcher
+-- cannot send traffic back to a host this node has just seen fail; a node cut off
+-- from Consul retries the host once per error_timeout. Consul bringing the host
+-- back (mark_up, revive) clears it earlier.
 
 local dict                  -- the cache shared dict
 local config                -- zedcup.config (required lazily: it requires us)
@@ -147,8 +149,7 @@ function _M.record_failure(inst, pool, host, err)
         -- this node alone has seen enough: stop using the host here now; the
         -- sync timer makes it cluster-wide
         local now = ngx_now()
-        local ttl = pool.error_timeout < LOCAL_MARK_TTL and pool.error_timeout or LOCAL_MARK_TTL
-        set_local(inst, pool.name, host.name, now + ttl)
+        set_local(inst, pool.name, host.name, now + pool.error_timeout)
         marked_at[k] = now
     end
 end
