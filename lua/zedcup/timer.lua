@@ -202,11 +202,16 @@ local function run(premature, job)
         job.consecutive_failures = job.consecutive_failures + 1
         job.last_error = tostring(err)
     elseif job.consecutive_failures > 0 then
-        ngx_log(ngx_NOTICE, "[zedcup] ", job.name, ": recovered after ",
-                job.consecutive_failures, " failures")
+        -- The rate limit outlives a recovery: a job that alternates between
+        -- failing and succeeding (Consul flapping, or a worker whose turn it
+        -- is not) must not log every failure and every recovery.
+        local now = ngx_now()
+        if now - (job.recovered_logged_at or 0) >= options.log_interval then
+            ngx_log(ngx_NOTICE, "[zedcup] ", job.name, ": recovered after ",
+                    job.consecutive_failures, " failures")
+            job.recovered_logged_at = now
+        end
         job.consecutive_failures = 0
-        job.last_logged = nil
-        job.suppressed = 0
     end
 
     -- Reschedule whatever happened above; nothing below may throw.
