@@ -129,8 +129,8 @@ CONFIG = r"""
                 end)(),
                 both = function()
                     local h = create_handler(INSTANCE)
-                    local _, host = select_next(h.plan, down_for(INSTANCE), h.failed)
-                    return host
+                    select_next(h.plan, down_for(INSTANCE), h.failed)
+                    return h
                 end,
                 -- both, plus the fields handler:request() sets on a success
                 request = function()

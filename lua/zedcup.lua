@@ -12,9 +12,11 @@
 local config = require "zedcup.config"
 local events = require "zedcup.events"
 local handler = require "zedcup.handler"
+local healthcheck = require "zedcup.healthcheck"
 local kv = require "zedcup.kv"
 local schema = require "zedcup.schema"
 local selection = require "zedcup.select"
+local session = require "zedcup.session"
 local state = require "zedcup.state"
 
 local ngx = ngx
@@ -24,7 +26,6 @@ local shared = ngx.shared
 local type = type
 local pairs = pairs
 local ipairs = ipairs
-local pcall = pcall
 local require = require
 local tostring = tostring
 local error = error
@@ -50,19 +51,6 @@ local DEFAULTS = {
 
 local initted = false
 local opts -- merged init options
-
-
--- the background engineer's modules: started when present
-local function optional(name)
-    local ok, mod = pcall(require, name)
-    if ok and type(mod) == "table" then
-        return mod
-    end
-    if not ok and not str_find(tostring(mod), "module '" .. name .. "' not found", 1, true) then
-        ngx_log(ngx_ERR, "[zedcup] ", name, " failed to load: ", tostring(mod))
-    end
-    return nil
-end
 
 
 --- init(opts?) -> true | false, err
@@ -123,14 +111,7 @@ function _M.init(user)
     config.init(shared[o.dicts.cache])
     state.init(shared[o.dicts.cache])
 
-    local session = optional("zedcup.session")
-    if session and session.init then
-        session.init(o)
-    end
-    local healthcheck = optional("zedcup.healthcheck")
-    if healthcheck and healthcheck.init then
-        healthcheck.init(o)
-    end
+    session.init(o)
 
     opts = o
     initted = true
@@ -198,15 +179,8 @@ function _M.run_workers()
                 config.instances_alive)
     watch.start("state", kv.state_prefix, state.apply, watch_settings, locks)
 
-    for _, name in ipairs({ "zedcup.session", "zedcup.healthcheck" }) do
-        local mod = optional(name)
-        if mod and mod.run_workers then
-            local ok, err = pcall(mod.run_workers)
-            if not ok or err == false then
-                ngx_log(ngx_ERR, "[zedcup] ", name, ".run_workers() failed: ", tostring(err))
-            end
-        end
-    end
+    session.run_workers()
+    healthcheck.run_workers()
     return nil
 end
 
