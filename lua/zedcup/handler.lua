@@ -17,6 +17,7 @@ local tcp = ngx.socket.tcp
 local pcall = pcall
 local type = type
 local setmetatable = setmetatable
+local tab_new = require "table.new"
 local str_match = string.match
 
 local select_next = selection.next
@@ -33,17 +34,14 @@ local NO_HOSTS = "No available upstream hosts"
 
 
 --- new(plan) -> handler
+-- The table is sized for the fields a successful request sets (plan, name,
+-- pool, host, codes, httpc, used), so it is never resized on the common path:
+-- nil fields in a constructor reserve no room.
 function _M.new(plan)
-    return setmetatable({
-        plan = plan,
-        name = plan.name,
-        failed = nil,     -- { [host] = true } hosts that failed in this request
-        listeners = nil,  -- { [event] = { fn, ... } }
-        httpc = nil,
-        sock = nil,
-        pool = nil,
-        host = nil,
-    }, mt)
+    local self = tab_new(0, 8)
+    self.plan = plan
+    self.name = plan.name
+    return setmetatable(self, mt)
 end
 
 
