@@ -101,11 +101,10 @@ function _M.init(user)
         end
     end
 
-    if user.builtin_deps ~= nil then
-        -- true: zedcup's own HTTP client, Consul client, cache and lock even
-        -- when the lua-resty-* libraries are installed
-        require("zedcup.deps").init({ builtin = user.builtin_deps })
-    end
+    -- Choose the building blocks here, in init_by_lua, so the choice is logged
+    -- once and forked into every worker. builtin_deps = true: zedcup's own HTTP
+    -- client, Consul client, cache and lock even when lua-resty-* are installed.
+    require("zedcup.deps").init({ builtin = user.builtin_deps })
 
     kv.init(o.prefix, o.consul)
     config.init(shared[o.dicts.cache])
