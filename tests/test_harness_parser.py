@@ -199,7 +199,7 @@ def test_generated_conf_has_the_documented_shape(tmp_path: Path) -> None:
         "http {",
         f"client_body_temp_path {tmp_path}/client_body_temp;",
         "access_log off;",
-        'lua_package_path "/repo/lua/?.lua;/repo/lua/?/init.lua;;";',
+        'lua_package_path "/repo/lua/?.lua;/repo/lua/?/init.lua;/repo/t/lib/?.lua;;";',
         "lua_shared_dict d 1m;",
         "listen 127.0.0.1:1984 reuseport;",
         "server_name localhost;",

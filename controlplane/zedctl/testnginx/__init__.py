@@ -79,7 +79,8 @@ They are also in nginx's environment (with `env` lines for them and for ZEDCUP_*
 Generated nginx.conf: load_module lines when needed, worker_processes, master_process,
 daemon off, `user root root` (root with a master only), error_log <servroot>/logs/
 error.log debug, pid, env lines, main_config; http { temp paths in the servroot,
-access_log off, lua_package_path "<repo>/lua/?.lua;<repo>/lua/?/init.lua;;" (unless
+access_log off, lua_package_path "<repo>/lua/?.lua;<repo>/lua/?/init.lua;<repo>/t/lib/?.lua;;"
+(shared Lua helpers of the t/ files live in t/lib/) (unless
 http_config sets one), http_config, server { listen 127.0.0.1:<port>; server_name
 localhost; config; `location /` serving the html dir unless config has one } }; events.
 

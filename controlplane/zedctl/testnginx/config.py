@@ -202,7 +202,8 @@ class ConfParts:
         ]
         if "lua_package_path" not in self.http_config:
             repo = self.repo
-            out.append(f'    lua_package_path "{repo}/lua/?.lua;{repo}/lua/?/init.lua;;";')
+            path = f"{repo}/lua/?.lua;{repo}/lua/?/init.lua;{repo}/t/lib/?.lua;;"
+            out.append(f'    lua_package_path "{path}";')
         if self.http_config.strip():
             out += ["", "    # http_config", self.http_config.rstrip("\n")]
         reuseport = " reuseport" if self.master and self.workers > 1 else ""
