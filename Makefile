@@ -67,7 +67,7 @@ $(STAMP): controlplane/pyproject.toml | system-deps
 lint: lint-lua lint-python
 
 lint-lua: system-deps
-	luacheck -q lua/
+	luacheck -q lua/ t/lib/
 
 lint-python: python-deps
 	$(RUFF) check controlplane/ tests/ bench/

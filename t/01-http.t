@@ -238,6 +238,7 @@ $
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / {
             content_by_lua_block {
+                local t = require "blocks_t"
                 local sock = assert(ngx.req.socket(true))
                 assert(sock:send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                  .. "5\r\nhello\r\n"
@@ -245,21 +246,13 @@ $
                                  .. "0\r\nX-Checksum: abc\r\nXY:  two \r\nX-Checksum: def\r\n\r\n"))
                 -- the client's next request must arrive on the same connection,
                 -- with nothing lost or left over in between
-                local line = assert(sock:receive("*l"))
-                ngx.log(ngx.WARN, "second request line: ", line)
-                while line ~= "" do
-                    line = assert(sock:receive("*l"))
-                end
+                ngx.log(ngx.WARN, "second request line: ", t.skip_head(sock))
                 assert(sock:send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                  .. "4\r\nnext\r\n0\r\n\r\n"))
-                line = assert(sock:receive("*l"))
-                while line ~= "" do
-                    line = assert(sock:receive("*l"))
-                end
+                t.skip_head(sock)
                 assert(sock:send("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast"))
                 -- hold the connection until the client drops it
-                sock:settimeout(5000)
-                sock:receive(1)
+                t.hold_open(sock)
             }
         }
     }
@@ -466,6 +459,7 @@ keepalive: 1
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
         location / {
             content_by_lua_block {
+                local t = require "blocks_t"
                 local sock = assert(ngx.req.socket(true))
                 if ngx.var.arg_keep then
                     assert(sock:send("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\nok"))
@@ -473,8 +467,7 @@ keepalive: 1
                     assert(sock:send("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"))
                 end
                 -- hold the connection until the client drops it
-                sock:settimeout(5000)
-                sock:receive(1)
+                t.hold_open(sock)
             }
         }
     }
@@ -1055,6 +1048,7 @@ h /p q
         }
         location = /continue {
             content_by_lua_block {
+                local t = require "blocks_t"
                 local sock = assert(ngx.req.socket(true))
                 -- an early hint first, then the go-ahead
                 assert(sock:send("HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
@@ -1063,8 +1057,7 @@ h /p q
                 assert(sock:send("HTTP/1.1 200 OK\r\nContent-Length: " .. (#body + 6)
                                  .. "\r\n\r\nraw [" .. body .. "]"))
                 -- hold the connection until the client drops it
-                sock:settimeout(5000)
-                sock:receive(1)
+                t.hold_open(sock)
             }
         }
         location = /refuse {

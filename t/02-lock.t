@@ -310,12 +310,12 @@ done: 50 overlaps: 0
     lua_shared_dict locks 1m;
     lua_shared_dict state 1m;
     init_worker_by_lua_block {
+        local t = require "blocks_t"
         local lock = require "zedcup.lock"
         local state = ngx.shared.state
         assert(ngx.timer.at(0, function()
             state:incr("ready", 1, 0)
-            local deadline = ngx.now() + 5
-            while state:get("ready") < 2 and ngx.now() < deadline do ngx.sleep(0.005) end
+            t.wait_count(state, "ready", 2, 5, 0.005)
             for _ = 1, 10 do
                 local l = assert(lock.new("locks"))
                 assert(l:lock("k"))
@@ -331,9 +331,9 @@ done: 50 overlaps: 0
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local state = ngx.shared.state
-            local deadline = ngx.now() + 10
-            while (state:get("finished") or 0) < 2 and ngx.now() < deadline do ngx.sleep(0.01) end
+            t.wait_count(state, "finished", 2, 10, 0.01)
             ngx.say("worker 0: ", state:get("by_0"), " worker 1: ", state:get("by_1"),
                     " overlaps: ", state:get("overlaps") or 0)
         }

@@ -474,6 +474,7 @@ locks dict used: true
     lua_shared_dict cache 1m;
     lua_shared_dict state 1m;
     init_worker_by_lua_block {
+        local t = require "blocks_t"
         local cache = require "zedcup.cache"
         local state = ngx.shared.state
         local c = assert(cache.new("c", "cache"))
@@ -484,8 +485,7 @@ locks dict used: true
         end
         assert(ngx.timer.at(0, function()
             state:incr("ready", 1, 0)
-            local deadline = ngx.now() + 5
-            while state:get("ready") < 2 and ngx.now() < deadline do ngx.sleep(0.002) end
+            t.wait_count(state, "ready", 2, 5, 0.002)
             local threads = {}
             for i = 1, 5 do
                 threads[i] = ngx.thread.spawn(function() return c:get("k", nil, cb) end)
@@ -501,9 +501,9 @@ locks dict used: true
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local state = ngx.shared.state
-            local deadline = ngx.now() + 10
-            while (state:get("finished") or 0) < 2 and ngx.now() < deadline do ngx.sleep(0.01) end
+            t.wait_count(state, "finished", 2, 10, 0.01)
             ngx.say("workers: ", state:get("workers_0"), " ", state:get("workers_1"))
             ngx.say("calls: ", state:get("calls"), " L3: ", state:get("level_3"),
                     " L2: ", state:get("level_2"))
@@ -524,14 +524,14 @@ calls: 1 L3: 1 L2: 9
     lua_shared_dict ipc 1m;
     lua_shared_dict state 1m;
     init_worker_by_lua_block {
+        local t = require "blocks_t"
         local cache = require "zedcup.cache"
         local state = ngx.shared.state
         local c = assert(cache.new("c", "cache", { ipc_shm = "ipc" }))
         local id = ngx.worker.id()
 
         local function wait_for(key, n)
-            local deadline = ngx.now() + 5
-            while (state:get(key) or 0) < n and ngx.now() < deadline do ngx.sleep(0.002) end
+            t.wait_count(state, key, n, 5, 0.002)
         end
         local function record(step, a, b, c3)
             state:set(id .. ":" .. step, tostring(a) .. " " .. tostring(b) .. " " .. tostring(c3))
@@ -568,9 +568,9 @@ calls: 1 L3: 1 L2: 9
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local state = ngx.shared.state
-            local deadline = ngx.now() + 10
-            while (state:get("finished") or 0) < 2 and ngx.now() < deadline do ngx.sleep(0.01) end
+            t.wait_count(state, "finished", 2, 10, 0.01)
             local primes = { state:get("0:prime k"), state:get("1:prime k") }
             table.sort(primes)
             ngx.say("primed: ", table.concat(primes, ", "))

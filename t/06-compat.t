@@ -112,12 +112,13 @@ direct GET /q [x=1&y=2] nil tls=false body=nil
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
         location / {
             content_by_lua_block {
+                local t = require "blocks_t"
                 -- a chunked response with a trailer, byte by byte as the wire has it
                 local sock = assert(ngx.req.socket(true))
                 assert(sock:send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
                                  .. "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\n"))
-                sock:settimeout(5000)
-                sock:receive(1)
+                -- hold the connection until the client drops it
+                t.hold_open(sock)
             }
         }
     }
@@ -949,6 +950,7 @@ serving the stale value
     lua_shared_dict ipc_shared_dict 1m;
     lua_shared_dict state 1m;
     init_worker_by_lua_block {
+        local t = require "blocks_t"
         local deps = require "zedcup.deps"
         deps.init({ builtin = true })
         local state = ngx.shared.state
@@ -959,9 +961,7 @@ serving the stale value
         local id = ngx.worker.id()
 
         local function wait_for(key, n)
-            local deadline = ngx.now() + 5
-            while (state:get(key) or 0) < n and ngx.now() < deadline do ngx.sleep(0.002) end
-            if (state:get(key) or 0) < n then
+            if not t.wait_count(state, key, n, 5, 0.002) then
                 ngx.log(ngx.ERR, "worker ", id, ": timed out waiting for ", key, " to reach ", n)
             end
         end
@@ -1010,10 +1010,9 @@ serving the stale value
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local state = ngx.shared.state
-            local deadline = ngx.now() + 10
-            while (state:get("finished") or 0) < 2 and ngx.now() < deadline do ngx.sleep(0.01) end
-            if (state:get("finished") or 0) < 2 then
+            if not t.wait_count(state, "finished", 2, 10, 0.01) then
                 ngx.say("workers finished within 10s: ", state:get("finished"), " of 2")
             end
             for _, step in ipairs({ "stale key_1", "update", "key_1", "key_2", "key_1 again" }) do

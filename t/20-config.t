@@ -215,21 +215,9 @@ final keys: 900
     }
 --- config
 
+    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
     location = /which {
-        content_by_lua_block {
-            local handler, err = require("zedcup").create_handler(ngx.var.arg_i or "inst")
-            if not handler then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            local res, err = handler:request({ path = "/" })
-            if not res then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            ngx.say(ngx.worker.id(), " ", res:read_body())
-            handler:set_keepalive()
-        }
+        content_by_lua_block { require("zedcup_t").which() }
     }
 
     location = /t {
@@ -238,36 +226,9 @@ final keys: 900
             local kv = require "zedcup.kv"
             local P = "$TEST_ZEDCUP_PREFIX"
 
-            local function ask(path)
-                local sock = ngx.socket.tcp()
-                sock:settimeout(2000)
-                assert(sock:connect("127.0.0.1", $TEST_NGINX_SERVER_PORT))
-                sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                local data = sock:receive("*a")
-                sock:close()
-                local body = data:match("\r\n\r\n(.*)$") or ""
-                local w, rest = body:match("^(%d+) (.-)\n?$")
-                return tonumber(w), rest
-            end
-            -- polls until every worker answers `want` (or the deadline), -> seconds taken | nil
-            local function until_all(path, want, deadline)
-                local start = ngx.now()
-                local seen = {}
-                while ngx.now() - start < deadline do
-                    local w, body = ask(path)
-                    if w and body == want then
-                        seen[w] = true
-                    elseif w then
-                        seen[w] = nil
-                    end
-                    if seen[0] and seen[1] then
-                        return ngx.now() - start
-                    end
-                    ngx.sleep(0.02)
-                    ngx.update_time()
-                end
-                return nil
-            end
+            -- ask(path) -> worker id, text; until_all(path, want, deadline) polls until
+            -- every worker answers `want` -> seconds taken | nil (t/lib/zedcup_t.lua)
+            local ask, until_all = require("zedcup_t").client($TEST_NGINX_SERVER_PORT)
 
             assert(zedcup.configure_instance("inst", { pools = { { hosts = {
                 { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
@@ -275,15 +236,11 @@ final keys: 900
             assert(kv.put(P .. "/instances/inst/pools/1/hosts/1/port", "eighty"))
             -- a write that touches another instance wakes the watcher again: still logged once
             assert(kv.put(P .. "/instances/other/pools/1/hosts/1/host", "/run/other.sock"))
-            local deadline = ngx.now() + 5
-            local logged
-            repeat
-                ngx.sleep(0.05)
-                ngx.update_time()
+            local logged = require("zedcup_t").wait_for_change(5, 0.05, function()
                 for _, k in ipairs(ngx.shared.zedcup_cache:get_keys(0)) do
-                    if k:find("^bad:instance inst:") then logged = true end
+                    if k:find("^bad:instance inst:") then return true end
                 end
-            until logged or ngx.now() > deadline
+            end)
             ngx.say("bad value seen by the watcher: ", logged)
             ngx.say("still served from the last good config: ", until_all("/which", "one", 5) ~= nil)
             assert(kv.put(P .. "/instances/inst/pools/1/hosts/1/port", "$TEST_NGINX_RAND_PORT_2"))
@@ -335,21 +292,9 @@ $TEST_ZEDCUP_PREFIX/instances/inst/pools/1/hosts/1/port: must be an integer (got
     }
 --- config
 
+    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
     location = /which {
-        content_by_lua_block {
-            local handler, err = require("zedcup").create_handler(ngx.var.arg_i or "inst")
-            if not handler then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            local res, err = handler:request({ path = "/" })
-            if not res then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            ngx.say(ngx.worker.id(), " ", res:read_body())
-            handler:set_keepalive()
-        }
+        content_by_lua_block { require("zedcup_t").which() }
     }
 
     location = /t {
@@ -357,36 +302,9 @@ $TEST_ZEDCUP_PREFIX/instances/inst/pools/1/hosts/1/port: must be an integer (got
             local kv = require "zedcup.kv"
             local P = "$TEST_ZEDCUP_PREFIX"
 
-            local function ask(path)
-                local sock = ngx.socket.tcp()
-                sock:settimeout(2000)
-                assert(sock:connect("127.0.0.1", $TEST_NGINX_SERVER_PORT))
-                sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                local data = sock:receive("*a")
-                sock:close()
-                local body = data:match("\r\n\r\n(.*)$") or ""
-                local w, rest = body:match("^(%d+) (.-)\n?$")
-                return tonumber(w), rest
-            end
-            -- polls until every worker answers `want` (or the deadline), -> seconds taken | nil
-            local function until_all(path, want, deadline)
-                local start = ngx.now()
-                local seen = {}
-                while ngx.now() - start < deadline do
-                    local w, body = ask(path)
-                    if w and body == want then
-                        seen[w] = true
-                    elseif w then
-                        seen[w] = nil
-                    end
-                    if seen[0] and seen[1] then
-                        return ngx.now() - start
-                    end
-                    ngx.sleep(0.02)
-                    ngx.update_time()
-                end
-                return nil
-            end
+            -- ask(path) -> worker id, text; until_all(path, want, deadline) polls until
+            -- every worker answers `want` -> seconds taken | nil (t/lib/zedcup_t.lua)
+            local ask, until_all = require("zedcup_t").client($TEST_NGINX_SERVER_PORT)
 
             local w, err = ask("/which")
             ngx.say("before: ", err)
@@ -460,21 +378,9 @@ change in every worker within 1.5 s: true
     }
 --- config
 
+    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
     location = /which {
-        content_by_lua_block {
-            local handler, err = require("zedcup").create_handler(ngx.var.arg_i or "inst")
-            if not handler then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            local res, err = handler:request({ path = "/" })
-            if not res then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            ngx.say(ngx.worker.id(), " ", res:read_body())
-            handler:set_keepalive()
-        }
+        content_by_lua_block { require("zedcup_t").which() }
     }
 
     location = /t {
@@ -483,36 +389,9 @@ change in every worker within 1.5 s: true
             local kv = require "zedcup.kv"
             local P = "$TEST_ZEDCUP_PREFIX"
 
-            local function ask(path)
-                local sock = ngx.socket.tcp()
-                sock:settimeout(2000)
-                assert(sock:connect("127.0.0.1", $TEST_NGINX_SERVER_PORT))
-                sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                local data = sock:receive("*a")
-                sock:close()
-                local body = data:match("\r\n\r\n(.*)$") or ""
-                local w, rest = body:match("^(%d+) (.-)\n?$")
-                return tonumber(w), rest
-            end
-            -- polls until every worker answers `want` (or the deadline), -> seconds taken | nil
-            local function until_all(path, want, deadline)
-                local start = ngx.now()
-                local seen = {}
-                while ngx.now() - start < deadline do
-                    local w, body = ask(path)
-                    if w and body == want then
-                        seen[w] = true
-                    elseif w then
-                        seen[w] = nil
-                    end
-                    if seen[0] and seen[1] then
-                        return ngx.now() - start
-                    end
-                    ngx.sleep(0.02)
-                    ngx.update_time()
-                end
-                return nil
-            end
+            -- ask(path) -> worker id, text; until_all(path, want, deadline) polls until
+            -- every worker answers `want` -> seconds taken | nil (t/lib/zedcup_t.lua)
+            local ask, until_all = require("zedcup_t").client($TEST_NGINX_SERVER_PORT)
 
             -- short blocking queries and back-off, so the outage is noticed and left quickly
             assert(zedcup.configure({ consul_wait_time = 1, watcher_interval = 1 }))
@@ -576,57 +455,18 @@ recovered: true
     }
 --- config
 
+    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
     location = /which {
-        content_by_lua_block {
-            local handler, err = require("zedcup").create_handler(ngx.var.arg_i or "inst")
-            if not handler then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            local res, err = handler:request({ path = "/" })
-            if not res then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            ngx.say(ngx.worker.id(), " ", res:read_body())
-            handler:set_keepalive()
-        }
+        content_by_lua_block { require("zedcup_t").which() }
     }
 
     location = /t {
         content_by_lua_block {
             local zedcup = require "zedcup"
 
-            local function ask(path)
-                local sock = ngx.socket.tcp()
-                sock:settimeout(2000)
-                assert(sock:connect("127.0.0.1", $TEST_NGINX_SERVER_PORT))
-                sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                local data = sock:receive("*a")
-                sock:close()
-                local body = data:match("\r\n\r\n(.*)$") or ""
-                local w, rest = body:match("^(%d+) (.-)\n?$")
-                return tonumber(w), rest
-            end
-            -- polls until every worker answers `want` (or the deadline), -> seconds taken | nil
-            local function until_all(path, want, deadline)
-                local start = ngx.now()
-                local seen = {}
-                while ngx.now() - start < deadline do
-                    local w, body = ask(path)
-                    if w and body == want then
-                        seen[w] = true
-                    elseif w then
-                        seen[w] = nil
-                    end
-                    if seen[0] and seen[1] then
-                        return ngx.now() - start
-                    end
-                    ngx.sleep(0.02)
-                    ngx.update_time()
-                end
-                return nil
-            end
+            -- ask(path) -> worker id, text; until_all(path, want, deadline) polls until
+            -- every worker answers `want` -> seconds taken | nil (t/lib/zedcup_t.lua)
+            local ask, until_all = require("zedcup_t").client($TEST_NGINX_SERVER_PORT)
 
             local c1 = assert(zedcup.config())
             ngx.say("defaults: ", c1.consul_wait_time, " ", c1.session_ttl, " ", c1.cache_update_interval)

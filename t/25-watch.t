@@ -66,12 +66,10 @@ __DATA__
         content_by_lua_block {
             local flags = ngx.shared.flags
             -- let both workers start their watchers, then watch an idle node
-            local deadline = ngx.now() + 5
-            repeat
-                ngx.sleep(0.1)
-                ngx.update_time()
-            until (flags:get("blocking:instances") == 1 and flags:get("blocking:config") == 1
-                   and flags:get("blocking:state") == 1) or ngx.now() > deadline
+            require("zedcup_t").wait_for_change(5, 0.1, function()
+                return flags:get("blocking:instances") == 1 and flags:get("blocking:config") == 1
+                       and flags:get("blocking:state") == 1
+            end)
             ngx.sleep(0.5)
             local before = flags:get("requests")
             ngx.sleep(1.5)
@@ -237,21 +235,9 @@ true
     }
 --- config
 
+    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
     location = /which {
-        content_by_lua_block {
-            local handler, err = require("zedcup").create_handler(ngx.var.arg_i or "inst")
-            if not handler then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            local res, err = handler:request({ path = "/" })
-            if not res then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            ngx.say(ngx.worker.id(), " ", res:read_body())
-            handler:set_keepalive()
-        }
+        content_by_lua_block { require("zedcup_t").which() }
     }
 
     location = /t {
@@ -260,36 +246,9 @@ true
             local kv = require "zedcup.kv"
             local P = "$TEST_ZEDCUP_PREFIX"
 
-            local function ask(path)
-                local sock = ngx.socket.tcp()
-                sock:settimeout(2000)
-                assert(sock:connect("127.0.0.1", $TEST_NGINX_SERVER_PORT))
-                sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                local data = sock:receive("*a")
-                sock:close()
-                local body = data:match("\r\n\r\n(.*)$") or ""
-                local w, rest = body:match("^(%d+) (.-)\n?$")
-                return tonumber(w), rest
-            end
-            -- polls until every worker answers `want` (or the deadline), -> seconds taken | nil
-            local function until_all(path, want, deadline)
-                local start = ngx.now()
-                local seen = {}
-                while ngx.now() - start < deadline do
-                    local w, body = ask(path)
-                    if w and body == want then
-                        seen[w] = true
-                    elseif w then
-                        seen[w] = nil
-                    end
-                    if seen[0] and seen[1] then
-                        return ngx.now() - start
-                    end
-                    ngx.sleep(0.02)
-                    ngx.update_time()
-                end
-                return nil
-            end
+            -- ask(path) -> worker id, text; until_all(path, want, deadline) polls until
+            -- every worker answers `want` -> seconds taken | nil (t/lib/zedcup_t.lua)
+            local ask, until_all = require("zedcup_t").client($TEST_NGINX_SERVER_PORT)
 
             assert(zedcup.configure({ consul_wait_time = 1 }))
             assert(zedcup.configure_instance("inst", { pools = { { hosts = {
@@ -299,11 +258,7 @@ true
             -- every answer after it is "backwards"
             ngx.shared.flags:set("inflate", 1000000)
             assert(kv.put(P .. "/instances/other/pools/1/hosts/1/host", "/run/other.sock"))
-            local deadline = ngx.now() + 5
-            while ngx.shared.flags:get("inflate") and ngx.now() < deadline do
-                ngx.sleep(0.05)
-                ngx.update_time()
-            end
+            require("zedcup_t").wait_for(5, 0.05, function() return not ngx.shared.flags:get("inflate") end)
             ngx.say("inflated answer sent: ", ngx.shared.flags:get("inflate") == nil)
             assert(kv.put(P .. "/instances/inst/pools/1/hosts/1/port", "$TEST_NGINX_RAND_PORT_2"))
             ngx.say("change seen after the reset: ", until_all("/which", "two", 8) ~= nil)

@@ -178,13 +178,9 @@ nothing else written: instances/.../pools/1/hosts/1/host instances/.../pools/1/h
             ngx.say("list: ", table.concat(list, ","), " ghost=", list.ghost, " ghost2=", list.ghost2)
             -- the background jobs' view (the watcher's listing) holds the same names
             local config = require "zedcup.config"
-            local deadline = ngx.now() + 5
-            local names
-            repeat
-                ngx.sleep(0.05)
-                ngx.update_time()
-                names = ngx.shared.zedcup_cache:get("synced") and config.instances()
-            until names or ngx.now() > deadline
+            local names = require("zedcup_t").wait_for_change(5, 0.05, function()
+                return ngx.shared.zedcup_cache:get("synced") and config.instances()
+            end)
             local seen = {}
             for name in pairs(names or {}) do seen[#seen + 1] = name end
             table.sort(seen)

@@ -187,21 +187,9 @@ $
     lua_shared_dict flags 1m;
 --- config
 
+    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
     location = /which {
-        content_by_lua_block {
-            local handler, err = require("zedcup").create_handler(ngx.var.arg_i or "inst")
-            if not handler then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            local res, err = handler:request({ path = "/" })
-            if not res then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            ngx.say(ngx.worker.id(), " ", res:read_body())
-            handler:set_keepalive()
-        }
+        content_by_lua_block { require("zedcup_t").which() }
     }
 
     location = /isdown {
@@ -216,36 +204,9 @@ $
             local state = require "zedcup.state"
             local P = "$TEST_ZEDCUP_PREFIX"
 
-            local function ask(path)
-                local sock = ngx.socket.tcp()
-                sock:settimeout(2000)
-                assert(sock:connect("127.0.0.1", $TEST_NGINX_SERVER_PORT))
-                sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                local data = sock:receive("*a")
-                sock:close()
-                local body = data:match("\r\n\r\n(.*)$") or ""
-                local w, rest = body:match("^(%d+) (.-)\n?$")
-                return tonumber(w), rest
-            end
-            -- polls until every worker answers `want` (or the deadline), -> seconds taken | nil
-            local function until_all(path, want, deadline)
-                local start = ngx.now()
-                local seen = {}
-                while ngx.now() - start < deadline do
-                    local w, body = ask(path)
-                    if w and body == want then
-                        seen[w] = true
-                    elseif w then
-                        seen[w] = nil
-                    end
-                    if seen[0] and seen[1] then
-                        return ngx.now() - start
-                    end
-                    ngx.sleep(0.02)
-                    ngx.update_time()
-                end
-                return nil
-            end
+            -- ask(path) -> worker id, text; until_all(path, want, deadline) polls until
+            -- every worker answers `want` -> seconds taken | nil (t/lib/zedcup_t.lua)
+            local ask, until_all = require("zedcup_t").client($TEST_NGINX_SERVER_PORT)
 
             assert(zedcup.configure_instance("inst", { pools = { { name = "p", max_errors = 3, error_timeout = 60, hosts = {
                 { name = "dead", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 },
@@ -265,11 +226,7 @@ $
             end
             ngx.say("served despite the dead host: ", served, "/12")
             local down_key = P .. "/state/inst/p/dead/down"
-            local deadline = ngx.now() + 5
-            while not kv.get(down_key) and ngx.now() < deadline do
-                ngx.sleep(0.05)
-                ngx.update_time()
-            end
+            require("zedcup_t").wait_for(5, 0.05, function() return kv.get(down_key) end)
             local e = kv.get(down_key)
             ngx.say("down in Consul: ", e and true, ", Flags is a unix time: ", e and math.abs(e.Flags - ngx.time()) < 10)
             ngx.say("errors counted: ", tonumber(kv.get(P .. "/state/inst/p/dead/errors").Value) >= 3)
@@ -354,21 +311,9 @@ EVENT host_up inst/p/dead
     lua_shared_dict flags 1m;
 --- config
 
+    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
     location = /which {
-        content_by_lua_block {
-            local handler, err = require("zedcup").create_handler(ngx.var.arg_i or "inst")
-            if not handler then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            local res, err = handler:request({ path = "/" })
-            if not res then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            ngx.say(ngx.worker.id(), " ", res:read_body())
-            handler:set_keepalive()
-        }
+        content_by_lua_block { require("zedcup_t").which() }
     }
 
     location = /t {
@@ -376,24 +321,14 @@ EVENT host_up inst/p/dead
             local zedcup = require "zedcup"
             local kv = require "zedcup.kv"
             local P = "$TEST_ZEDCUP_PREFIX"
-            local function ask(port, path)
-                local sock = ngx.socket.tcp()
-                sock:settimeout(2000)
-                assert(sock:connect("127.0.0.1", port))
-                sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                local data = sock:receive("*a")
-                sock:close()
-                return (data:match("\r\n\r\n%d+ (.-)\n?$"))
-            end
+            local T = require "zedcup_t"
+            -- the text of the "<worker id> <text>" answer of the node at `port`
+            local function ask(port, path) return select(2, T.ask(port, path)) end
             assert(zedcup.configure_instance("inst", { pools = { { name = "p", max_errors = 2, error_timeout = 60, hosts = {
                 { name = "dead", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 },
                 { name = "live", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
             -- node 2 learns the instance through its watcher
-            local deadline = ngx.now() + 5
-            while ask($TEST_NGINX_NODE_PORT_2, "/which") ~= "one" and ngx.now() < deadline do
-                ngx.sleep(0.05)
-                ngx.update_time()
-            end
+            T.wait_for(5, 0.05, function() return ask($TEST_NGINX_NODE_PORT_2, "/which") == "one" end)
             -- both nodes fail on the dead host at the same time
             local threads = {}
             for i = 1, 8 do
@@ -406,11 +341,7 @@ EVENT host_up inst/p/dead
                 if body == "one" then served = served + 1 end
             end
             ngx.say("served: ", served, "/8")
-            deadline = ngx.now() + 5
-            while not kv.get(P .. "/state/inst/p/dead/down") and ngx.now() < deadline do
-                ngx.sleep(0.05)
-                ngx.update_time()
-            end
+            T.wait_for(5, 0.05, function() return kv.get(P .. "/state/inst/p/dead/down") end)
             ngx.say("down: ", kv.get(P .. "/state/inst/p/dead/down") ~= false)
             -- more failures reported late by either node change nothing
             for i = 1, 6 do ask(i % 2 == 0 and $TEST_NGINX_NODE_PORT_1 or $TEST_NGINX_NODE_PORT_2, "/which") end
@@ -501,21 +432,9 @@ EVENT host_down
     }
 --- config
 
+    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
     location = /which {
-        content_by_lua_block {
-            local handler, err = require("zedcup").create_handler(ngx.var.arg_i or "inst")
-            if not handler then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            local res, err = handler:request({ path = "/" })
-            if not res then
-                ngx.say(ngx.worker.id(), " ", err)
-                return
-            end
-            ngx.say(ngx.worker.id(), " ", res:read_body())
-            handler:set_keepalive()
-        }
+        content_by_lua_block { require("zedcup_t").which() }
     }
 
     location = /t {
@@ -524,36 +443,9 @@ EVENT host_down
             local kv = require "zedcup.kv"
             local P = "$TEST_ZEDCUP_PREFIX"
 
-            local function ask(path)
-                local sock = ngx.socket.tcp()
-                sock:settimeout(2000)
-                assert(sock:connect("127.0.0.1", $TEST_NGINX_SERVER_PORT))
-                sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                local data = sock:receive("*a")
-                sock:close()
-                local body = data:match("\r\n\r\n(.*)$") or ""
-                local w, rest = body:match("^(%d+) (.-)\n?$")
-                return tonumber(w), rest
-            end
-            -- polls until every worker answers `want` (or the deadline), -> seconds taken | nil
-            local function until_all(path, want, deadline)
-                local start = ngx.now()
-                local seen = {}
-                while ngx.now() - start < deadline do
-                    local w, body = ask(path)
-                    if w and body == want then
-                        seen[w] = true
-                    elseif w then
-                        seen[w] = nil
-                    end
-                    if seen[0] and seen[1] then
-                        return ngx.now() - start
-                    end
-                    ngx.sleep(0.02)
-                    ngx.update_time()
-                end
-                return nil
-            end
+            -- ask(path) -> worker id, text; until_all(path, want, deadline) polls until
+            -- every worker answers `want` -> seconds taken | nil (t/lib/zedcup_t.lua)
+            local ask, until_all = require("zedcup_t").client($TEST_NGINX_SERVER_PORT)
 
             assert(zedcup.configure_instance("inst", { pools = { { name = "p", max_errors = 100000, hosts = {
                 { name = "dead", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 },
@@ -570,13 +462,11 @@ EVENT host_down
             local failures = flags:get("connect_errors")
             local key = P .. "/state/inst/p/dead/errors"
             local counted
-            local deadline = ngx.now() + 5
-            repeat
-                ngx.sleep(0.05)
-                ngx.update_time()
+            require("zedcup_t").wait_for_change(5, 0.05, function()
                 local e = kv.get(key)
                 counted = e and tonumber(e.Value)
-            until counted == failures or ngx.now() > deadline
+                return counted == failures
+            end)
             ngx.say("served: ", served, "/40, failures: ", failures >= 10)
             ngx.say("every failure counted in Consul: ", counted == failures)
             if counted ~= failures then ngx.log(ngx.ERR, "counted ", counted, " failures ", failures) end

@@ -6,6 +6,7 @@ __DATA__
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local timer = require "zedcup.timer"
             timer.configure({ backoff_cap = 0.1, log_interval = 60 })
             local runs = 0
@@ -14,11 +15,7 @@ __DATA__
                 error("kaboom")
             end))
 
-            local deadline = ngx.now() + 5
-            while runs < 6 and ngx.now() < deadline do
-                ngx.sleep(0.01)
-                ngx.update_time()
-            end
+            t.poll(5, 0.01, function() return runs >= 6 end)
             local s = timer.stats().boom
             ngx.say("runs >= 6: ", runs >= 6)
             ngx.say("still pending: ", s.pending)
@@ -48,6 +45,7 @@ backed off to the cap: 0.1
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local timer = require "zedcup.timer"
             timer.configure({ backoff_cap = 0.02, log_interval = 0.4 })
             local runs = 0
@@ -58,11 +56,7 @@ backed off to the cap: 0.1
 
             -- logged at 0, then once 0.4s later with the count; stopped as soon as
             -- that second line is out (the next would come 0.4s after it)
-            local deadline = ngx.now() + 5
-            while timer.stats().flood.logged < 2 and ngx.now() < deadline do
-                ngx.sleep(0.01)
-                ngx.update_time()
-            end
+            t.poll(5, 0.01, function() return timer.stats().flood.logged >= 2 end)
             timer.stop("flood")
             ngx.say("ran many times: ", runs > 5)
         }
@@ -86,6 +80,7 @@ similar errors not logged
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local timer = require "zedcup.timer"
             timer.configure({ backoff_cap = 10 })
             local runs = 0
@@ -97,11 +92,7 @@ similar errors not logged
                 return true
             end))
 
-            local deadline = ngx.now() + 5
-            while runs < 5 and ngx.now() < deadline do
-                ngx.sleep(0.01)
-                ngx.update_time()
-            end
+            t.poll(5, 0.01, function() return runs >= 5 end)
             local s = timer.stats().flaky
             ngx.say("failures: ", s.failures)
             ngx.say("consecutive: ", s.consecutive_failures)
@@ -130,6 +121,7 @@ delay back to the interval: 0.02
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local timer = require "zedcup.timer"
             local settings = ngx.shared.settings
             settings:set("interval", 0.01)
@@ -140,11 +132,7 @@ delay back to the interval: 0.02
             end))
 
             local function wait_runs(n)
-                local deadline = ngx.now() + 5
-                while #times < n and ngx.now() < deadline do
-                    ngx.sleep(0.005)
-                    ngx.update_time()
-                end
+                t.poll(5, 0.005, function() return #times >= n end)
             end
 
             wait_runs(5)
@@ -178,6 +166,7 @@ delay: 0.25
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local timer = require "zedcup.timer"
             timer.configure({ recheck = 0.1 })
             local settings = ngx.shared.settings
@@ -188,11 +177,7 @@ delay: 0.25
             ngx.sleep(0.3)
             ngx.say("ran once: ", runs)
             settings:set("interval", 0.05)
-            local deadline = ngx.now() + 3
-            while runs < 3 and ngx.now() < deadline do
-                ngx.sleep(0.01)
-                ngx.update_time()
-            end
+            t.poll(3, 0.01, function() return runs >= 3 end)
             ngx.say("ran again: ", runs >= 3)
             ngx.say("delay: ", timer.stats().slow.last_delay)
             timer.stop("slow")
@@ -216,6 +201,7 @@ delay: 0.05
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local timer = require "zedcup.timer"
             local settings = ngx.shared.settings
             settings:set("interval", 0.02)
@@ -226,11 +212,7 @@ delay: 0.05
                 return v
             end, function() runs = runs + 1 end))
             local function wait_runs(n)
-                local deadline = ngx.now() + 5
-                while runs < n and ngx.now() < deadline do
-                    ngx.sleep(0.01)
-                    ngx.update_time()
-                end
+                t.poll(5, 0.01, function() return runs >= n end)
             end
             wait_runs(3)
             settings:set("interval", "boom")
@@ -283,6 +265,7 @@ runs in range: true (true, true)
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local timer = require "zedcup.timer"
             local runs = 0
             local at = {}
@@ -294,11 +277,7 @@ runs in range: true (true, true)
             end))
             -- runs at 0, 0.1, 0.3, 0.7, then 1.5: read right after the 4th, however
             -- late the timers fire on a busy machine
-            local deadline = ngx.now() + 5
-            while runs < 4 and ngx.now() < deadline do
-                ngx.sleep(0.01)
-                ngx.update_time()
-            end
+            t.poll(5, 0.01, function() return runs >= 4 end)
             ngx.say("runs: ", runs)
             ngx.say("next delay: ", timer.stats().failing.last_delay)
             timer.stop("failing")
@@ -389,12 +368,9 @@ unknown timer option: bogus
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local timer = require "zedcup.timer"
-            local deadline = ngx.now() + 5
-            while timer.stats().heartbeat.runs <= 1 and ngx.now() < deadline do
-                ngx.sleep(0.01)
-                ngx.update_time()
-            end
+            t.poll(5, 0.01, function() return timer.stats().heartbeat.runs > 1 end)
             ngx.say(timer.stats().heartbeat.runs > 1)
         }
     }

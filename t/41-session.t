@@ -28,12 +28,9 @@ __DATA__
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local seen = ngx.shared.seen
-            local deadline = ngx.now() + 5
-            while not (seen:get(0) and seen:get(1)) and ngx.now() < deadline do
-                ngx.sleep(0.02)
-                ngx.update_time()
-            end
+            t.poll(5, 0.02, function() return seen:get(0) and seen:get(1) end)
             local id0, id1 = seen:get(0), seen:get(1)
             ngx.say("both workers have one: ", id0 ~= nil and id1 ~= nil)
             ngx.say("the same: ", id0 == id1)
@@ -105,12 +102,9 @@ node name: true
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local session = require "zedcup.session"
-            local deadline = ngx.now() + 5
-            while not session.id() and ngx.now() < deadline do
-                ngx.sleep(0.02)
-                ngx.update_time()
-            end
+            t.poll(5, 0.02, function() return session.id() end)
             local id = session.id()
             ngx.say("have a session: ", id ~= nil)
             local renewals0 = ngx.shared.locks:get(session._keys.renewals) or 0
@@ -159,22 +153,15 @@ renewals in range: true \(\d+\)
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local session = require "zedcup.session"
             local kv = require "zedcup.kv"
-            local deadline = ngx.now() + 5
-            while not session.id() and ngx.now() < deadline do
-                ngx.sleep(0.02)
-                ngx.update_time()
-            end
+            t.poll(5, 0.02, function() return session.id() end)
             local old = session.id()
             local res = assert(kv.client():put("/session/destroy/" .. old, ""))
             ngx.say("destroyed: ", res.status)
 
-            deadline = ngx.now() + 5
-            while session.id() == old and ngx.now() < deadline do
-                ngx.sleep(0.02)
-                ngx.update_time()
-            end
+            t.poll(5, 0.02, function() return session.id() ~= old end)
             local new = session.id()
             ngx.say("replaced: ", new ~= nil and new ~= old)
             res = assert(kv.client():get("/session/info/" .. new))
@@ -260,6 +247,7 @@ lock name must be a non-empty string without '/' (got a/b)
     }
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local session = require "zedcup.session"
             local function node2(what)
                 local httpc = require("zedcup.deps").http.new()
@@ -277,13 +265,10 @@ lock name must be a non-empty string without '/' (got a/b)
             assert(session.destroy())
             ngx.say("node2 acquire in lock delay: ", node2("acquire"))
             local got
-            local deadline = t0 + 5
-            while ngx.now() < deadline do
+            t.retry_until(t0 + 5, 0.05, function()
                 got = node2("acquire")
-                if got == "true" then break end
-                ngx.sleep(0.05)
-                ngx.update_time()
-            end
+                return got == "true"
+            end)
             ngx.say("node2 acquire after it: ", got, ", waited about the delay: ", ngx.now() - t0 >= 0.9)
             ngx.say("holder: ", (session.holder("x")))
             ngx.say("node1 acquire: ", session.acquire("x"))
@@ -331,6 +316,7 @@ node1 acquire: false
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local held = ngx.shared.held
             local session = require "zedcup.session"
             local function holders()
@@ -342,16 +328,8 @@ node1 acquire: false
             end
 
             local ticks = ngx.shared.ticks
-            -- polls until cond() (or 5 s)
-            local function wait_until(cond)
-                local deadline = ngx.now() + 5
-                while not cond() and ngx.now() < deadline do
-                    ngx.sleep(0.01)
-                    ngx.update_time()
-                end
-            end
             -- both workers contended a few times
-            wait_until(function()
+            t.poll(5, 0.01, function()
                 local keys = ticks:get_keys()
                 return #keys == 2 and ticks:get(keys[1]) >= 5 and ticks:get(keys[2]) >= 5
             end)
@@ -360,11 +338,11 @@ node1 acquire: false
             ngx.say("it is the lock's holder: ", session.worker_lock_holder("job") == first[1])
 
             held:set("quit", first[1])
-            wait_until(function() return #holders() >= 2 end)
+            t.poll(5, 0.01, function() return #holders() >= 2 end)
             local count = held:get(first[1])
             -- the first worker ran a few more times since
-            local t = ticks:get(first[1])
-            wait_until(function() return ticks:get(first[1]) >= t + 3 end)
+            local ticks0 = ticks:get(first[1])
+            t.poll(5, 0.01, function() return ticks:get(first[1]) >= ticks0 + 3 end)
             ngx.say("taken over: ", #holders() == 2)
             ngx.say("first stopped: ", held:get(first[1]) == count)
             ngx.say("new holder: ", session.worker_lock_holder("job") ~= first[1])
@@ -404,12 +382,9 @@ new holder: true
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local timer = require "zedcup.timer"
-            local deadline = ngx.now() + 5
-            while timer.stats()["session renewal"].runs < 5 and ngx.now() < deadline do
-                ngx.sleep(0.02)
-                ngx.update_time()
-            end
+            t.poll(5, 0.02, function() return timer.stats()["session renewal"].runs >= 5 end)
             local s = timer.stats()["session renewal"]
             ngx.say("still scheduled: ", s.pending or s.running)
             ngx.say("kept trying: ", s.runs >= 5, " (", s.runs, ")")

@@ -48,18 +48,14 @@ __DATA__
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local zedcup = require "zedcup"
             local kv = require "zedcup.kv"
             local flags = ngx.shared.flags
             local base = "$TEST_ZEDCUP_PREFIX/state/app/primary/web01/"
             local function wait_for(what, pred)
-                local deadline = ngx.now() + 8
-                while ngx.now() < deadline do
-                    local v = pred()
-                    if v then return v end
-                    ngx.sleep(0.02)
-                    ngx.update_time()
-                end
+                local v = t.retry_until(ngx.now() + 8, 0.02, pred)
+                if v then return v end
                 ngx.say("timed out waiting for ", what)
                 return ngx.exit(200)
             end
@@ -151,17 +147,13 @@ event host_up app/primary/web01
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local zedcup = require "zedcup"
             local kv = require "zedcup.kv"
             local function check_of(host)
                 local key = "$TEST_ZEDCUP_PREFIX/state/tls/p/" .. host .. "/check"
-                local deadline = ngx.now() + 8
-                while ngx.now() < deadline do
-                    local e = kv.get(key)
-                    if e then return e.Value end
-                    ngx.sleep(0.02)
-                    ngx.update_time()
-                end
+                local e = t.retry_until(ngx.now() + 8, 0.02, function() return kv.get(key) end)
+                if e then return e.Value end
                 return "no check"
             end
 
@@ -307,6 +299,7 @@ truefalsetruefalse
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local zedcup = require "zedcup"
             local kv = require "zedcup.kv"
             assert(zedcup.configure({ healthcheck_interval = 0.1 }))
@@ -317,11 +310,7 @@ truefalsetruefalse
                             hosts = { { name = "h", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } },
             }))
             local key = "$TEST_ZEDCUP_PREFIX/state/hdr/p/h/check"
-            local deadline = ngx.now() + 8
-            while not kv.get(key) and ngx.now() < deadline do
-                ngx.sleep(0.02)
-                ngx.update_time()
-            end
+            t.poll(8, 0.02, function() return kv.get(key) end)
             ngx.say(ngx.shared.seen:get("req"))
             ngx.say("check: ", kv.get(key).Value)
         }
@@ -365,6 +354,7 @@ check: ok
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local zedcup = require "zedcup"
             local kv = require "zedcup.kv"
             local state = require "zedcup.state"
@@ -388,16 +378,13 @@ check: ok
             -- polls until `down` is gone; a failed read is reported, never taken
             -- for "gone"
             local function wait_up(host, deadline)
-                while ngx.now() < deadline do
+                t.retry_until(deadline, 0.02, function()
                     local e, err = kv.get(base .. host .. "/down")
                     if e == nil then
                         ngx.say("reading ", host, "/down failed: ", err)
-                    elseif not e then
-                        return
                     end
-                    ngx.sleep(0.02)
-                    ngx.update_time()
-                end
+                    return e == false
+                end)
             end
             wait_up("plain", t0 + 8)
             local waited = ngx.now() - t0
@@ -451,6 +438,7 @@ revived: 1, marked up: 1
 --- config
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local zedcup = require "zedcup"
             local kv = require "zedcup.kv"
             assert(zedcup.configure({ healthcheck_interval = 0.1 }))
@@ -464,11 +452,7 @@ revived: 1, marked up: 1
             }))
             for _, h in ipairs({ "prefixed", "path", "refused" }) do
                 local key = "$TEST_ZEDCUP_PREFIX/state/sock/p/" .. h .. "/check"
-                local deadline = ngx.now() + 8
-                while not kv.get(key) and ngx.now() < deadline do
-                    ngx.sleep(0.02)
-                    ngx.update_time()
-                end
+                t.poll(8, 0.02, function() return kv.get(key) end)
                 local e = kv.get(key)
                 ngx.say(h, ": ", e and e.Value:gsub("127.0.0.1:%d+", "127.0.0.1:PORT") or "no check")
             end

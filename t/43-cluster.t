@@ -36,6 +36,7 @@ __DATA__
     }
     location = /t {
         content_by_lua_block {
+            local t = require "blocks_t"
             local zedcup = require "zedcup"
             local session = require "zedcup.session"
             local hc = require "zedcup.healthcheck"
@@ -49,12 +50,7 @@ __DATA__
                 return res.body
             end
             local function wait_for(what, limit, pred)
-                local deadline = ngx.now() + limit
-                while ngx.now() < deadline do
-                    if pred() then return true end
-                    ngx.sleep(0.05)
-                    ngx.update_time()
-                end
+                if t.retry_until(ngx.now() + limit, 0.05, pred) then return true end
                 ngx.say("timed out waiting for ", what)
                 return false
             end

@@ -1,0 +1,146 @@
+-- Lua helpers shared by the data-plane t/*.t blocks.
+--
+-- The harness puts t/lib/ on lua_package_path, so a block does
+--     local T = require "zedcup_t"
+-- `$TEST_NGINX_*` substitution does not reach this file: every port or key
+-- prefix a helper needs is an argument.
+--
+-- The multi-worker blocks follow one pattern: a location (usually /which,
+-- served by _M.which) answers "<worker id> <text>\n", and the block's /t asks
+-- its own server over fresh connections until every worker gave the answer
+-- it waits for.
+
+local tcp = ngx.socket.tcp
+local say = ngx.say
+local sleep = ngx.sleep
+local now = ngx.now
+local update_time = ngx.update_time
+local worker_id = ngx.worker.id
+local type = type
+local tonumber = tonumber
+local tostring = tostring
+local error = error
+local assert = assert
+
+local _M = { _VERSION = "0.1.0" }
+
+-- Content handler of the blocks' /which location: a zedcup handler for
+-- instance `?i=` (default "inst") requests "/" and the body is said as
+-- "<worker id> <backend body>"; a create_handler or request error is said as
+-- "<worker id> <error>".
+function _M.which()
+    local handler, err = require("zedcup").create_handler(ngx.var.arg_i or "inst")
+    if not handler then
+        say(worker_id(), " ", err)
+        return
+    end
+    local res, rerr = handler:request({ path = "/" })
+    if not res then
+        say(worker_id(), " ", rerr)
+        return
+    end
+    say(worker_id(), " ", res:read_body())
+    handler:set_keepalive()
+end
+
+-- GET `path` from 127.0.0.1:`port` over a fresh HTTP/1.0 connection (2 s
+-- timeout) and split a "<worker id> <text>\n" body.
+-- -> worker id (number), text | nil, nil when the body has another shape.
+-- A failed connect raises (the block fails).
+function _M.ask(port, path)
+    if type(port) ~= "number" then
+        error("zedcup_t.ask: port must be a number, got " .. type(port), 2)
+    end
+    local sock = tcp()
+    sock:settimeout(2000)
+    assert(sock:connect("127.0.0.1", port))
+    sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    local data = sock:receive("*a")
+    sock:close()
+    local body = data:match("\r\n\r\n(.*)$") or ""
+    local w, rest = body:match("^(%d+) (.-)\n?$")
+    return tonumber(w), rest
+end
+
+-- Ask 127.0.0.1:`port` for `path` every 20 ms until workers 0 and 1 both
+-- answered `want` as their latest answer, or `deadline` seconds passed.
+-- -> seconds taken | nil on the deadline.
+function _M.until_all(port, path, want, deadline)
+    local ask = _M.ask
+    local start = now()
+    local seen = {}
+    while now() - start < deadline do
+        local w, body = ask(port, path)
+        if w and body == want then
+            seen[w] = true
+        elseif w then
+            seen[w] = nil
+        end
+        if seen[0] and seen[1] then
+            return now() - start
+        end
+        sleep(0.02)
+        update_time()
+    end
+    return nil
+end
+
+-- _M.ask and _M.until_all bound to one server port:
+-- -> ask(path), until_all(path, want, deadline)
+function _M.client(port)
+    if type(port) ~= "number" then
+        error("zedcup_t.client: port must be a number, got " .. type(port), 2)
+    end
+    local function ask(path)
+        return _M.ask(port, path)
+    end
+    local function until_all(path, want, deadline)
+        return _M.until_all(port, path, want, deadline)
+    end
+    return ask, until_all
+end
+
+local function check_wait(name, seconds, step, done)
+    if type(seconds) ~= "number" then
+        error("zedcup_t." .. name .. ": seconds must be a number, got " .. type(seconds), 3)
+    end
+    if type(step) ~= "number" or step <= 0 then
+        error("zedcup_t." .. name .. ": step must be a positive number, got " .. tostring(step), 3)
+    end
+    if type(done) ~= "function" then
+        error("zedcup_t." .. name .. ": done must be a function, got " .. type(done), 3)
+    end
+end
+
+-- Call `done()` until it returns a truthy value or `seconds` pass, checking
+-- first, then every `step` seconds (for a state that may already hold).
+-- -> the last value done() returned.
+function _M.wait_for(seconds, step, done)
+    check_wait("wait_for", seconds, step, done)
+    local deadline = now() + seconds
+    local v = done()
+    while not v and now() < deadline do
+        sleep(step)
+        update_time()
+        v = done()
+    end
+    return v
+end
+
+-- Sleep `step` seconds, then call `done()`, until it returns a truthy value or
+-- `seconds` pass (for a change that cannot have happened yet). Unlike
+-- wait_for (and blocks_t.poll), the first check comes after the first sleep.
+-- -> the last value done() returned.
+function _M.wait_for_change(seconds, step, done)
+    check_wait("wait_for_change", seconds, step, done)
+    local deadline = now() + seconds
+    local v
+    repeat
+        sleep(step)
+        update_time()
+        v = done()
+    until v or now() > deadline
+    return v
+end
+
+return _M
