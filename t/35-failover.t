@@ -399,32 +399,9 @@ EVENT host_down
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
         location / {
-            access_by_lua_block {
-                local flags = ngx.shared.flags
-                local args = ngx.req.get_uri_args()
-                local what = ngx.var.uri:match("^/v1/kv/$TEST_ZEDCUP_PREFIX/(%a+)/") or ngx.var.uri
-                flags:incr("requests", 1, 0)
-                if args.index then
-                    ngx.ctx.blocking = "blocking:" .. what
-                    flags:incr(ngx.ctx.blocking, 1, 0)
-                end
-                if ngx.req.get_method() ~= "GET" then
-                    flags:incr("writes:" .. ngx.var.uri, 1, 0)
-                end
-                local status = flags:get("status")
-                if status then return ngx.exit(status) end
-            }
-            header_filter_by_lua_block {
-                local inflate = ngx.shared.flags:get("inflate")
-                local index = tonumber(ngx.header["X-Consul-Index"])
-                if inflate and index and ngx.var.uri:find("/instances/", 1, true) then
-                    ngx.shared.flags:delete("inflate")
-                    ngx.header["X-Consul-Index"] = index + inflate
-                end
-            }
-            log_by_lua_block {
-                if ngx.ctx.blocking then ngx.shared.flags:incr(ngx.ctx.blocking, -1, 0) end
-            }
+            access_by_lua_block { require("zedcup_t").consul_proxy_access("$TEST_ZEDCUP_PREFIX") }
+            header_filter_by_lua_block { require("zedcup_t").consul_proxy_header_filter() }
+            log_by_lua_block { require("zedcup_t").consul_proxy_log() }
             proxy_pass http://127.0.0.1:$TEST_NGINX_CONSUL_PORT;
             proxy_read_timeout 700s;
             proxy_buffering off;

@@ -143,4 +143,51 @@ function _M.wait_for_change(seconds, step, done)
     return v
 end
 
+-- A proxy between zedcup and Consul that counts and can misbehave, for the
+-- watcher and outage tests. A `location /` that proxy_passes to Consul calls:
+--   access_by_lua_block { require("zedcup_t").consul_proxy_access("<prefix>") }
+--   header_filter_by_lua_block { require("zedcup_t").consul_proxy_header_filter() }
+--   log_by_lua_block { require("zedcup_t").consul_proxy_log() }
+-- Counters in ngx.shared.flags: "requests"; "blocking:<tree>", the blocking
+-- queries in flight per tree under the prefix (config, instances, state);
+-- "writes:<uri>". Knobs in ngx.shared.flags: "status" answers that status
+-- instead of proxying; "inflate" is added once to the X-Consul-Index of an
+-- /instances/ answer (an index going backwards after it).
+function _M.consul_proxy_access(prefix)
+    if type(prefix) ~= "string" then
+        error("prefix must be a string (got " .. type(prefix) .. ")", 2)
+    end
+    local flags = ngx.shared.flags
+    local uri = ngx.var.uri
+    local what = uri:match("^/v1/kv/" .. prefix:gsub("%p", "%%%0") .. "/(%a+)/") or uri
+    flags:incr("requests", 1, 0)
+    if ngx.req.get_uri_args().index then
+        ngx.ctx.blocking = "blocking:" .. what
+        flags:incr(ngx.ctx.blocking, 1, 0)
+    end
+    if ngx.req.get_method() ~= "GET" then
+        flags:incr("writes:" .. uri, 1, 0)
+    end
+    local status = flags:get("status")
+    if status then
+        return ngx.exit(status)
+    end
+end
+
+function _M.consul_proxy_header_filter()
+    local flags = ngx.shared.flags
+    local inflate = flags:get("inflate")
+    local index = tonumber(ngx.header["X-Consul-Index"])
+    if inflate and index and ngx.var.uri:find("/instances/", 1, true) then
+        flags:delete("inflate")
+        ngx.header["X-Consul-Index"] = index + inflate
+    end
+end
+
+function _M.consul_proxy_log()
+    if ngx.ctx.blocking then
+        ngx.shared.flags:incr(ngx.ctx.blocking, -1, 0)
+    end
+end
+
 return _M
