@@ -509,6 +509,20 @@ local function bad_value(s)
     return str_find(s, "[\r\n]") ~= nil
 end
 
+-- appends "name: value\r\n" to the buffer b after index n -> the new n, or
+-- nil when the value would break the framing (CR or LF)
+local function put_header(b, n, name, value)
+    local v = tostring(value)
+    if bad_value(v) then
+        return nil
+    end
+    b[n + 1] = name
+    b[n + 2] = ": "
+    b[n + 3] = v
+    b[n + 4] = "\r\n"
+    return n + 4
+end
+
 local function send_chunk(sock, data)
     chunk_buf[1] = str_format("%x\r\n", #data)
     chunk_buf[2] = data
@@ -911,26 +925,16 @@ local function do_request(self, params, path, query, pipelined)
             end
             if type(value) == "table" then
                 for i = 1, #value do
-                    local v = tostring(value[i])
-                    if bad_value(v) then
+                    n = put_header(b, n, name, value[i])
+                    if not n then
                         return nil, "send request failed: invalid value for header " .. name
                     end
-                    b[n + 1] = name
-                    b[n + 2] = ": "
-                    b[n + 3] = v
-                    b[n + 4] = "\r\n"
-                    n = n + 4
                 end
             else
-                local v = tostring(value)
-                if bad_value(v) then
+                n = put_header(b, n, name, value)
+                if not n then
                     return nil, "send request failed: invalid value for header " .. name
                 end
-                b[n + 1] = name
-                b[n + 2] = ": "
-                b[n + 3] = v
-                b[n + 4] = "\r\n"
-                n = n + 4
             end
         end
     end
