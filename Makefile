@@ -30,9 +30,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PYTEST_ARGS ?=
 
-.PHONY: deps system-deps python-deps test lint lint-lua lint-python bench run clean
+.PHONY: deps system-deps python-deps consul test lint lint-lua lint-python bench run clean
 
-deps: system-deps python-deps
+deps: system-deps python-deps consul
 
 # Installs only what is missing: no apt-get update (and nothing else) when all is there.
 system-deps:
@@ -64,6 +64,43 @@ $(STAMP): controlplane/pyproject.toml | system-deps
 	$(PY) -m pip install -q --disable-pip-version-check -e 'controlplane[test]'
 	touch $@
 
+# A real Consul for the tests: $$CONSUL_BINARY, else `consul` on PATH, else Debian bullseye's
+# consul package (1.8.7, a static binary that runs on bookworm) fetched through the mirror
+# this machine's apt sources already name, with private apt lists (nothing system-wide is
+# changed). Whichever it is, .tools/bin/consul links to it.
+CONSUL_LINK := .tools/bin/consul
+
+consul:
+	@want=$${CONSUL_BINARY:-$$(command -v consul 2>/dev/null || true)}
+	if [ -n "$$want" ]; then
+	    [ "$$(readlink $(CONSUL_LINK) 2>/dev/null)" = "$$want" ] && exit 0
+	    mkdir -p .tools/bin; ln -sfn "$$want" $(CONSUL_LINK)
+	    echo "make deps: consul: using $$want"; exit 0
+	fi
+	fetched=$(CURDIR)/.tools/consul-deb/usr/bin/consul
+	if [ -x "$$fetched" ]; then
+	    [ "$$(readlink $(CONSUL_LINK) 2>/dev/null)" = "$$fetched" ] || { mkdir -p .tools/bin; ln -sfn "$$fetched" $(CONSUL_LINK); }
+	    exit 0
+	fi
+	uri=$$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($$i !~ /security/) { print $$i; exit } }' \
+	           /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+	[ -n "$$uri" ] || uri=$$(awk '$$1 == "deb" && $$0 !~ /security/ { for (i = 2; i <= NF; i++) \
+	           if ($$i ~ /^[a-z]+:\/\//) { print $$i; exit } }' /etc/apt/sources.list 2>/dev/null || true)
+	[ -n "$$uri" ] || { echo "make deps: consul: no Debian mirror in the apt sources; set CONSUL_BINARY" >&2; exit 1; }
+	work=$$(mktemp -d); trap 'rm -rf "$$work"' EXIT
+	mkdir -p "$$work/parts" "$$work/lists/partial"
+	printf 'Types: deb\nURIs: %s\nSuites: bullseye\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+	    "$$uri" > "$$work/parts/bullseye.sources"
+	apt_opts="-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=$$work/parts -o Dir::State::Lists=$$work/lists"
+	# apt's download sandbox user cannot write into a private temporary directory.
+	[ "$$(id -u)" != 0 ] || apt_opts="$$apt_opts -o APT::Sandbox::User=root"
+	echo "make deps: consul: fetching Debian bullseye's consul package"
+	apt-get $$apt_opts -qq update
+	(cd "$$work" && apt-get $$apt_opts -qq download consul)
+	rm -rf .tools/consul-deb; mkdir -p .tools; dpkg -x "$$work"/consul_*.deb .tools/consul-deb
+	mkdir -p .tools/bin; ln -sfn "$$fetched" $(CONSUL_LINK)
+	echo "make deps: consul: $$($(CONSUL_LINK) version | head -1)"
+
 lint: lint-lua lint-python
 
 lint-lua: system-deps
@@ -83,4 +120,4 @@ run: deps
 	$(PY) -m zedctl.demo
 
 clean:
-	rm -rf $(VENV) t/servroot* .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .tools t/servroot* .pytest_cache .ruff_cache .hypothesis
