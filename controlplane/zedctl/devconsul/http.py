@@ -158,8 +158,11 @@ class Api:
     """Consul's HTTP API over a Store; one method per endpoint family."""
 
     def __init__(self, store: Store, acl_token: str | None = None) -> None:
+        from .catalog_http import CatalogEndpoints  # it builds on this module's types
+
         self.store = store
         self.acl_token = acl_token
+        self._catalog_routes = CatalogEndpoints(self).routes()
 
     # ------------------------------------------------------------ dispatch
 
@@ -221,6 +224,7 @@ class Api:
             "/v1/status/peers": {"GET": self._simple(lambda r: [LEADER])},
             "/v1/catalog/datacenters": {"GET": self._simple(lambda r: [DATACENTER])},
             "/v1/agent/self": {"GET": self._simple(self.agent_self)},
+            **self._catalog_routes,
         }
 
     def _simple(self, fn: Callable[[Request], Any]) -> Callable[..., Response]:

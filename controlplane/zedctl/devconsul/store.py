@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from .catalog import Catalog
 from .durations import SECOND, format_duration, parse_duration
 
 T = TypeVar("T")
@@ -153,6 +154,7 @@ class Store:
         self._closed = False
         self._reaper: threading.Thread | None = None
         self.on_commit: Callable[[], None] | None = None
+        self.catalog = Catalog(self)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -179,6 +181,7 @@ class Store:
                     w.event.set()
             for w in self._session_watches:
                 w.event.set()
+            self.catalog.close()
         if reaper is not None and reaper is not threading.current_thread():
             reaper.join(timeout=5)
 
@@ -276,8 +279,9 @@ class Store:
     ) -> tuple[int, T]:
         """Run `query` once its index exceeds `min_index` or `timeout` seconds pass.
 
-        kind is "key" (wake when that key changes), "prefix" (anything under it) or
-        "session" (any session change). Without min_index the query answers at once.
+        kind is "key" (wake when that key changes), "prefix" (anything under it),
+        "session" (any session change) or "catalog" (any service or check change).
+        Without min_index the query answers at once.
         `alive`, when given, is asked every CLIENT_CHECK seconds whether the client is
         still there; a query whose client left ends early, freeing its thread.
         """
@@ -315,10 +319,13 @@ class Store:
                 sum(len(w) for w in self._key_watches.values())
                 + sum(len(w) for w in self._prefix_watches.values())
                 + len(self._session_watches)
+                + self.catalog.watch_count()
             )
 
     def _add_watch(self, kind: str, target: str, watch: _Watch) -> None:
-        if kind == "session":
+        if kind == "catalog":
+            self.catalog.add_watch(watch.event)
+        elif kind == "session":
             self._session_watches.add(watch)
         elif kind == "prefix":
             self._prefix_watches.setdefault(target, set()).add(watch)
@@ -326,6 +333,9 @@ class Store:
             self._key_watches.setdefault(target, set()).add(watch)
 
     def _remove_watch(self, kind: str, target: str, watch: _Watch) -> None:
+        if kind == "catalog":
+            self.catalog.remove_watch(watch.event)
+            return
         if kind == "session":
             self._session_watches.discard(watch)
             return
@@ -766,6 +776,9 @@ class Store:
                     self._invalidate(sid)
                 self._reap_tombstones()
                 deadlines = [s.deadline for s in self._sessions.values() if s.deadline]
+                catalog_due = self.catalog.due(time.monotonic())
+                if catalog_due is not None:
+                    deadlines.append(catalog_due)
                 if self._tomb:
                     oldest = min(at for _, at in self._tomb.values())
                     deadlines.append(time.monotonic() + oldest + self.tombstone_ttl - time.time())
