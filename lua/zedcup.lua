@@ -106,6 +106,9 @@ function _M.init(user)
     -- client, Consul client, cache and lock even when lua-resty-* are installed.
     require("zedcup.deps").init({ builtin = user.builtin_deps })
 
+    -- host names: the resolver in opts.resolver, else the system's
+    require("zedcup.resolver").configure(user.resolver)
+
     kv.init(o.prefix, o.consul)
     config.init(shared[o.dicts.cache])
     state.init(shared[o.dicts.cache])

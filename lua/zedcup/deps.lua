@@ -6,6 +6,7 @@
 --   deps.consul   resty.consul   | zedcup.consul  consul:new(opts)
 --   deps.mlcache  resty.mlcache  | zedcup.cache   mlcache.new(name, shm, opts)
 --   deps.lock     resty.lock     | zedcup.lock    lock:new(dict_name, opts)
+--   deps.dns      resty.dns.resolver | zedcup.dns  resolver:new(opts)
 --
 -- Note the call forms: resty.consul and resty.lock take `self` in new(), so
 -- callers must use `deps.consul:new(...)` and `deps.lock:new(...)` (the
@@ -36,8 +37,9 @@ local CANDIDATES = {
     consul = { "resty.consul", "zedcup.consul" },
     mlcache = { "resty.mlcache", "zedcup.cache" },
     lock = { "resty.lock", "zedcup.lock" },
+    dns = { "resty.dns.resolver", "zedcup.dns" },
 }
-local ORDER = { "http", "consul", "mlcache", "lock" }
+local ORDER = { "http", "consul", "mlcache", "lock", "dns" }
 
 -- field -> module name in use
 local chosen
@@ -86,7 +88,7 @@ function _M.init(opts)
     end
 
     ngx_log(NOTICE, "[zedcup] using http=", chosen.http, " consul=", chosen.consul,
-            " mlcache=", chosen.mlcache, " lock=", chosen.lock)
+            " mlcache=", chosen.mlcache, " lock=", chosen.lock, " dns=", chosen.dns)
 
     return _M.names()
 end
@@ -103,6 +105,7 @@ function _M.names()
         consul = chosen.consul,
         mlcache = chosen.mlcache,
         lock = chosen.lock,
+        dns = chosen.dns,
     }
 end
 

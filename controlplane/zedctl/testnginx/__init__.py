@@ -73,6 +73,11 @@ Variables, substituted in every section as `$NAME` or `${NAME}`:
     TEST_NGINX_CONSUL_HOST, TEST_NGINX_CONSUL_PORT, TEST_NGINX_CONSUL_TOKEN
                              the session's Consul (embedded dev-consul, or --consul-url);
                              using one of these is what starts it
+    TEST_NGINX_DNS_PORT, TEST_NGINX_DNS_DIR
+                             a DNS server on 127.0.0.1 for this block (zedctl.testdns):
+                             one records file per name in the directory (`A 1.2.3.4`,
+                             `AAAA ::1`, `TTL 2`, `SERVFAIL`, `DROP` lines), read on
+                             every query; using one of these is what starts it
     any TEST_NGINX_* / TEST_ZEDCUP_* from the environment
 They are also in nginx's environment (with `env` lines for them and for ZEDCUP_*).
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from .client import HttpResponse, RequestSpec, exchange, parse_headers, parse_responses
@@ -26,6 +27,9 @@ from .runner import (
     summarize_log,
     without_probe_lines,
 )
+
+if TYPE_CHECKING:
+    from ..testdns import TestDNS
 
 PORT_RETRIES = 3
 DEFAULT_TIMEOUT = 5.0
@@ -102,6 +106,7 @@ class BlockRun:
     env: Mapping[str, str] = field(default_factory=dict)
     servers: list[NginxServer] = field(default_factory=list)
     variables: list[dict[str, str]] = field(default_factory=list)
+    dns: TestDNS | None = None  # the block's zedctl.testdns.TestDNS, when it uses $TEST_NGINX_DNS_*
 
     # -- variables ----------------------------------------------------------------
     def make_variables(self, nodes: int) -> list[dict[str, str]]:
@@ -121,6 +126,13 @@ class BlockRun:
             common["TEST_NGINX_CONSUL_HOST"] = self.consul.host
             common["TEST_NGINX_CONSUL_PORT"] = str(self.consul.port)
             common["TEST_NGINX_CONSUL_TOKEN"] = self.consul.token or ""
+        if self.block.needs_dns:
+            if self.dns is None:
+                from ..testdns import TestDNS
+
+                self.dns = TestDNS(self.tmp / "dns").start()
+            common["TEST_NGINX_DNS_PORT"] = str(self.dns.port)
+            common["TEST_NGINX_DNS_DIR"] = str(self.dns.directory)
         for i, port in enumerate(rand_ports, 1):
             common[f"TEST_NGINX_RAND_PORT_{i}"] = str(port)
         for i, port in enumerate(node_ports, 1):
@@ -428,6 +440,8 @@ class BlockRun:
                 raise self.failure(failures, responses)
         finally:
             self.stop()
+            if self.dns is not None:
+                self.dns.stop()
             # the block's keys go with it (they would pile up in an external Consul)
             if self.consul is not None and self.variables:
                 self.consul.delete_tree(self.variables[0]["TEST_ZEDCUP_PREFIX"])

@@ -71,8 +71,12 @@ FIXED_VARIABLES: frozenset[str] = frozenset(
         "TEST_NGINX_SERVROOT",
         "TEST_NGINX_REPO",
         "TEST_NGINX_NODE",
+        "TEST_NGINX_DNS_PORT",
+        "TEST_NGINX_DNS_DIR",
     }
 )
+#: Variables whose use starts a DNS server for the block (zedctl.testdns).
+DNS_VARIABLES: frozenset[str] = frozenset({"TEST_NGINX_DNS_PORT", "TEST_NGINX_DNS_DIR"})
 #: Variables whose use makes a block need Consul (the session's `consul` fixture).
 CONSUL_VARIABLES: frozenset[str] = frozenset(
     {"TEST_NGINX_CONSUL_PORT", "TEST_NGINX_CONSUL_HOST", "TEST_NGINX_CONSUL_TOKEN"}
@@ -162,6 +166,10 @@ class Block:
     @property
     def needs_consul(self) -> bool:
         return bool(self.variables() & CONSUL_VARIABLES)
+
+    @property
+    def needs_dns(self) -> bool:
+        return bool(self.variables() & DNS_VARIABLES)
 
     def rand_ports(self) -> int:
         """How many `$TEST_NGINX_RAND_PORT_N` the block needs (the highest N used)."""
