@@ -135,6 +135,8 @@ class BlockItem(pytest.Function):
 
     def run(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
         binary = nginx_binary(self.config)
+        if self.block.needs_dns:
+            pytest.importorskip("dnslib", reason="dnslib (the t/ DNS server) missing: make deps")
         consul = None
         if self.block.needs_consul:
             endpoint = request.getfixturevalue("consul")
