@@ -114,6 +114,8 @@ function _M.init(user)
     state.init(shared[o.dicts.cache])
 
     session.init(o)
+    require("zedcup.counters").init(shared[o.dicts.cache])
+    require("zedcup.node").init(shared[o.dicts.cache])
 
     opts = o
     initted = true
@@ -183,6 +185,8 @@ function _M.run_workers()
 
     session.run_workers()
     healthcheck.run_workers()
+    require("zedcup.counters").run_workers()
+    require("zedcup.node").run_workers()
     return nil
 end
 
@@ -253,6 +257,28 @@ function _M.create_handler(instance)
         return nil, err
     end
     return handler_new(plan)
+end
+
+
+---------------------------------------------------------------------------
+-- Observability (README "status, dashboard, metrics"): this node's memory only
+---------------------------------------------------------------------------
+
+--- status(instance?) -> table | nil, err: this node's view (zedcup.status)
+function _M.status(instance)
+    return require("zedcup.status").status(instance)
+end
+
+
+--- status_page(): content_by_lua: JSON or the live HTML dashboard (zedcup.dashboard)
+function _M.status_page()
+    return require("zedcup.dashboard").status_page()
+end
+
+
+--- metrics(): content_by_lua: the Prometheus text format (zedcup.metrics)
+function _M.metrics()
+    return require("zedcup.metrics").metrics()
 end
 
 

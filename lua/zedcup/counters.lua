@@ -1,0 +1,213 @@
+-- zedcup.counters: per-request counting, in worker memory, flushed to the
+-- node's shared dict off the request path.
+--
+-- The request path (handler and balancer alike) calls:
+--   counters.try(inst, pool, host, kind)  once per try that ended on a host:
+--                                         kind nil (answered), "connect",
+--                                         "request" or "status" (the failure)
+--   counters.request(inst, pool_index)    once per client request, at its end:
+--                                         the index of the pool that answered,
+--                                         nil when no host answered
+-- Both are a table lookup and a few increments of worker-local numbers: no
+-- shared dict, no allocation once a host has its entry. Every worker's flush
+-- timer (every FLUSH_INTERVAL s, and before a scrape in the scraping worker)
+-- adds the deltas to node-wide counters in the shared dict, which readers
+-- (zedcup.status, zedcup.metrics) read by name; counts are per node and
+-- survive reloads, not restarts.
+
+local ngx = ngx
+local ngx_log = ngx.log
+local ngx_ERR = ngx.ERR
+local type = type
+local pairs = pairs
+local tostring = tostring
+
+
+local _M = { _VERSION = "0.1.0" }
+
+-- s between flushes of a worker's counts to the shared dict
+local FLUSH_INTERVAL = 1
+_M.FLUSH_INTERVAL = FLUSH_INTERVAL
+
+-- what a try or a request can add to, in order (the shm key suffixes)
+local HOST_FIELDS = { "tries", "connect", "request", "status" }
+local INSTANCE_FIELDS = { "requests", "failovers", "no_host", "tries" }
+_M.HOST_FIELDS = HOST_FIELDS
+_M.INSTANCE_FIELDS = INSTANCE_FIELDS
+
+local dict -- the cache shared dict
+
+-- worker-local, keyed by the effective host record (a config change makes new
+-- records: their counts go on under the same names)
+local hosts = {}     -- host record -> { inst, pool name, host name, tries, connect, request, status }
+local insts = {}     -- instance name -> { requests, failovers, no_host, tries }
+local dirty = false
+
+
+--- init(cache_dict): the shared dict the node's counters live in (init_by_lua)
+function _M.init(cache_dict)
+    dict = cache_dict
+end
+
+
+local function host_entry(inst, pool, host)
+    local e = { inst = inst, pool = pool.name, host = host.name, tries = 0, connect = 0, request = 0, status = 0 }
+    hosts[host] = e
+    return e
+end
+
+
+local function instance_entry(inst)
+    local e = { requests = 0, failovers = 0, no_host = 0, tries = 0 }
+    insts[inst] = e
+    return e
+end
+
+
+--- try(inst, pool, host, kind?): one try ended on `host` (effective records)
+function _M.try(inst, pool, host, kind)
+    local e = hosts[host] or host_entry(inst, pool, host)
+    e.tries = e.tries + 1
+    if kind then
+        local n = e[kind]
+        if type(n) ~= "number" or kind == "tries" then
+            error("kind must be nil, \"connect\", \"request\" or \"status\" (got " .. tostring(kind) .. ")", 2)
+        end
+        e[kind] = n + 1
+    end
+    local ie = insts[inst] or instance_entry(inst)
+    ie.tries = ie.tries + 1
+    dirty = true
+end
+
+
+--- request(inst, pool_index?): a client request ended, answered by the pool
+-- at pool_index (nil: no host answered); pool_index > 1 is a failover
+function _M.request(inst, pool_index)
+    local ie = insts[inst] or instance_entry(inst)
+    ie.requests = ie.requests + 1
+    if not pool_index then
+        ie.no_host = ie.no_host + 1
+    elseif pool_index > 1 then
+        ie.failovers = ie.failovers + 1
+    end
+    dirty = true
+end
+
+
+--- host_key(inst, pool, host, field) -> the shm key of a host counter (names never hold '/')
+local function host_key(inst, pool, host, field)
+    return "m:h/" .. inst .. "/" .. pool .. "/" .. host .. "/" .. field
+end
+
+
+local function instance_key(inst, field)
+    return "m:i/" .. inst .. "/" .. field
+end
+
+
+local function add(key, n)
+    local _, err = dict:incr(key, n, 0)
+    if err then
+        return nil, "adding to counter " .. key .. ": " .. tostring(err)
+    end
+    return true
+end
+
+
+--- flush() -> true | nil, err: adds this worker's counts to the node's (timer job)
+function _M.flush()
+    if not dirty or not dict then
+        return true
+    end
+    dirty = false
+    local first_err
+    -- entries idle since the last flush are dropped, so records of old
+    -- configs do not pile up; a busy host keeps its entry (no allocation)
+    for host, e in pairs(hosts) do
+        if e.tries == 0 then
+            hosts[host] = nil
+        else
+            for i = 1, #HOST_FIELDS do
+                local f = HOST_FIELDS[i]
+                local n = e[f]
+                if n > 0 then
+                    local ok, err = add(host_key(e.inst, e.pool, e.host, f), n)
+                    if ok then
+                        e[f] = 0
+                    else
+                        first_err = first_err or err
+                        dirty = true
+                    end
+                end
+            end
+        end
+    end
+    for inst, e in pairs(insts) do
+        local any = false
+        for i = 1, #INSTANCE_FIELDS do
+            local f = INSTANCE_FIELDS[i]
+            local n = e[f]
+            if n > 0 then
+                any = true
+                local ok, err = add(instance_key(inst, f), n)
+                if ok then
+                    e[f] = 0
+                else
+                    first_err = first_err or err
+                    dirty = true
+                end
+            end
+        end
+        if not any then
+            insts[inst] = nil
+        end
+    end
+    if first_err then
+        return nil, first_err
+    end
+    return true
+end
+
+
+--- host(inst, pool_name, host_name) -> { tries =, connect =, request =, status = } (node-wide, flushed)
+function _M.host(inst, pool_name, host_name)
+    local out = {}
+    for i = 1, #HOST_FIELDS do
+        local f = HOST_FIELDS[i]
+        out[f] = dict and dict:get(host_key(inst, pool_name, host_name, f)) or 0
+    end
+    return out
+end
+
+
+--- instance(inst) -> { requests =, failovers =, no_host =, tries = } (node-wide, flushed)
+function _M.instance(inst)
+    local out = {}
+    for i = 1, #INSTANCE_FIELDS do
+        local f = INSTANCE_FIELDS[i]
+        out[f] = dict and dict:get(instance_key(inst, f)) or 0
+    end
+    return out
+end
+
+
+--- pending() -> whether this worker holds counts not flushed yet
+function _M.pending()
+    return dirty
+end
+
+
+--- run_workers(): starts this worker's flush timer (init_worker_by_lua)
+function _M.run_workers()
+    local timer = require "zedcup.timer"
+    local ok, err = timer.every("zedcup counters flush", FLUSH_INTERVAL, _M.flush)
+    if not ok and not tostring(err):find("already running", 1, true) then
+        ngx_log(ngx_ERR, "[zedcup] counters: ", err)
+        return nil, err
+    end
+    return true
+end
+
+
+return _M

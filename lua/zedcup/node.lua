@@ -1,0 +1,460 @@
+-- zedcup.node: this node's background view of itself and of the cluster, and
+-- its record in Consul (README "cluster view").
+--
+-- One worker per node (a shm token per tick) does, every TICK s:
+--   * transitions: compares the host state this node sees with the last tick's
+--     and keeps the last MAX_TRANSITIONS changes (and each host's latest) in
+--     the shared dict, for status() and the dashboard;
+--   * configs: notes when each instance's config changed on this node;
+-- and every PUBLISH_INTERVAL s:
+--   * reads <prefix>/nodes/ and the health-check lock (two reads): the
+--     cluster's live nodes, who checks, and whether Consul answers;
+--   * writes this node's record <prefix>/nodes/<node name> (JSON, held by the
+--     node's session, so it loses its session when the node dies) when its
+--     content changed or the session is new: never per request, at most once
+--     per PUBLISH_INTERVAL. Records whose session is gone are deleted (CAS).
+-- Everything status() needs from here is read from the shared dict, so any
+-- worker answers without Consul.
+
+local cjson = require "cjson.safe"
+local config = require "zedcup.config"
+local kv = require "zedcup.kv"
+local schema = require "zedcup.schema"
+local session = require "zedcup.session"
+local state = require "zedcup.state"
+
+local ngx = ngx
+local ngx_now = ngx.now
+local ngx_time = ngx.time
+local ngx_log = ngx.log
+local ngx_ERR = ngx.ERR
+local ngx_md5 = ngx.md5
+local worker_exiting = ngx.worker.exiting
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local tostring = tostring
+local tab_sort = table.sort
+local tab_concat = table.concat
+local tab_remove = table.remove
+local json_encode = cjson.encode
+local json_decode = cjson.decode
+
+
+local _M = { _VERSION = "0.1.0" }
+
+local TICK = 1                -- s between transition checks
+local PUBLISH_INTERVAL = 5    -- s, the shortest time between two record writes (and Consul reads)
+local MAX_TRANSITIONS = 50
+_M.PUBLISH_INTERVAL = PUBLISH_INTERVAL
+
+-- keys in the cache dict, all owned here
+local K_TICK = "n:tick"             -- token: one worker per node per tick
+local K_PUB = "n:pub"               -- token: one Consul round per PUBLISH_INTERVAL
+local K_NAMES = "n:names"           -- JSON list of the instances this node knows
+local K_CONFIGS = "n:configs"       -- JSON inst -> { sig =, at = }
+local K_DOWN = "n:down"             -- JSON host key -> { state =, at = } as last seen
+local K_TRANSITIONS = "n:transitions" -- JSON list, newest first
+local K_CLUSTER = "n:cluster"       -- JSON { nodes = [...], holder =, holder_session =, at = }
+local K_CONTACT = "n:contact"       -- unix s of the last Consul answer
+local K_CONTACT_OK = "n:contact_ok" -- whether the last Consul round answered
+local K_WRITTEN = "n:written"       -- "<session>\n<content md5>" of the last record write
+local K_STARTED = "n:started"
+-- "n:tr/<inst>/<pool>/<host>/<state>": transitions of a host into a state (counters)
+
+local dict
+local info = {
+    started = nil,
+    hostname = nil,
+    pid = nil,
+}
+
+
+--- init(cache_dict): in init_by_lua (a reload starts a new "started")
+function _M.init(cache_dict)
+    dict = cache_dict
+    info.started = ngx_time()
+    dict:set(K_STARTED, info.started)
+end
+
+
+local function decode(key, default)
+    local raw = dict and dict:get(key)
+    local v = raw and json_decode(raw)
+    if v == nil then
+        return default
+    end
+    return v
+end
+
+
+---------------------------------------------------------------------------
+-- Readers (any worker, shared dict only)
+---------------------------------------------------------------------------
+
+--- instance_names() -> sorted list of the instances this node knows
+function _M.instance_names()
+    local names = decode(K_NAMES, nil)
+    if type(names) ~= "table" then
+        return {}
+    end
+    return names
+end
+
+
+--- config_applied(inst) -> { index =, at = } | nil: when this node's config of inst last changed
+function _M.config_applied(inst)
+    local c = decode(K_CONFIGS, {})[inst]
+    if type(c) ~= "table" then
+        return nil
+    end
+    return { index = c.index, at = c.at }
+end
+
+
+--- transitions() -> the last host transitions this node saw, newest first:
+-- { { at =, instance =, pool =, host =, from =, to =, reason = }, ... }
+function _M.transitions()
+    local list = decode(K_TRANSITIONS, {})
+    return type(list) == "table" and list or {}
+end
+
+
+--- last_transitions() -> { ["inst/pool/host"] = { at =, state = } }
+function _M.last_transitions()
+    local m = decode(K_DOWN, {})
+    return type(m) == "table" and m or {}
+end
+
+
+--- transition_count(inst, pool, host, to) -> how often this node saw the host become `to`
+function _M.transition_count(inst, pool, host, to)
+    return dict and dict:get("n:tr/" .. inst .. "/" .. pool .. "/" .. host .. "/" .. to) or 0
+end
+
+
+--- cluster() -> { nodes = { record, ... }, holder =, holder_session =, at = } | nil
+function _M.cluster()
+    local c = decode(K_CLUSTER, nil)
+    return type(c) == "table" and c or nil
+end
+
+
+--- info(now) -> the node part of status()
+function _M.info(now)
+    now = now or ngx_now()
+    local contact = dict and dict:get(K_CONTACT)
+    local reachable = dict and dict:get(K_CONTACT_OK)
+    local cluster = _M.cluster()
+    local sid = session.id()
+    local holder = cluster and cluster.holder or nil
+    return {
+        name = session.node_name(),
+        hostname = session.hostname(),
+        version = schema.VERSION,
+        started = dict and dict:get(K_STARTED) or info.started,
+        consul = {
+            reachable = reachable,
+            last_contact = contact,
+            age = contact and now - contact or nil,
+        },
+        checker = {
+            holder = holder,
+            this_node = cluster ~= nil and sid ~= nil and cluster.holder_session == sid,
+            seen_at = cluster and cluster.at or nil,
+        },
+        nodes = cluster and #cluster.nodes or nil,
+    }
+end
+
+
+---------------------------------------------------------------------------
+-- The tick (one worker per node)
+---------------------------------------------------------------------------
+
+-- host key -> "up" | "down" | "disabled" as this worker sees the node now
+local function current_states(names)
+    local snapshot = state.snapshot()
+    local out, reasons = {}, {}
+    for _, name in ipairs(names) do
+        local plan = config.plan_local(name)
+        if plan then
+            local si = snapshot[name] or {}
+            for _, p in ipairs(plan.pools) do
+                local pool = p.config
+                local sp = si[pool.name] or {}
+                for _, host in ipairs(pool.hosts) do
+                    local key = name .. "/" .. pool.name .. "/" .. host.name
+                    local st = sp[host.name]
+                    if not pool.up or not host.up then
+                        out[key] = "disabled"
+                        reasons[key] = "config"
+                    elseif st and (st.down or st.admin_down) then
+                        out[key] = "down"
+                        reasons[key] = st.admin_down or st.down
+                    elseif state.is_down(name, pool.name, host.name) then
+                        out[key] = "down"
+                        reasons[key] = "max_errors reached on this node"
+                    else
+                        out[key] = "up"
+                    end
+                end
+            end
+        end
+    end
+    return out, reasons
+end
+
+
+local function split_key(key)
+    return key:match("^(.-)/([^/]+)/([^/]+)$")
+end
+
+
+local function note_transitions(names)
+    local now = ngx_now()
+    local cur, reasons = current_states(names)
+    local prev = decode(K_DOWN, nil)
+    local list = nil
+    local changed = false
+    local last = {}
+    if type(prev) ~= "table" then
+        -- first tick of this node: what is, without transitions
+        for key, s in pairs(cur) do
+            last[key] = { state = s, at = now }
+        end
+        changed = true
+    else
+        for key, s in pairs(cur) do
+            local p = prev[key]
+            if p and p.state ~= s then
+                list = list or _M.transitions()
+                local inst, pool, host = split_key(key)
+                for i = MAX_TRANSITIONS, 1, -1 do
+                    list[i + 1] = list[i]
+                end
+                list[1] = { at = now, instance = inst, pool = pool, host = host,
+                            from = p.state, to = s, reason = reasons[key] }
+                last[key] = { state = s, at = now }
+                changed = true
+                dict:incr("n:tr/" .. key .. "/" .. s, 1, 0)
+            else
+                last[key] = p or { state = s, at = now }
+                changed = changed or p == nil
+            end
+        end
+        for key in pairs(prev) do
+            if not cur[key] then
+                changed = true
+            end
+        end
+    end
+    if list then
+        while #list > MAX_TRANSITIONS do
+            tab_remove(list)
+        end
+        dict:set(K_TRANSITIONS, json_encode(list))
+    end
+    if changed then
+        dict:set(K_DOWN, json_encode(last))
+    end
+    return cur
+end
+
+
+local function note_configs(names)
+    local configs = decode(K_CONFIGS, {})
+    local changed = false
+    local seen = {}
+    for _, name in ipairs(names) do
+        seen[name] = true
+        local plan = config.plan_local(name)
+        local c = configs[name]
+        if plan and (type(c) ~= "table" or c.sig ~= plan.version) then
+            configs[name] = { sig = plan.version, at = ngx_time(), index = plan.index }
+            changed = true
+        end
+    end
+    for name in pairs(configs) do
+        if not seen[name] then
+            configs[name] = nil
+            changed = true
+        end
+    end
+    if changed then
+        dict:set(K_CONFIGS, json_encode(configs))
+    end
+    return configs
+end
+
+
+local function known_names()
+    local all, err = config.instances()
+    if not all then
+        return nil, err
+    end
+    local names = {}
+    for name in pairs(all) do
+        names[#names + 1] = name
+    end
+    tab_sort(names)
+    return names
+end
+
+
+local function nodes_prefix()
+    return kv.prefix() .. "/nodes/"
+end
+
+
+--- record_key() -> this node's record key
+function _M.record_key()
+    return nodes_prefix() .. session.node_name()
+end
+
+
+-- Reads the cluster's node records and the lock; deletes records of dead sessions.
+local function read_cluster(c)
+    local res, err = c:get_key(nodes_prefix(), { recurse = true })
+    if not res or (res.status ~= 200 and res.status ~= 404) then
+        return nil, "node: reading " .. nodes_prefix() .. ": " .. tostring(res and res.status or err)
+    end
+    local nodes = {}
+    if res.status == 200 and type(res.body) == "table" then
+        for _, e in ipairs(res.body) do
+            if type(e) == "table" and e.Key then
+                if e.Session then
+                    local rec = type(e.Value) == "string" and json_decode(e.Value)
+                    if type(rec) == "table" then
+                        rec.session = e.Session
+                        nodes[#nodes + 1] = rec
+                    end
+                else
+                    c:delete_key(e.Key, { cas = e.ModifyIndex })
+                end
+            end
+        end
+    end
+    local lock
+    lock, err = c:get_key(kv.prefix() .. "/locks/healthcheck")
+    if not lock or (lock.status ~= 200 and lock.status ~= 404) then
+        return nil, "node: reading the health-check lock: " .. tostring(lock and lock.status or err)
+    end
+    local holder, holder_session
+    if lock.status == 200 and type(lock.body) == "table" and type(lock.body[1]) == "table"
+       and lock.body[1].Session then
+        holder, holder_session = lock.body[1].Value, lock.body[1].Session
+    end
+    tab_sort(nodes, function(a, b)
+        return tostring(a.name) < tostring(b.name)
+    end)
+    return { nodes = nodes, holder = holder, holder_session = holder_session, at = ngx_time() }
+end
+
+
+local function down_list(cur)
+    local down = {}
+    for key, s in pairs(cur) do
+        if s == "down" then
+            down[#down + 1] = key
+        end
+    end
+    tab_sort(down)
+    return down
+end
+
+
+local function publish(cur, configs, cluster)
+    local sid = session.id()
+    if not sid then
+        return true -- no session yet: the record would not be tied to anything
+    end
+    local cfg = {}
+    for name, c in pairs(configs) do
+        cfg[name] = { index = c.index, applied = c.at }
+    end
+    local down = down_list(cur)
+    local rec = {
+        name = session.node_name(),
+        hostname = session.hostname(),
+        version = schema.VERSION,
+        started = dict:get(K_STARTED) or info.started,
+        checker = cluster ~= nil and cluster.holder_session == sid,
+        configs = cfg,
+        down = down,
+        consul = { reachable = cluster ~= nil },
+    }
+    -- the content that decides a rewrite: everything but the times of contact and writing
+    local content = json_encode(rec)
+    local parts = { sid, ngx_md5(content) }
+    local mark = tab_concat(parts, "\n")
+    if dict:get(K_WRITTEN) == mark then
+        return true
+    end
+    rec.written = ngx_time()
+    rec.consul.last_contact = dict:get(K_CONTACT)
+    local body = json_encode(rec)
+    if #down == 0 then
+        -- cjson writes an empty table as an object: keep `down` a list
+        body = body:gsub('"down":{}', '"down":[]')
+    end
+    local res, err = kv.client():put_key(_M.record_key(), body, { acquire = sid })
+    if not res or res.status ~= 200 then
+        return nil, "node: writing " .. _M.record_key() .. ": " .. tostring(res and res.status or err)
+    end
+    if res.body ~= true then
+        -- another session holds it (a node of the same name): say it, once per content
+        dict:set(K_WRITTEN, mark)
+        return nil, "node: " .. _M.record_key() .. " is held by another session (two nodes named "
+                    .. session.node_name() .. "?)"
+    end
+    dict:set(K_WRITTEN, mark)
+    return true
+end
+
+
+--- tick() -> true | nil, err (timer job, every worker; one per node acts)
+function _M.tick()
+    if worker_exiting() or not dict then
+        return true
+    end
+    if not dict:add(K_TICK, true, TICK * 0.9) then
+        return true
+    end
+    local names, err = known_names()
+    if not names then
+        return nil, err
+    end
+    dict:set(K_NAMES, json_encode(names))
+    local cur = note_transitions(names)
+    local configs = note_configs(names)
+
+    if not dict:add(K_PUB, true, PUBLISH_INTERVAL - 0.1) then
+        return true
+    end
+    local cluster
+    cluster, err = read_cluster(kv.client())
+    dict:set(K_CONTACT_OK, cluster ~= nil)
+    if not cluster then
+        return nil, err
+    end
+    dict:set(K_CONTACT, ngx_time())
+    dict:set(K_CLUSTER, json_encode(cluster))
+    return publish(cur, configs, cluster)
+end
+
+
+--- run_workers(): starts the tick in this worker (init_worker_by_lua)
+function _M.run_workers()
+    local timer = require "zedcup.timer"
+    local ok, err = timer.every({ name = "zedcup node", backoff_cap = PUBLISH_INTERVAL }, TICK, _M.tick)
+    if not ok and not tostring(err):find("already running", 1, true) then
+        ngx_log(ngx_ERR, "[zedcup] node: ", err)
+        return nil, err
+    end
+    return true
+end
+
+
+
+return _M
