@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from . import __version__, ops
+from . import __version__, nodes, ops
 from .configfile import check_document, load_config_file, load_document, to_document
 from .consulapi import DEFAULT_ADDRESS, ConsulKV, ConsulSettings
 from .errors import InvalidConfig
@@ -288,6 +288,18 @@ def status(env: Env, instance: str | None, output: str, watch: bool) -> None:
                 time.sleep(pause)  # rate limit: at most five updates a second
     except KeyboardInterrupt:
         pass
+
+
+@main.command("nodes")
+@click.option(
+    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@pass_env
+def nodes_cmd(env: Env, output: str) -> None:
+    """List the cluster's nodes from the records they publish: live or gone, version,
+    checker, configs applied, hosts each sees down, how old each record is; and flag a
+    health-check lock holder that is gone."""
+    click.echo(nodes.show(env.kv, env.layout, env.schema, output), nl=False)
 
 
 # -- changes ----------------------------------------------------------------------------

@@ -89,7 +89,10 @@ main { padding: 12px 18px; display: grid; gap: 14px; }
 .meta { color: var(--muted); font-size: 12px; margin-bottom: 6px; }
 .pool { margin-top: 8px; }
 .pool h3 { font-size: 13px; margin: 6px 0 4px; color: var(--muted); font-weight: 600; }
-table { border-collapse: collapse; width: 100%; }
+table { border-collapse: collapse; width: 100%; table-layout: fixed; }
+th:nth-child(1) { width: 15%; } th:nth-child(2) { width: 22%; } th:nth-child(3) { width: 8%; }
+th:nth-child(4), th:nth-child(5), th:nth-child(6), th:nth-child(7) { width: 6%; }
+td { overflow-wrap: anywhere; }
 th, td { text-align: left; padding: 4px 8px; border-top: 1px solid #eaeef2; vertical-align: top; }
 th { font-size: 12px; color: var(--muted); font-weight: 600; border-top: none; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -182,7 +185,8 @@ function render(st) {
         var key = inst.name + "/" + pool.name + "/" + h.name;
         var fails = h.failures.connect + h.failures.request + h.failures.status;
         values[key + "/req"] = h.requests; values[key + "/fail"] = fails;
-        var why = h.reason ? el("div", { "class": "reason" }, h.reason + (h.detail ? ": " + h.detail : "")) : null;
+        var detail = h.detail && h.detail.indexOf(h.reason) !== 0 ? h.reason + ": " + h.detail : (h.detail || h.reason);
+        var why = h.reason ? el("div", { "class": "reason" }, detail) : null;
         var check = h.check ? (h.check.ok ? "ok" : h.check.result) + " (" + ago(h.check.at, now) + ")" : "-";
         rows.appendChild(el("tr", { "class": h.state, "data-host": key, "data-state": h.state },
           el("td", null, h.name, el("div", { "class": "reason" }, h.address)),
