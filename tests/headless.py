@@ -54,7 +54,9 @@ class Browser:
         self._id = 0
 
     @classmethod
-    def start(cls, workdir: Path, width: int = 1280, height: int = 820, timeout: float = 20.0) -> Browser:
+    def start(
+        cls, workdir: Path, width: int = 1280, height: int = 820, timeout: float = 20.0
+    ) -> Browser:
         binary = find_chromium()
         if binary is None:
             raise RuntimeError("chromium not found (make deps installs it)")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 from headless import Browser, find_chromium
-from zedcup_nodes import Backends, configure, get, host_of, start_node, status_json, wait_for
 from zedctl.pytest_plugin import ConsulEndpoint
 from zedctl.testnginx.runner import NginxServer, PortPicker
+from zedcup_nodes import Backends, configure, get, host_of, start_node, status_json, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SECRET_TOKEN = "zedcup-test-secret-token-7f3a"
@@ -42,8 +42,13 @@ def cluster(consul: ConsulEndpoint, tmp_path_factory: pytest.TempPathFactory) ->
     backends = Backends(root / "backends", ["web01", "web02", "dr01"], picker).start()
     node = None
     try:
-        check = {"path": "/", "interval": 0.3, "fall": 2, "rise": 2,
-                 "headers": {"Authorization": SECRET_HEADER}}  # fmt: skip
+        check = {
+            "path": "/",
+            "interval": 0.3,
+            "fall": 2,
+            "rise": 2,
+            "headers": {"Authorization": SECRET_HEADER},
+        }
         configure(
             consul,
             prefix,
@@ -65,7 +70,11 @@ def cluster(consul: ConsulEndpoint, tmp_path_factory: pytest.TempPathFactory) ->
                             {
                                 "name": "secondary",
                                 "hosts": [
-                                    {"name": "dr01", "host": "127.0.0.1", "port": backends.ports["dr01"]}
+                                    {
+                                        "name": "dr01",
+                                        "host": "127.0.0.1",
+                                        "port": backends.ports["dr01"],
+                                    }
                                 ],
                             },
                         ]
@@ -75,13 +84,20 @@ def cluster(consul: ConsulEndpoint, tmp_path_factory: pytest.TempPathFactory) ->
             root,
         )
         # with an ACL-enabled Consul the real token is the secret; without, any token works
-        node = start_node(root / "node", consul, prefix, "node-a", token=consul.token or SECRET_TOKEN)
+        node = start_node(
+            root / "node", consul, prefix, "node-a", token=consul.token or SECRET_TOKEN
+        )
 
         def ready() -> bool:
             st = status_json(node)
             h = st and host_of(st, "web", "primary", "web01")
-            return bool(h and h["state"] == "up" and st["node"]["consul"].get("reachable")
-                        and st["node"]["checker"].get("this_node") and h.get("check"))  # fmt: skip
+            return bool(
+                h
+                and h["state"] == "up"
+                and st["node"]["consul"].get("reachable")
+                and st["node"]["checker"].get("this_node")
+                and h.get("check")
+            )
 
         wait_for("the node to know web, reach Consul and check", ready, timeout=20)
         yield Cluster(consul, prefix, backends, node)
@@ -113,7 +129,9 @@ def test_nothing_secret_in_status_or_metrics(cluster: Cluster) -> None:
         get(cluster.node.url + "/_status")[1],
         get(cluster.node.url + "/metrics")[1],
     ]
-    secrets = [SECRET_HEADER, "secret-header"] + ([cluster.consul.token] if cluster.consul.token else [SECRET_TOKEN])
+    secrets = [SECRET_HEADER, "secret-header"] + (
+        [cluster.consul.token] if cluster.consul.token else [SECRET_TOKEN]
+    )
     for text in texts:
         assert text
         for secret in secrets:
@@ -134,12 +152,15 @@ def test_dashboard_in_chromium_shows_a_host_going_down(cluster: Cluster, tmp_pat
 
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
-    row = 'document.querySelector(\'tr[data-host="web/primary/web01"]\')'
+    row = "document.querySelector('tr[data-host=\"web/primary/web01\"]')"
     try:
         with Browser.start(tmp_path) as browser:
             browser.navigate(node.url + "/_status")
-            wait_for("the dashboard to show web01 up",
-                     lambda: browser.evaluate(f"{row} && {row}.dataset.state") == "up", timeout=10)  # fmt: skip
+            wait_for(
+                "the dashboard to show web01 up",
+                lambda: browser.evaluate(f"{row} && {row}.dataset.state") == "up",
+                timeout=10,
+            )
             header = browser.evaluate("document.querySelector('header').innerText")
             assert "node-a" in header and "reachable" in header and "(this node)" in header
             pools = browser.evaluate(
@@ -165,8 +186,13 @@ def test_dashboard_in_chromium_shows_a_host_going_down(cluster: Cluster, tmp_pat
             reason = browser.evaluate(f"{row}.innerText")
             assert "health check" in reason
             # the transition list gets it too, and the rates are numbers
-            wait_for("the transition list", lambda: "web01" in browser.evaluate(
-                "document.getElementById('transitions').innerText"), timeout=5)  # fmt: skip
+            wait_for(
+                "the transition list",
+                lambda: (
+                    "web01" in browser.evaluate("document.getElementById('transitions').innerText")
+                ),
+                timeout=5,
+            )
             time.sleep(1.5)
             browser.screenshot(tmp_path / "dashboard.png")
             shot = browser.screenshot(ARTIFACTS / "dashboard.png")

@@ -386,6 +386,7 @@ def test_status_reads_the_state_keys_and_the_lock(
             "down_since": None,
             "last_check": None,
             "last_check_at": None,
+            "seen_differently": [],
         }
         assert hosts["web02"]["state"] == "down" and hosts["web02"]["down_since"] == now - 30
         assert hosts["web02"]["last_check"] == "Bad status code: 500"

@@ -100,7 +100,9 @@ NODE_CONFIG = """
 """
 
 
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 15.0, step: float = 0.05) -> T:
+def wait_for(
+    what: str, check: Callable[[], T | None], timeout: float = 15.0, step: float = 0.05
+) -> T:
     """Poll `check` until it returns a truthy value, or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -112,7 +114,9 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 15.0, st
         time.sleep(step)
 
 
-def get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 5.0) -> tuple[int, str, dict[str, str]]:
+def get(
+    url: str, headers: Mapping[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, str, dict[str, str]]:
     """(status, body, headers) of a GET; status 0 when nothing answered."""
     req = urllib.request.Request(url, headers=dict(headers or {}))
     try:
@@ -151,7 +155,9 @@ class Backends:
         mapping = "\n".join(f"        {p} {n};" for n, p in self.ports.items())
         listens = "\n".join(f"        listen 127.0.0.1:{p};" for p in self.ports.values())
         self.server = NginxServer(
-            root, http_config=BACKEND_HTTP.format(names=mapping, listens=listens), error_log_level="notice"
+            root,
+            http_config=BACKEND_HTTP.format(names=mapping, listens=listens),
+            error_log_level="notice",
         )
 
     def start(self) -> Backends:
@@ -202,4 +208,7 @@ def configure(consul: ConsulEndpoint, prefix: str, document: Mapping[str, Any], 
     path.write_text(yaml.safe_dump(dict(document)))
     schema = Schema.load()
     kv = ConsulKV(ConsulSettings(address=consul.url, token=consul.token))
-    apply_plan(kv, plan_configure(kv, Layout.for_prefix(prefix), schema, load_config_file(schema, str(path))))
+    apply_plan(
+        kv,
+        plan_configure(kv, Layout.for_prefix(prefix), schema, load_config_file(schema, str(path))),
+    )

@@ -26,7 +26,6 @@ from .consulapi import ConsulKV, KVEntry
 from .errors import ZedctlError
 from .layout import Layout
 from .ops import load_global
-from .render import ago, table
 from .schema import Schema
 
 HEALTHCHECK_LOCK = "healthcheck"
@@ -204,6 +203,9 @@ def session_ttl(kv: ConsulKV, layout: Layout, schema: Schema) -> float | None:
 
 
 def nodes_table(report: NodesReport) -> str:
+    # render imports status, which imports this module: import it when first used
+    from .render import ago, table
+
     now = report.now
     lock = report.lock
     if lock.name is None:

@@ -95,10 +95,14 @@ def status_table(report: StatusReport, now: float | None = None) -> str:
             error = "-"
             if h.last_error is not None:
                 error = f"{_short(h.last_error, 30)} ({ago(h.last_error_at, now)})"
-            rows.append((h.pool, h.host, h.address, state, h.errors, error, check))
-        out.append(
-            table(("POOL", "HOST", "ADDRESS", "STATE", "ERRORS", "LAST ERROR", "LAST CHECK"), rows)
-        )
+            row = (h.pool, h.host, h.address, state, h.errors, error, check)
+            if report.nodes_seen:
+                row += (", ".join(h.seen_differently) or "-",)
+            rows.append(row)
+        headers = ("POOL", "HOST", "ADDRESS", "STATE", "ERRORS", "LAST ERROR", "LAST CHECK")
+        if report.nodes_seen:
+            headers += ("SEEN DIFFERENTLY BY",)
+        out.append(table(headers, rows))
     if not report.instances:
         out.append("no instances\n")
     return "".join(out)

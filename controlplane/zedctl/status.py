@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .consulapi import ConsulKV, KVEntry
 from .errors import NotFound, ZedctlError
 from .kvmap import PENDING_KEY
 from .layout import Layout
+from .nodes import read_nodes, seen_differently
 from .ops import check_stored, instance_names, relative_keys
 from .schema import Schema
 
@@ -41,6 +42,8 @@ class HostStatus:
     down_since: int | None = None
     last_check: str | None = None
     last_check_at: int | None = None
+    # live nodes whose own view differs from the cluster's: "<node>: up|down"
+    seen_differently: tuple[str, ...] = ()
 
 
 @dataclass
@@ -54,10 +57,13 @@ class InstanceStatus:
 class StatusReport:
     lock_holder: str | None
     instances: list[InstanceStatus]
+    # live nodes that publish records (then each host says which of them see it differently)
+    nodes_seen: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "healthcheck_lock": self.lock_holder,
+            "nodes_seen": self.nodes_seen,
             "instances": [
                 {"name": i.name, "note": i.note or None, "hosts": [asdict(h) for h in i.hosts]}
                 for i in self.instances
@@ -151,8 +157,9 @@ def read_status(
         state_entries = kv.get_tree(layout.state)
     lock = kv.get(layout.lock(HEALTHCHECK_LOCK))
     holder = lock.value if lock is not None and lock.session else None
+    nodes = read_nodes(kv, layout, now=now).live
 
-    report = StatusReport(holder, [])
+    report = StatusReport(holder, [], nodes_seen=len(nodes))
     for name in names:
         tree = layout.instance(name, check=False)
         rel = relative_keys(entries, tree)
@@ -171,5 +178,11 @@ def read_status(
             for host in pool["hosts"]:
                 base = f"{state_tree}{pool['name']}/{host['name']}/"
                 state = {k[len(base) :]: e for k, e in state_entries.items() if k.startswith(base)}
-                item.hosts.append(host_status(pool, host, state, now))
+                status = host_status(pool, host, state, now)
+                if nodes:
+                    cluster_down = status.state == "down" and not status.reason.startswith("config")
+                    key = f"{name}/{pool['name']}/{host['name']}"
+                    differ = tuple(seen_differently(key, cluster_down, nodes))
+                    status = replace(status, seen_differently=differ)
+                item.hosts.append(status)
     return report
