@@ -149,7 +149,9 @@ local function watch_settings()
     local g = config.global()
     settings.wait = g.consul_wait_time
     settings.lock_ttl = g.worker_lock_ttl
-    settings.backoff_cap = g.watcher_interval
+    -- a watch retries at most 1 s apart, so a change made after Consul
+    -- returns reaches every worker within 2 s of its first answer
+    settings.backoff_cap = math.min(g.watcher_interval, 1)
     return settings
 end
 
@@ -174,10 +176,9 @@ function _M.run_workers()
     local locks = shared[opts.dicts.locks]
 
     timer.every("zedcup update", update_interval, update)
-    -- after a Consul outage, queued failures go out within watcher_interval
-    timer.every({ name = "zedcup errors sync", backoff_cap = function()
-        return config.global().watcher_interval
-    end }, SYNC_INTERVAL, state.sync)
+    -- a failed sync retries one interval later: queued failures go out as
+    -- soon as Consul is back
+    timer.every("zedcup errors sync", SYNC_INTERVAL, state.sync)
     watch.start("config", kv.config_prefix, config.apply_global, watch_settings, locks, config.global_alive)
     watch.start("instances", kv.instances_prefix, config.apply_instances, watch_settings, locks,
                 config.instances_alive)

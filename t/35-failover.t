@@ -243,7 +243,8 @@ $
             ngx.say("mark_down: ", state.mark_down("inst", "p", "dead", "test"), " then ",
                     state.mark_down("inst", "p", "dead", "test"))
             ngx.say("record_check: ", state.record_check("inst", "p", "dead", false, "timeout"),
-                    " ", kv.get(P .. "/state/inst/p/dead/check").Value)
+                    " ", (state.last_check("inst", "p", "dead")), ", not in Consul: ",
+                    kv.get(P .. "/state/inst/p/dead/check"))
         }
     }
 --- request
@@ -260,7 +261,7 @@ mark_up: true then false
 down key gone: true, errors reset: true
 every worker sees it up: true
 mark_down: true then false
-record_check: true timeout
+record_check: true timeout, not in Consul: false
 --- grep_error_log
 EVENT host_
 --- grep_error_log_out

@@ -2,7 +2,7 @@
 
 __DATA__
 
-=== TEST 1: a callback that throws is logged, backed off and rescheduled, again and again
+=== TEST 1: a callback that throws is logged and rescheduled one interval later (an every job's back-off is its own interval), again and again
 --- config
     location = /t {
         content_by_lua_block {
@@ -21,7 +21,7 @@ __DATA__
             ngx.say("still pending: ", s.pending)
             ngx.say("consecutive failures: ", s.consecutive_failures == runs)
             ngx.say("last error has the message: ", s.last_error:find("kaboom", 1, true) ~= nil)
-            ngx.say("backed off to the cap: ", s.last_delay)
+            ngx.say("next run one interval later: ", s.last_delay)
         }
     }
 --- request
@@ -31,13 +31,13 @@ runs >= 6: true
 still pending: true
 consecutive failures: true
 last error has the message: true
-backed off to the cap: 0.1
+next run one interval later: 0.02
 --- grep_error_log
 [zedcup] boom: 
 --- grep_error_log_out
 [zedcup] boom: 
 --- error_log
-(failure 1, next run in 0.04s)
+(failure 1, next run in 0.02s)
 
 
 
@@ -76,7 +76,7 @@ similar errors not logged
 
 
 
-=== TEST 3: a returned error counts as a failure, and the first success resets the back-off
+=== TEST 3: a returned error counts as a failure, retried one interval later; returning false (nothing done) is no recovery, the first success is
 --- config
     location = /t {
         content_by_lua_block {
@@ -89,11 +89,15 @@ similar errors not logged
                 if runs <= 3 then
                     return nil, "not yet (" .. runs .. ")"
                 end
+                if runs <= 5 then
+                    return false -- not this worker's turn: nothing done
+                end
                 return true
             end))
 
-            t.poll(5, 0.01, function() return runs >= 5 end)
+            t.poll(5, 0.01, function() return runs >= 7 end)
             local s = timer.stats().flaky
+            ngx.say("idle runs: ", s.idle)
             ngx.say("failures: ", s.failures)
             ngx.say("consecutive: ", s.consecutive_failures)
             ngx.say("delay back to the interval: ", s.last_delay)
@@ -103,12 +107,13 @@ similar errors not logged
 --- request
 GET /t
 --- response_body
+idle runs: 2
 failures: 3
 consecutive: 0
 delay back to the interval: 0.02
 --- error_log
-[zedcup] flaky: not yet (1) (failure 1, next run in 0.04s)
-[zedcup] flaky: not yet (3) (failure 3, next run in 0.16s)
+[zedcup] flaky: not yet (1) (failure 1, next run in 0.02s)
+[zedcup] flaky: not yet (3) (failure 3, next run in 0.02s)
 [zedcup] flaky: recovered after 3 failures
 --- no_error_log
 [error]

@@ -68,7 +68,7 @@ GET /t
 both workers have one: true
 the same: true
 name: true
-TTL: 30s, behavior: release, lock delay: 1s
+TTL: 30s, behavior: delete, lock delay: 1s
 sessions of this node: 1
 registry held by it: true
 registry value: true

@@ -69,21 +69,26 @@ __DATA__
                 } },
             } } }))
 
-            local e = wait_for("a check", function() return kv.get(base .. "check") end)
-            ngx.say("first check: ", e.Value, ", at about now: ", math.abs(e.Flags - ngx.time()) <= 2)
+            -- check results stay in the checker node's shared dict (state.last_check)
+            local state = require "zedcup.state"
+            local function last_check() return state.last_check("app", "primary", "web01") end
+            wait_for("a check", last_check)
+            local what, at = last_check()
+            ngx.say("first check: ", what, ", at about now: ", math.abs(at - ngx.time()) <= 2)
+            ngx.say("not in Consul: ", kv.get(base .. "check"))
 
             flags:set("sick", true)
             local down = wait_for("down", function() return kv.get(base .. "down") end)
             ngx.say("down: ", down.Value)
             ngx.say("sick checks before: ", flags:get("sick_hits") >= 2)
-            ngx.say("last check: ", kv.get(base .. "check").Value)
+            ngx.say("last check: ", (last_check()))
 
             flags:set("ok_hits", 0)
             flags:delete("sick")
             wait_for("up", function() return kv.get(base .. "down") == false end)
             -- not before rise (3) passing checks
             ngx.say("passing checks before up: ", flags:get("ok_hits") >= 3)
-            ngx.say("last check: ", kv.get(base .. "check").Value)
+            ngx.say("last check: ", (last_check()))
             local s = require("zedcup.healthcheck").stats()
             ngx.say("marked down: ", s.marked_down, ", marked up: ", s.marked_up)
         }
@@ -92,6 +97,7 @@ __DATA__
 GET /t
 --- response_body
 first check: ok, at about now: true
+not in Consul: false
 down: health check failed 2 times: Bad status code: 503
 sick checks before: true
 last check: Bad status code: 503
@@ -150,11 +156,11 @@ event host_up app/primary/web01
             local t = require "blocks_t"
             local zedcup = require "zedcup"
             local kv = require "zedcup.kv"
+            local state = require "zedcup.state"
             local function check_of(host)
-                local key = "$TEST_ZEDCUP_PREFIX/state/tls/p/" .. host .. "/check"
-                local e = t.retry_until(ngx.now() + 8, 0.02, function() return kv.get(key) end)
-                if e then return e.Value end
-                return "no check"
+                return t.retry_until(ngx.now() + 8, 0.02, function()
+                    return (state.last_check("tls", "p", host))
+                end) or "no check"
             end
 
             assert(zedcup.configure({ healthcheck_interval = 0.1 }))
@@ -309,10 +315,10 @@ truefalsetruefalse
                 pools = { { name = "p", status_codes = { "500" },
                             hosts = { { name = "h", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } },
             }))
-            local key = "$TEST_ZEDCUP_PREFIX/state/hdr/p/h/check"
-            t.poll(8, 0.02, function() return kv.get(key) end)
+            local state = require "zedcup.state"
+            t.poll(8, 0.02, function() return state.last_check("hdr", "p", "h") end)
             ngx.say(ngx.shared.seen:get("req"))
-            ngx.say("check: ", kv.get(key).Value)
+            ngx.say("check: ", (state.last_check("hdr", "p", "h")))
         }
     }
 --- request
@@ -391,7 +397,7 @@ check: ok
             ngx.say("plain revived: ", kv.get(base .. "plain/down") == false)
             ngx.say("not before error_timeout: ", waited >= 1.4, " (", waited >= 1.4 and "" or waited, ")")
             ngx.say("checked still down: ", kv.get(base .. "checked/down") ~= false)
-            ngx.say("its check: ", kv.get(base .. "checked/check").Value)
+            ngx.say("its check: ", (require("zedcup.state").last_check("rev", "p", "checked")))
 
             ngx.shared.flags:delete("sick")
             wait_up("checked", ngx.now() + 8)
@@ -450,11 +456,11 @@ revived: 1, marked up: 1
                     { name = "refused", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 },
                 } } },
             }))
+            local state = require "zedcup.state"
             for _, h in ipairs({ "prefixed", "path", "refused" }) do
-                local key = "$TEST_ZEDCUP_PREFIX/state/sock/p/" .. h .. "/check"
-                t.poll(8, 0.02, function() return kv.get(key) end)
-                local e = kv.get(key)
-                ngx.say(h, ": ", e and e.Value:gsub("127.0.0.1:%d+", "127.0.0.1:PORT") or "no check")
+                t.poll(8, 0.02, function() return state.last_check("sock", "p", h) end)
+                local what = state.last_check("sock", "p", h)
+                ngx.say(h, ": ", what and what:gsub("127.0.0.1:%d+", "127.0.0.1:PORT") or "no check")
             end
         }
     }

@@ -23,6 +23,8 @@ local state = require "zedcup.state"
 local ngx = ngx
 local ngx_log = ngx.log
 local ngx_ERR = ngx.ERR
+local ngx_WARN = ngx.WARN
+local next = next
 local ngx_md5 = ngx.md5
 local pairs = pairs
 local ipairs = ipairs
@@ -31,6 +33,8 @@ local error = error
 local tostring = tostring
 local str_find = string.find
 local str_sub = string.sub
+local str_match = string.match
+local tonumber = tonumber
 local tab_concat = table.concat
 local tab_sort = table.sort
 local json_encode = cjson.encode
@@ -364,6 +368,17 @@ end
 -- Watcher appliers (the node's watching worker)
 ---------------------------------------------------------------------------
 
+-- an own write's record: index, time (0, 0 when none)
+local function own_write(key)
+    local v = dict:get(key)
+    if not v then
+        return 0, 0
+    end
+    local i, t = str_match(v, "^(%d+) (.+)$")
+    return tonumber(i) or 0, tonumber(t) or 0
+end
+
+
 local function synced_ttl()
     return global_eff.consul_wait_time + global_eff.worker_lock_ttl + 5
 end
@@ -380,12 +395,82 @@ function _M.global_alive()
 end
 
 
---- apply_instances(entries) -> true | nil, err: a listing of <prefix>/instances/
-function _M.apply_instances(entries, index)
+-- "kept": set while this node keeps serving instances that a Consul restarted
+-- empty no longer lists: JSON { since =, index =, seen =, names = { ... } }
+local KEPT = "kept"
+
+--- kept() -> nil | { since = unix time, index = Consul's index then, seen = the
+-- index before, names = { instance names kept } }: this node serves instances
+-- that Consul forgot when it came back empty (for status pages)
+function _M.kept()
+    local raw = dict:get(KEPT)
+    return raw and json_decode(raw) or nil
+end
+
+
+--- apply_instances(entries, index, info) -> true | nil, err: a listing of <prefix>/instances/
+-- A Consul that comes back with its index reset and nothing under the prefix
+-- (a -dev agent restarted, a cluster rebuilt without a snapshot) does not wipe
+-- what this node serves: the instances are kept, loudly, until anything is
+-- written under <prefix>/instances/ again; from that listing on, Consul is
+-- authoritative again and instances absent from it are removed.
+function _M.apply_instances(entries, index, info)
     index = index or 0
     local base = kv.instances_prefix()
     local groups = kv.split_instances(entries, base)
     local old = json_decode(dict:get(NAMES) or "{}") or {}
+
+    -- This node's own writes ("w:<name>" = "<index> <time>") hold back a listing
+    -- that was asked for before the write and is older than it. A listing asked
+    -- for after the write but older than it means Consul's index went back.
+    local sent_at = info and info.sent_at or 0
+    local reset = info and info.reset
+    for name in pairs(old) do
+        local wi, wt = own_write("w:" .. name)
+        if wi > index and wt < sent_at then
+            reset = true
+        end
+    end
+    if reset then
+        for name in pairs(old) do
+            dict:delete("w:" .. name)
+        end
+        for name in pairs(groups) do
+            dict:delete("w:" .. name)
+        end
+    end
+    local function newer_own_write(name)
+        local wi = own_write("w:" .. name)
+        return wi > index
+    end
+
+    if next(groups) == nil and next(old) ~= nil then
+        local kept = dict:get(KEPT)
+        if kept or reset then
+            if not kept then
+                local list = {}
+                for name in pairs(old) do
+                    list[#list + 1] = name
+                end
+                tab_sort(list)
+                local seen = info and info.seen or 0
+                dict:set(KEPT, json_encode({ since = ngx.time(), index = index, seen = seen,
+                                             names = list }))
+                ngx_log(ngx_ERR, "[zedcup] Consul came back empty: nothing under ", base,
+                        " and its index went back (to ", index, ")",
+                        " (restarted without its data?): keeping the ", #list,
+                        " instance(s) this node serves (", tab_concat(list, ", "),
+                        "); Consul is followed again once anything is written under ", base)
+            end
+            dict:set(SYNCED, true, synced_ttl())
+            return true
+        end
+    end
+    if next(groups) ~= nil and dict:get(KEPT) then
+        dict:delete(KEPT)
+        ngx_log(ngx_WARN, "[zedcup] ", base, " holds instances again: following Consul's listing,",
+                " instances absent from it are removed")
+    end
     local names = {}
     local changed = false
 
@@ -396,7 +481,7 @@ function _M.apply_instances(entries, index)
         end
         -- a listing older than this node's own last write of the instance
         -- must not undo it
-        if not g.pending and (dict:get("wi:" .. name) or 0) <= index then
+        if not g.pending and not newer_own_write(name) then
             local raw = dict:get("i:" .. name)
             local cur = raw and split_raw(raw)
             if cur ~= g.sig then
@@ -423,14 +508,14 @@ function _M.apply_instances(entries, index)
     end
 
     for name in pairs(old) do
-        if not names[name] and (dict:get("wi:" .. name) or 0) <= index then
+        if not names[name] and not newer_own_write(name) then
             dict:delete("i:" .. name)
             changed = true
         end
     end
 
     for name in pairs(old) do
-        if not names[name] and (dict:get("wi:" .. name) or 0) > index then
+        if not names[name] and newer_own_write(name) then
             names[name] = true
         end
     end
@@ -445,11 +530,16 @@ end
 
 
 --- apply_global(entries) -> true | nil, err: a listing of <prefix>/config/
-function _M.apply_global(entries, index)
+function _M.apply_global(entries, index, info)
+    local gwi, gwt = own_write("gw")
+    if (info and info.reset) or (index and gwi > index and gwt < (info and info.sent_at or 0)) then
+        dict:delete("gw")
+        gwi = 0
+    end
     local base = kv.config_prefix()
     local rel, pending, sig = kv.relative(entries, base)
     dict:set("g_synced", true, synced_ttl())
-    if pending or (index and (dict:get("gwi") or 0) > index) then
+    if pending or (index and gwi > index) then
         return true
     end
     local raw = dict:get(GLOBAL)
@@ -493,7 +583,7 @@ function _M.write_instance(name, conf)
     if not index then
         return nil, err
     end
-    dict:set("wi:" .. name, index)
+    dict:set("w:" .. name, index .. " " .. ngx.now())
 
     -- this node sees its own write at once; the watcher confirms it
     local sig = signature(entries)
@@ -541,7 +631,7 @@ function _M.write_global(conf)
     if not index then
         return nil, err
     end
-    dict:set("gwi", index)
+    dict:set("gw", index .. " " .. ngx.now())
     dict:set(GLOBAL, signature(entries) .. "\n" .. json_encode(normalised))
     dict:incr(CGEN, 1, 0)
     _M.refresh()

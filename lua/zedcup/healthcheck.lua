@@ -2,12 +2,17 @@
 --
 -- One node of the cluster checks at a time: the holder of the cluster lock
 -- `healthcheck` (zedcup.session), and within it one worker (a worker lock).
--- Another node takes over within about session_ttl when the holder dies.
+-- Every node watches the lock key (one blocking query per node, zedcup.watch)
+-- and tries to take the lock as soon as it is free: at once after a holder's
+-- clean stop (which releases it), lock-delay (1 s) after its session ended.
+-- Only a node that sees the lock free writes to Consul for it; the holder
+-- keeps checking through a Consul outage (transitions are written when Consul
+-- answers again).
 --
 -- Every healthcheck_interval the checker looks at every host that has an
 -- effective healthcheck (host level beats pool level beats instance level;
 -- `true` means the defaults) and checks those whose own `interval` has passed.
--- Each result is recorded (state.record_check); `fall` consecutive failures
+-- Each result stays in this node's shared dict (state.record_check); `fall` consecutive failures
 -- of an up host mark it down, `rise` consecutive passes of a down host mark it
 -- up. Marking is a cluster-wide CAS in zedcup.state, so each transition fires
 -- host_down / host_up once.
@@ -22,6 +27,7 @@ local schema = require "zedcup.schema"
 local session = require "zedcup.session"
 local state = require "zedcup.state"
 local timer = require "zedcup.timer"
+local watch = require "zedcup.watch"
 
 local ngx = ngx
 local ngx_log = ngx.log
@@ -39,6 +45,8 @@ local ipairs = ipairs
 local pcall = pcall
 local tostring = tostring
 local math_max = math.max
+local math_min = math.min
+local ngx_sleep = ngx.sleep
 local str_sub = string.sub
 local str_byte = string.byte
 local str_find = string.find
@@ -53,6 +61,8 @@ local _M = {
 local LOCK = "healthcheck"          -- cluster lock and worker lock name
 local CONCURRENCY = 16              -- checks in flight at once
 local STATS_PREFIX = "zedcup:hc:"   -- counters in the locks dict
+local HOLDER_KEY = "zedcup:hc_holder" -- locks dict: the lock holder's session id, "" when free
+local KICK_KEY = "zedcup:hc_kick"     -- locks dict: this node just took the lock: check now
 
 -- worker-local: "<inst>/<pool>/<host>" -> { next_at, passes, fails }
 local hosts = {}
@@ -363,6 +373,11 @@ local function worker_lock_ttl()
 end
 
 
+local function locks()
+    return shared[session.locks_dict()]
+end
+
+
 -- -> true when this worker of this node is the cluster's checker now
 local function elected()
     local mine, err = session.worker_lock(LOCK, worker_lock_ttl())
@@ -370,8 +385,20 @@ local function elected()
         holding = false
         return false, err
     end
+    local d = locks()
+    local holder = d:get(HOLDER_KEY) -- nil until the lock watch answered
+    local id = session.id()
     local held
-    held, err = session.acquire(LOCK)
+    if holder and holder ~= "" and holder == id then
+        held = true -- ours, as the lock watch last saw it: nothing to write
+    elseif holder and holder ~= "" then
+        held = false -- another node's
+    else
+        held, err = session.acquire(LOCK)
+        if held then
+            d:set(HOLDER_KEY, session.id() or "")
+        end
+    end
     if not held then
         if holding then
             ngx_log(ngx_INFO, "[zedcup] healthcheck: this node no longer holds the lock")
@@ -385,21 +412,62 @@ local function elected()
         hosts = {}
     end
     holding = true
+    d:delete(KICK_KEY)
     return true
 end
 
 
---- pass() -> true | nil, err: one healthcheck pass (timer job, every worker)
+-- The lock watch's applier: who holds the lock now; a free lock is taken.
+local function lock_seen(entries)
+    local key = session.lock_key(LOCK)
+    local sid = ""
+    for _, e in ipairs(entries) do
+        if e.Key == key and type(e.Session) == "string" then
+            sid = e.Session
+        end
+    end
+    local d = locks()
+    d:set(HOLDER_KEY, sid)
+    if sid ~= "" then
+        return true
+    end
+    -- free: a session's end leaves the key in lock-delay for 1 s, so retry a little
+    for _ = 1, 8 do
+        if worker_exiting() then
+            return true
+        end
+        local held, err = session.acquire(LOCK)
+        if held then
+            d:set(HOLDER_KEY, session.id() or "")
+            d:set(KICK_KEY, true, 10)
+            return true
+        end
+        if held == nil then
+            return nil, "healthcheck lock: " .. tostring(err)
+        end
+        local _, other = session.holder(LOCK)
+        if other then
+            d:set(HOLDER_KEY, other)
+            return true
+        end
+        ngx_sleep(0.5)
+    end
+    return true
+end
+
+
+--- pass() -> true | false (not the checker) | nil, err: one healthcheck pass
+-- (timer job, every worker)
 function _M.pass()
     if worker_exiting() then
-        return true
+        return false
     end
     local ok, err = elected()
     if not ok then
         if err then
             return nil, err
         end
-        return true
+        return false
     end
     counter("passes")
 
@@ -467,14 +535,14 @@ end
 -- error_timeout has passed since their last error (timer job, every worker)
 function _M.revive()
     if worker_exiting() then
-        return true
+        return false
     end
     local ok, err = elected()
     if not ok then
         if err then
             return nil, err
         end
-        return true
+        return false
     end
 
     local insts
@@ -517,7 +585,25 @@ end
 
 
 local function healthcheck_interval()
+    local d = locks()
+    if d and d:get(KICK_KEY) then
+        return 0.1 -- this node just took the lock: start checking now
+    end
     return session.global("healthcheck_interval")
+end
+
+
+local watch_settings = {}
+local function lock_watch_settings()
+    watch_settings.wait = session.global("consul_wait_time")
+    watch_settings.lock_ttl = session.global("worker_lock_ttl")
+    watch_settings.backoff_cap = math_min(session.global("watcher_interval"), 1)
+    return watch_settings
+end
+
+
+local function lock_path()
+    return session.lock_key(LOCK)
 end
 
 
@@ -532,6 +618,9 @@ function _M.run_workers()
     local ok, err = timer.every("healthcheck", healthcheck_interval, _M.pass)
     if ok or str_find(tostring(err), "already running", 1, true) then
         ok, err = timer.every("revive", revive_interval, _M.revive)
+    end
+    if ok or str_find(tostring(err), "already running", 1, true) then
+        ok, err = watch.start("healthcheck lock", lock_path, lock_seen, lock_watch_settings, locks())
     end
     if not ok and not str_find(tostring(err), "already running", 1, true) then
         ngx_log(ngx.ERR, "[zedcup] healthcheck: ", err)

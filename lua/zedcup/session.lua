@@ -7,8 +7,17 @@
 -- one worker renews it (a shm token per interval); a 404 on renew (the session
 -- lapsed or was destroyed behind our back) creates a new one. The session holds
 -- `<prefix>/registry/<id>` (value "<hostname> <master pid>") so live nodes can be
--- listed; behavior "release" and a short LockDelay let another node take over a
--- cluster lock soon after this node dies.
+-- listed; behavior "delete" removes that entry and the node's lock keys with the
+-- session, and a short LockDelay lets another node take over a cluster lock
+-- soon after this node dies.
+--
+-- Clean stops: every worker leaves a timer pending that nginx runs
+-- (prematurely) when the worker exits. `nginx -s quit`: the node's cluster
+-- locks are released (no lock-delay: another node takes over at once) and its
+-- session destroyed. `nginx -s reload`: the master runs init() again, which
+-- bumps a generation in the locks dict; old workers that see a newer
+-- generation only hand their worker locks to the new workers, and the node
+-- keeps its session and its locks.
 --
 -- Cluster locks: acquire(name) / release(name) / holder(name) on
 -- `<prefix>/locks/<name>`, value = the node name.
@@ -32,6 +41,7 @@ local worker_exiting = ngx.worker.exiting
 local type = type
 local tostring = tostring
 local ipairs = ipairs
+local pairs = pairs
 local pcall = pcall
 local error = error
 local math_min = math.min
@@ -51,6 +61,11 @@ local CREATE_KEY = "zedcup:session:create"
 local RENEW_TOKEN = "zedcup:session:renew"
 local RENEWALS_KEY = "zedcup:session:renewals" -- a counter, for tests
 local WLOCK_PREFIX = "zedcup:wlock:"
+local GEN_KEY = "zedcup:gen"          -- bumped by init() on every start and reload
+local QUIT_KEY = "zedcup:quit:"       -- .. gen: one worker cleans up on quit
+
+-- worker-local: worker locks this worker holds, handed over when it exits
+local held_worker_locks = {}
 
 -- Set by init() in the master (init_by_lua), inherited by every worker.
 local conf = {
@@ -112,6 +127,10 @@ function _M.init(opts)
     conf.locks = opts.dicts and opts.dicts.locks or "zedcup_locks"
     conf.hostname = get_hostname()
     conf.node_name = opts.node_name
+    -- in init_by_lua (the master, on start and on every reload): workers
+    -- forked from here carry this generation
+    local d = shared[conf.locks]
+    conf.gen = d and d:incr(GEN_KEY, 1, 0) or 0
     return true
 end
 
@@ -200,6 +219,7 @@ end
 local function lock_key(name)
     return kv.prefix() .. "/locks/" .. name
 end
+_M.lock_key = lock_key
 
 
 -- Deletes registry entries that no session holds any more (their node died):
@@ -244,7 +264,7 @@ local function create(d)
     local res, err = c:put("/session/create", {
         Name = name,
         TTL = tostring(ttl) .. "s",
-        Behavior = "release",
+        Behavior = "delete",
         LockDelay = LOCK_DELAY,
     })
     if not res or res.status ~= 200 or type(res.body) ~= "table" or type(res.body.ID) ~= "string" then
@@ -288,6 +308,10 @@ local function ensure(stale)
     local id = d:get(ID_KEY)
     if id and id ~= stale then
         return id
+    end
+    if worker_exiting() then
+        -- a stopping node makes no new session (its last one was destroyed)
+        return nil, "session: none (nginx is stopping)"
     end
 
     local lock
@@ -359,7 +383,7 @@ function _M.renew(force)
     if not force then
         local ok = d:add(RENEW_TOKEN, true, _M.renew_interval() * 0.9)
         if not ok then
-            return true -- another worker's turn
+            return false -- another worker's turn: nothing done
         end
     end
 
@@ -513,6 +537,7 @@ function _M.worker_lock(name, ttl)
     if ok == nil then
         return nil, "worker lock " .. name .. ": " .. tostring(err)
     end
+    held_worker_locks[name] = ok or nil
     return ok
 end
 
@@ -541,9 +566,56 @@ end
 
 local function renew_job()
     if worker_exiting() then
-        return true
+        return false
     end
     return _M.renew()
+end
+
+
+local exit_timer
+local EXIT_TIMER_DELAY = 10 * 365 * 86400
+
+
+-- Runs when this worker exits (a pending timer nginx fires prematurely).
+local function on_exit(premature)
+    if not premature then
+        return
+    end
+    local d = dict()
+    if not d then
+        return
+    end
+    for name in pairs(held_worker_locks) do
+        _M.worker_unlock(name)
+    end
+    if (d:get(GEN_KEY) or 0) ~= conf.gen then
+        return -- a reload: the new workers carry on with this node's session
+    end
+    -- `nginx -s quit` (or stop): the first worker out releases the node's
+    -- locks and destroys its session, once
+    if not d:add(QUIT_KEY .. conf.gen, true, 60) then
+        return
+    end
+    local id = d:get(ID_KEY)
+    if not id then
+        return
+    end
+    local c = consul()
+    local res = c:get_key(kv.prefix() .. "/locks/", { recurse = true })
+    if res and res.status == 200 and type(res.body) == "table" then
+        for _, e in ipairs(res.body) do
+            if type(e) == "table" and e.Session == id then
+                -- a release, unlike the session's end, has no lock-delay
+                c:put_key(e.Key, e.Value or "", { release = id })
+            end
+        end
+    end
+    local ok, err = _M.destroy()
+    if ok then
+        ngx_log(ngx_INFO, "[zedcup] session: ", id, " destroyed, locks released (nginx stopping)")
+    else
+        ngx_log(ngx_WARN, "[zedcup] session: destroying ", id, " on exit: ", err)
+    end
 end
 
 
@@ -551,11 +623,17 @@ end
 -- Every worker runs it; the shm token lets one of them renew per interval.
 function _M.run_workers()
     -- no back-off beyond the interval: a session lapses if renewals stop
-    local ok, err = timer.every({ name = "session renewal", backoff_cap = _M.renew_interval },
-                                _M.renew_interval, renew_job)
+    local ok, err = timer.every("session renewal", _M.renew_interval, renew_job)
     if not ok and not str_find(tostring(err), "already running", 1, true) then
         ngx_log(ngx_ERR, "[zedcup] session: ", err)
         return nil, err
+    end
+    if not exit_timer then
+        -- nginx runs pending timers, with premature = true, when the worker exits
+        exit_timer, err = ngx.timer.at(EXIT_TIMER_DELAY, on_exit)
+        if not exit_timer then
+            ngx_log(ngx_ERR, "[zedcup] session: could not set the exit timer: ", err)
+        end
     end
     return true
 end

@@ -212,14 +212,25 @@ function _M.mark_up(inst, pool_name, host_name)
 end
 
 
---- record_check(inst, pool_name, host_name, ok, msg) -> true | nil, err
+--- record_check(inst, pool_name, host_name, ok, msg) -> true
+-- The result stays in this node's shared dict (Consul is written only on
+-- transitions): "<unix time> ok" or "<unix time> <why it failed>".
 function _M.record_check(inst, pool_name, host_name, ok, msg)
-    local res, err = kv.put(kv.state_key(inst, pool_name, host_name, "check"),
-                            ok and "ok" or tostring(msg or "failed"), { flags = ngx_time() })
-    if not res then
-        return nil, err or "check of " .. host_key(inst, pool_name, host_name) .. " not written"
-    end
+    dict:set("c:" .. host_key(inst, pool_name, host_name),
+             ngx_time() .. " " .. (ok and "ok" or tostring(msg or "failed")), 86400)
     return true
+end
+
+
+--- last_check(inst, pool_name, host_name) -> "ok" | why, unix time | nil
+-- (the checker node's last result; other nodes have none)
+function _M.last_check(inst, pool_name, host_name)
+    local v = dict:get("c:" .. host_key(inst, pool_name, host_name))
+    if not v then
+        return nil
+    end
+    local t, what = str_match(v, "^(%d+) (.*)$")
+    return what, tonumber(t)
 end
 
 
@@ -277,10 +288,12 @@ end
 
 --- sync() -> true | nil, err: drains queued failures into Consul (timer job)
 function _M.sync()
+    local pushed = false
     for _ = 1, 10000 do
         local k = dict:lpop(QUEUE)
         if not k then
-            return true
+            -- false: nothing to push, Consul was not asked (not a recovery)
+            return pushed
         end
         local qk = "q:" .. k
         local delta = dict:get(qk) or 0
@@ -290,6 +303,7 @@ function _M.sync()
                 dict:rpush(QUEUE, k)
             end
             local ok, err = push_errors(k, delta)
+            pushed = true
             if not ok then
                 -- put them back for the next run
                 if dict:incr(qk, delta, 0) == delta then

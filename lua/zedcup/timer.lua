@@ -1,18 +1,24 @@
 -- zedcup.timer: background jobs that cannot die.
 --
 -- Every job body runs under pcall. A job that throws, or returns `nil, err`, is
--- logged (rate-limited: the same message at most once per log_interval per job),
--- backed off exponentially up to a cap, and rescheduled; the back-off resets on
--- the first success. Intervals are read again before each reschedule, so a
--- changed global interval applies without a reload. A worker keeps at most one
--- pending timer per job name, and jobs stop when the worker exits.
+-- logged (rate-limited: the same message at most once per log_interval per job)
+-- and rescheduled. An `every` job that failed runs again one interval later:
+-- its back-off is its own interval, so a health check resumes within one
+-- interval of Consul's return. A `loop` (long polls) backs off exponentially up
+-- to its cap. A job that returns `false` did nothing this time (not its turn, no
+-- work): that is neither a failure nor a recovery, so "recovered" is only logged
+-- after a run that did its work. Intervals are read again before each
+-- reschedule, so a changed global interval applies without a reload. A worker
+-- keeps at most one pending timer per job name, and jobs stop when the worker
+-- exits.
 --
 --   timer.every(name, get_interval, fn, ...)  fn(...) every get_interval() s
 --   timer.loop(name, fn, ...)                 fn(...) again as soon as it returns
 --                                             (long polls), at least min_gap apart
 --
 -- `name` is a string, or a table { name = , backoff = , backoff_cap = , min_gap = }
--- to tune one job (backoff: the first delay after a failure, a number or a function).
+-- to tune one loop (backoff: the first delay after a failure, a number or a
+-- function; backoff_cap: the longest).
 
 local ngx = ngx
 local ngx_log = ngx.log
@@ -127,12 +133,7 @@ end
 
 local function next_delay(job, failed)
     if job.kind == "every" then
-        local interval = current_interval(job)
-        if not failed then
-            return interval
-        end
-        local cap = math_max(resolve(job.backoff_cap, options.backoff_cap), interval)
-        return math_min(interval * 2 ^ job.consecutive_failures, cap)
+        return current_interval(job)
     end
 
     -- loop
@@ -152,7 +153,7 @@ end
 -- -> seconds still to wait before the next run (0: run now)
 local function remaining(job)
     local now = ngx_now()
-    if job.kind == "every" and job.consecutive_failures == 0 and job.ended_at then
+    if job.kind == "every" and job.ended_at then
         local interval = current_interval(job)
         job.last_delay = interval
         job.next_run = job.ended_at + interval
@@ -187,7 +188,7 @@ local function run(premature, job)
     job.running = false
     ngx_update_time()
 
-    local failed = false
+    local failed, idle = false, false
     if not ok then
         failed = true
         job.thrown = true
@@ -195,13 +196,16 @@ local function run(premature, job)
     elseif res == nil and err ~= nil then
         failed = true
         job.thrown = false
+    elseif res == false then
+        job.idle = job.idle + 1
+        idle = true -- neither a failure nor a recovery
     end
 
     if failed then
         job.failures = job.failures + 1
         job.consecutive_failures = job.consecutive_failures + 1
         job.last_error = tostring(err)
-    elseif job.consecutive_failures > 0 then
+    elseif not idle and job.consecutive_failures > 0 then
         -- The rate limit outlives a recovery: a job that alternates between
         -- failing and succeeding (Consul flapping, or a worker whose turn it
         -- is not) must not log every failure and every recovery.
@@ -283,6 +287,7 @@ local function start(kind, spec, interval, fn, ...)
         backoff_cap = tune and tune.backoff_cap,
         min_gap = tune and tune.min_gap,
         runs = 0,
+        idle = 0,
         failures = 0,
         consecutive_failures = 0,
         suppressed = 0,
@@ -353,6 +358,7 @@ function _M.stats()
         out[name] = {
             kind = job.kind,
             runs = job.runs,
+            idle = job.idle,             -- runs that returned false (nothing to do)
             failures = job.failures,
             consecutive_failures = job.consecutive_failures,
             last_error = job.last_error,

@@ -1,9 +1,14 @@
 -- zedcup.watch: one Consul blocking query loop per node for a key prefix.
 -- Each worker runs the loop; only the holder of the node lock queries, the
 -- others stand by and take over when the lock lapses or its holder is gone.
--- The index resets to 0 when Consul's goes backwards; loops are at least
--- timer's min_gap apart; failures back off (zedcup.timer) up to
--- watcher_interval and recover by themselves.
+--
+-- Surviving Consul: after any failed or refused request the next one is not
+-- blocking (index 0): it resyncs the whole prefix, and the appliers compare
+-- contents, so a Consul restarted with a lower or an equal index cannot hide
+-- a change behind an old index. Consul's index going backwards is told to the
+-- applier (`info.reset`), which decides what an empty answer then means.
+-- Loops are at least timer's min_gap apart; failures back off (zedcup.timer)
+-- up to the settings' backoff_cap and recover by themselves.
 
 local kv = require "zedcup.kv"
 local nodelock = require "zedcup.nodelock"
@@ -11,6 +16,8 @@ local timer = require "zedcup.timer"
 
 local ngx = ngx
 local ngx_sleep = ngx.sleep
+local ngx_now = ngx.now
+local ngx_update_time = ngx.update_time
 local worker_exiting = ngx.worker.exiting
 local spawn = ngx.thread.spawn
 local wait = ngx.thread.wait
@@ -48,29 +55,40 @@ local function step(w)
         end
         w.index = 0 -- a new holder starts from scratch
         ngx_sleep(STANDBY_INTERVAL)
-        return true
+        return false -- standing by: neither a success nor a failure
     end
 
+    ngx_update_time()
+    w.info.sent_at = ngx_now()
     local q = spawn(query, w, s.wait)
     local e = spawn(exit_watch)
     local okq, entries, index = wait(q, e)
     kill(q)
     kill(e)
-    if not okq then
-        return nil, "watch " .. w.name .. ": " .. tostring(entries)
-    end
     if entries == "exiting" then
         nodelock.release(w.dict, lock_key)
-        return true
+        return false
     end
-    if not entries then
+    if not okq or not entries then
+        -- whatever Consul is now (restarted, restored, another server), the
+        -- next request must not block on an index it may never reach
+        w.index = 0
+        if not okq then
+            return nil, "watch " .. w.name .. ": " .. tostring(entries)
+        end
         return nil, index
     end
 
     index = index or 0
-    if index < w.index then
-        w.index = 0 -- Consul restored or keys reaped: start over
-    end
+    -- the highest index this node saw (kept in the dict: it outlives a reload)
+    local seen_key = "watch:" .. w.name .. ":index"
+    local seen = w.dict:get(seen_key) or 0
+    local info = w.info
+    info.reset = index < seen
+    info.resync = w.index == 0
+    info.seen = seen
+    w.dict:set(seen_key, index)
+
     if index == w.index and w.applied then
         if w.alive then
             w.alive()
@@ -78,8 +96,9 @@ local function step(w)
         return true
     end
 
-    local aok, aerr = w.apply(entries, index)
+    local aok, aerr = w.apply(entries, index, info)
     if not aok then
+        w.index = 0
         return nil, aerr
     end
     w.applied = true
@@ -92,7 +111,10 @@ end
 
 
 --- start(name, path_fn, apply_fn, settings_fn, dict, alive_fn?)
--- apply_fn(entries, index) -> true | nil, err: on every change;
+-- apply_fn(entries, index, info) -> true | nil, err: on every change and every
+-- resync; info = { reset = Consul's index went below the highest seen,
+-- resync = the first answer after a start or a failure, seen = that highest index,
+-- sent_at = when the request was sent (ngx.now()) };
 -- alive_fn(): after every answer, changed or not;
 -- settings_fn() -> { wait =, lock_ttl =, backoff_cap = }
 function _M.start(name, path_fn, apply_fn, settings_fn, dict, alive_fn)
@@ -105,6 +127,7 @@ function _M.start(name, path_fn, apply_fn, settings_fn, dict, alive_fn)
         dict = dict,
         index = 0,
         applied = false,
+        info = {},
     }
     return timer.loop({
         name = "zedcup watch " .. name,
