@@ -76,7 +76,7 @@ def test_restart_with_lower_index_then_a_change_reaches_every_worker(
     for key, value in (("name", "p"), ("hosts/1/host", "127.0.0.1"), ("hosts/1/port", str(b))):
         consul.put(f"{base}/{key}", value)
     took = node.until_all("B", 10)
-    assert took is not None and took < 3, took
+    assert took is not None and took < 5, took
 
 
 def test_consul_back_empty_keeps_the_instances_and_says_so(
