@@ -58,6 +58,7 @@ silent.test: nil true
         local f = assert(io.open("$TEST_NGINX_DNS_DIR/web.test", "w"))
         f:write("A 127.0.0.3\nA 127.0.0.2\nTTL 30\n"); f:close()
         require("zedcup.resolver").configure({ nameservers = { { "127.0.0.1", $TEST_NGINX_DNS_PORT } } })
+        assert(require("zedcup.resolver").peers("early.test") == nil)  -- no timer in init: no error
     }
 --- config
     location = /t {

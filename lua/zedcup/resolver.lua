@@ -27,6 +27,7 @@ local timer = require "zedcup.timer"
 local ngx = ngx
 local ngx_log = ngx.log
 local ngx_now = ngx.now
+local get_phase = ngx.get_phase
 local WARN = ngx.WARN
 local NOTICE = ngx.NOTICE
 local io_open = io.open
@@ -341,9 +342,11 @@ local function entry(host)
     if not e then
         e = { expires = 0, used = ngx_now() }
         cache[host] = e
-        if not started then
-            start()
-        end
+    end
+    -- no timers in init_by_lua: a name asked for there is resolved once a
+    -- worker asks again
+    if not started and get_phase() ~= "init" then
+        start()
     end
     return e
 end
