@@ -335,3 +335,21 @@ def test_python_consul2_catalog_round_trip(py_consul: Any, service: Callable[...
     assert services[name] == ["t"]
     _, checks = py_consul.health.checks(name)
     assert [(c["Status"], c["Output"]) for c in checks] == [("passing", "fine")]
+
+
+def test_nodes(raw_consul: RawConsul, service: Callable[..., str]) -> None:
+    sid = service(Port=80, Check={"TTL": "30s"})
+    nodes = raw_consul.get("/v1/catalog/nodes")
+    assert nodes.status_code == 200 and index_of(nodes) > 0
+    [node] = nodes.json()  # a dev agent is a cluster of one
+    assert set(node) >= NODE_KEYS | {"CreateIndex", "ModifyIndex"}
+    name = node["Node"]
+    services = raw_consul.get(f"/v1/catalog/node/{name}").json()
+    assert services["Node"]["Node"] == name
+    assert services["Services"][sid]["Port"] == 80
+    assert "consul" in services["Services"]
+    checks = raw_consul.get(f"/v1/health/node/{name}").json()
+    ids_ = [c["CheckID"] for c in checks]
+    assert "serfHealth" in ids_ and f"service:{sid}" in ids_
+    assert raw_consul.get("/v1/catalog/node/no-such-node").json() is None
+    assert raw_consul.get("/v1/health/node/no-such-node").json() == []

@@ -435,6 +435,26 @@ class Catalog:
                 )
             return self.checks_index, [self.check_json(c) for c in found]
 
+    def nodes_query(self, node_meta: list[tuple[str, str]]) -> tuple[int, list[dict[str, Any]]]:
+        with self._lock:
+            found = [self.node_json()] if self.node_meta_matches(node_meta) else []
+            return self.nodes_index, found
+
+    def node_services(self, node: str) -> tuple[int, dict[str, Any] | None]:
+        with self._lock:
+            index = max(self.nodes_index, self.services_index)
+            if node != self.node:
+                return index, None
+            services = {
+                sid: self.service_json(s, health=True) for sid, s in sorted(self.services.items())
+            }
+            return index, {"Node": self.node_json(), "Services": services}
+
+    def node_checks(self, node: str) -> tuple[int, list[dict[str, Any]]]:
+        with self._lock:
+            found = sorted(self.checks.values(), key=lambda c: c.id) if node == self.node else []
+            return self.checks_index, [self.check_json(c) for c in found]
+
     def agent_services(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {

@@ -66,6 +66,9 @@ class CatalogEndpoints:
             "/v1/agent/check/fail/": {"PUT": self._ttl(CRITICAL)},
             "/v1/agent/check/update/": {"PUT": self.check_update},
             "/v1/catalog/services": {"GET": self.catalog_services},
+            "/v1/catalog/nodes": {"GET": self.catalog_nodes},
+            "/v1/catalog/node/": {"GET": self.catalog_node},
+            "/v1/health/node/": {"GET": self.health_node},
             "/v1/catalog/service/": {"GET": self.catalog_service},
             "/v1/health/service/": {"GET": self.health_service},
             "/v1/health/checks/": {"GET": self.health_checks},
@@ -206,6 +209,26 @@ class CatalogEndpoints:
         resp = self.api._json(req, body, index=index)
         resp.headers["X-Consul-Effective-Consistency"] = "leader"
         return resp
+
+    def catalog_nodes(self, req: Request, arg: str = "") -> Response:
+        meta = _node_meta(req)
+        return self._read(req, lambda: self.catalog.nodes_query(meta), self.catalog.node_json)
+
+    def catalog_node(self, req: Request, node: str = "") -> Response:
+        if not node:
+            raise HTTPError(400, "Missing node name")
+        min_index, timeout = blocking_params(req.query)
+        index, out = self.store.block(
+            "catalog", "", lambda: self.catalog.node_services(node), min_index, timeout, req.alive
+        )
+        resp = self.api._json(req, out, index=index)
+        resp.headers["X-Consul-Effective-Consistency"] = "leader"
+        return resp
+
+    def health_node(self, req: Request, node: str = "") -> Response:
+        if not node:
+            raise HTTPError(400, "Missing node name")
+        return self._read(req, lambda: self.catalog.node_checks(node), self._proto_check)
 
     def catalog_service(self, req: Request, name: str = "") -> Response:
         if not name:
