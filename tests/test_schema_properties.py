@@ -14,9 +14,9 @@ from zedctl.configfile import ConfigFile
 from zedctl.consulapi import ConsulKV, ConsulSettings
 from zedctl.kvmap import flatten, key_of, read_config, unflatten
 from zedctl.layout import Layout
-from zedctl.ops import apply_plan, export, load_global, load_instance, plan_configure
+from zedctl.ops import apply_plan, export, load_global, load_instance, plan_apply
 from zedctl.pytest_plugin import ConsulEndpoint
-from zedctl.schema import Schema
+from zedctl.schema import Schema, parse_number
 
 SCHEMA = Schema.load()
 
@@ -143,6 +143,10 @@ def globals_(draw: st.DrawFn) -> dict[str, Any]:
     ):
         optional(draw, out, key, positive_number)
     optional(draw, out, "session_ttl", st.integers(10, 86400))
+    # The schema's relation: session_renew_interval <= session_ttl / 2 (defaults 10, 30).
+    half = out.get("session_ttl", 30) / 2
+    if (parse_number(out.get("session_renew_interval", 10)) or 0) > half:
+        out["session_renew_interval"] = half
     optional(draw, out, "consul_wait_time", st.integers(1, 600))
     return out
 
@@ -328,7 +332,7 @@ def test_configs_survive_a_round_trip_through_consul(
     global_normalised, _ = SCHEMA.validate("global", global_config)
     config = ConfigFile(global_normalised, {"app": normalised})
     try:
-        apply_plan(kv, plan_configure(kv, layout, SCHEMA, config))
+        apply_plan(kv, plan_apply(kv, layout, SCHEMA, config))
         assert load_instance(kv, layout, SCHEMA, "app") == normalised
         assert (load_global(kv, layout, SCHEMA) or {}) == global_normalised
         assert export(kv, layout, SCHEMA).instances == {"app": normalised}

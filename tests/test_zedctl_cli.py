@@ -90,14 +90,19 @@ instances:
 """
 
 
-def state_of(raw: RawConsul, prefix: str) -> dict[str, tuple[str | None, int]]:
-    """Every key under prefix/ with its value and ModifyIndex."""
+def state_of(
+    raw: RawConsul, prefix: str, bookkeeping: bool = False
+) -> dict[str, tuple[str | None, int]]:
+    """Every key under prefix/ with its value and ModifyIndex; without zedctl's
+    bookkeeping (the applied copies and the event log) unless asked."""
     resp = raw.get(f"/v1/kv/{prefix}/?recurse")
     if resp.status_code == 404:
         return {}
     assert resp.status_code == 200, resp.text
     out = {}
     for entry in resp.json():
+        if not bookkeeping and any(f"/{t}/" in entry["Key"] for t in ("applied", "events")):
+            continue
         value = entry["Value"]
         out[entry["Key"]] = (
             base64.b64decode(value).decode() if value is not None else None,
@@ -178,8 +183,8 @@ def normalised_file(text: str) -> Any:
 
 def test_configure_writes_the_readme_key_layout(zed: Zed, raw_consul: RawConsul) -> None:
     result = zed("configure", zed.file(README_FILE))
-    assert "wrote instance test: 16 keys in 1 transaction (state cleared)" in result.output
-    assert "16 added, 0 changed, 0 removed" in result.output
+    assert "wrote instance test: 16 keys in 1 transaction (state kept)" in result.output
+    assert "1 added, 0 changed, 0 removed" in result.output
     # The same keys as the shared vector for the README example (which the Lua suite checks).
     case = next(c for c in VECTORS["cases"] if c["name"].startswith("README example"))
     expected = {f"{zed.prefix}/instances/test/{k}": v for k, v in case["kv"].items()}
@@ -243,10 +248,12 @@ def test_dry_run_prints_the_diff_and_writes_nothing(zed: Zed, raw_consul: RawCon
         .replace("weight: 10", "weight: 10\n            up: false")
     )
     result = zed("configure", zed.file(changed), "--dry-run")
-    p = f"{zed.prefix}/instances/test"
-    assert f"~ {p}/pools/1/timeout: 100 -> 200" in result.output
-    assert f"- {p}/pools/2/name (was secondary)" in result.output
-    assert f"+ {p}/pools/2/hosts/1/up = false" in result.output
+    # By meaning: pools matched by name (the unnamed second pool is "2", a new pool).
+    assert result.output.splitlines()[:3] == [
+        "~ instance test pool primary timeout: 100 -> 200",
+        "+ instance test pool 2: 1 host",
+        "- instance test pool secondary (was 1 host)",
+    ]
     assert "dry run: 1 added, 1 changed, 1 removed; nothing written" in result.output
     assert state_of(raw_consul, zed.prefix) == before
 
@@ -324,7 +331,10 @@ def test_a_tree_marked_pending_is_not_read(zed: Zed, raw_consul: RawConsul) -> N
     assert "is being written (_pending: zedctl elsewhere 1700000000)" in result.output
     assert "being written (_pending)" in zed("list").stdout
     zed("export", code=1)
-    assert "web01" not in zed("status").stdout
+    # status says so, and shows the hosts of the last config zedctl applied.
+    shown = zed("status").stdout
+    assert "being written (_pending): nodes keep serving the last good config" in shown
+    assert "hosts of the last config zedctl applied" in shown and "web01" in shown
     zed("host", "down", "test", "primary", "web01", code=1)
     # A configure replaces the tree, marker included.
     zed("configure", zed.file(README_FILE))
@@ -386,6 +396,8 @@ def test_status_reads_the_state_keys_and_the_lock(
             "down_since": None,
             "last_check": None,
             "last_check_at": None,
+            "held": None,
+            "held_since": None,
             "seen_differently": [],
         }
         assert hosts["web02"]["state"] == "down" and hosts["web02"]["down_since"] == now - 30
@@ -400,9 +412,10 @@ def test_status_reads_the_state_keys_and_the_lock(
         raw_consul.put(f"/v1/session/destroy/{session}")
     assert "nobody" in zed("status").stdout
 
-    zed("host", "down", "test", "secondary", "dr01")
+    zed("host", "down", "test", "secondary", "dr01", "--reason", "disk swap")
     dr01 = json.loads(zed("status", "-o", "json").stdout)["instances"][0]["hosts"][2]
-    assert dr01["state"] == "down" and "host up = false" in dr01["reason"]
+    assert dr01["state"] == "down" and dr01["reason"] == "held down by operator: disk swap"
+    assert dr01["held"] == "disk swap" and dr01["held_since"] >= now
     assert "instance 'nope' not found" in zed("status", "nope", code=1).output
 
 
@@ -453,15 +466,26 @@ def test_status_watch_prints_again_on_change(zed: Zed, raw_consul: RawConsul) ->
 def test_host_down_up_and_weight(zed: Zed, raw_consul: RawConsul) -> None:
     zed("configure", zed.file(README_FILE))
     base = f"{zed.prefix}/instances/test/pools/1/hosts/2"
+    hold = f"{zed.prefix}/state/test/primary/web02/admin_down"
     before = values_of(raw_consul, zed.prefix)
 
-    out = zed("host", "down", "test", "primary", "web02").stdout
-    assert out == "test/primary/web02: up (default) -> false\n"
+    # host down writes runtime state (the operator's hold), never the config tree.
+    out = zed("host", "down", "test", "primary", "web02", "--reason", "kernel update").stdout
+    assert out == "host test/primary/web02: held down by operator (kernel update)\n"
     after = values_of(raw_consul, zed.prefix)
-    assert after == {**before, f"{base}/up": "false"}
+    assert after == {**before, hold: "kernel update"}
+    assert state_of(raw_consul, zed.prefix)  # flags: since when
+    resp = raw_consul.get(f"/v1/kv/{hold}")
+    assert abs(resp.json()[0]["Flags"] - time.time()) < 60
 
-    assert zed("host", "up", "test", "1", "2").stdout == "test/primary/web02: up false -> true\n"
-    assert values_of(raw_consul, zed.prefix)[f"{base}/up"] == "true"
+    # host up deletes exactly what host down wrote: Consul is as before.
+    assert zed("host", "up", "test", "1", "2").stdout == (
+        "host test/primary/web02: operator hold removed\n"
+    )
+    assert values_of(raw_consul, zed.prefix) == before
+    assert "nothing to undo" in zed("host", "up", "test", "1", "2").stdout
+    # ... so applying the unchanged file again changes nothing.
+    assert "instance test unchanged" in zed("apply", zed.file(README_FILE)).stdout
 
     zed("host", "weight", "test", "primary", "web02", "7")
     assert values_of(raw_consul, zed.prefix)[f"{base}/weight"] == "7"
@@ -541,14 +565,16 @@ def test_remove_takes_config_and_state_and_nothing_else(zed: Zed, raw_consul: Ra
     zed(
         "configure",
         zed.file(
-            f"config: {{session_ttl: 15}}\ninstances:\n  web: {host}\n"
+            f"config: {{session_ttl: 20}}\ninstances:\n  web: {host}\n"
             f"  web2: {host}\n  we: {host}\n"
         ),
     )
     for inst in ("web", "web2", "we"):
         put(raw_consul, f"{p}/state/{inst}/1/1/errors", "1")
     before = values_of(raw_consul, p)
-    assert "removed instance web (2 config keys) and its state" in zed("remove", "web").stdout
+    assert (
+        "removed instance web (2 config keys) and its state" in zed("remove", "web", "--yes").stdout
+    )
     after = values_of(raw_consul, p)
     assert after == {
         k: v
@@ -557,7 +583,7 @@ def test_remove_takes_config_and_state_and_nothing_else(zed: Zed, raw_consul: Ra
     }
     assert f"{p}/instances/web2/pools/1/hosts/1/host" in after
     assert f"{p}/state/web2/1/1/errors" in after
-    assert "instance 'web' not found" in zed("remove", "web", code=1).output
+    assert "instance 'web' not found" in zed("remove", "web", "--yes", code=1).output
 
 
 # -- validate ---------------------------------------------------------------------------
@@ -570,8 +596,8 @@ def test_validate_exit_codes(zed: Zed) -> None:
         "instances:\n  web:\n    pools:\n      - hosts: [{host: a, port: 0}, {port: 1}]\n"
     )
     result = zed("validate", bad, code=1, globals_=False)
-    assert "instances.web.pools[0].hosts[0].port: must be at least 1, got 0" in result.output
-    assert "instances.web.pools[0].hosts[1].host: required field is missing" in result.output
+    assert "instances.web.pools[1].hosts[1].port: must be at least 1, got 0" in result.output
+    assert "instances.web.pools[1].hosts[2].host: required field is missing" in result.output
     assert "no such file" in zed("validate", str(zed.tmp / "nope.yaml"), code=2).output
     assert "valid (0 instances)" in zed("validate", "-", input="{}", globals_=False).stdout
     syntax = zed("validate", "-", input='{"instances": [}', code=1, globals_=False).output
@@ -586,42 +612,42 @@ def test_validate_exit_codes(zed: Zed) -> None:
 BAD_INPUTS = {
     "wrong type": (
         "instances:\n  test:\n    pools:\n      - hosts: [{host: a, port: http}]\n",
-        'instances.test.pools[0].hosts[0].port: expected an integer, got "http"',
+        'instances.test.pools[1].hosts[1].port: expected an integer, got "http"',
     ),
     "out of range": (
         "instances:\n  test:\n    pools:\n      - hosts: [{host: a, port: 70000}]\n",
-        "instances.test.pools[0].hosts[0].port: must be at most 65535, got 70000",
+        "instances.test.pools[1].hosts[1].port: must be at most 65535, got 70000",
     ),
     "unknown method": (
         "instances:\n  test:\n    pools:\n      - method: random\n"
         "        hosts: [{host: a, port: 1}]\n",
-        'instances.test.pools[0].method: must be one of: weighted_rr, got "random"',
+        'instances.test.pools[1].method: must be one of: weighted_rr, got "random"',
     ),
     "malformed status code": (
         "instances:\n  test:\n    pools:\n      - status_codes: [5x0]\n"
         "        hosts: [{host: a, port: 1}]\n",
-        "instances.test.pools[0].status_codes[0]: not a status code pattern",
+        "instances.test.pools[1].status_codes[1]: not a status code pattern",
     ),
     "unknown key": (
         "instances:\n  test:\n    pools:\n      - hosts: [{host: a, prot: 1}]\n",
-        "instances.test.pools[0].hosts[0].prot: unknown field",
+        "instances.test.pools[1].hosts[1].prot: unknown field",
     ),
     "host without address": (
         "instances:\n  test:\n    pools:\n      - hosts: [{name: a, port: 1}]\n",
-        "instances.test.pools[0].hosts[0].host: required field is missing",
+        "instances.test.pools[1].hosts[1].host: required field is missing",
     ),
     "port missing": (
         "instances:\n  test:\n    pools:\n      - hosts: [{host: 10.0.0.1}]\n",
-        'instances.test.pools[0].hosts[0].port: a port is required for host "10.0.0.1"',
+        'instances.test.pools[1].hosts[1].port: a port is required for host "10.0.0.1"',
     ),
     "duplicate names": (
         "instances:\n  test:\n    pools:\n      - {name: a, hosts: [{host: a, port: 1}]}\n"
         "      - {name: a, hosts: [{host: b, port: 1}]}\n",
-        "instances.test.pools[1].name: duplicate name",
+        "instances.test.pools[2].name: duplicate name",
     ),
     "boolean as text": (
         "instances:\n  test:\n    pools:\n      - hosts: [{host: a, port: 1, up: 'false'}]\n",
-        'instances.test.pools[0].hosts[0].up: expected a boolean (true or false), got "false"',
+        'instances.test.pools[1].hosts[1].up: expected a boolean (true or false), got "false"',
     ),
     "no pools": (
         "instances:\n  test:\n    pools: []\n",
@@ -639,7 +665,7 @@ BAD_INPUTS = {
     "one good instance, one bad": (
         "instances:\n  good:\n    pools: [{hosts: [{host: a, port: 1}]}]\n"
         "  test:\n    pools: [{hosts: [{host: a, port: 0}]}]\n",
-        "instances.test.pools[0].hosts[0].port: must be at least 1, got 0",
+        "instances.test.pools[1].hosts[1].port: must be at least 1, got 0",
     ),
 }
 
@@ -688,7 +714,7 @@ def test_global_options_from_env_and_flags(zed: Zed, consul: ConsulEndpoint) -> 
         in zed("list", env=env_wrong, code=3, globals_=False).output
     )
     assert (
-        "scheme must be http or https"
+        "unknown scheme 'ftp'"
         in zed("--consul", "ftp://x:1", "list", code=2, globals_=False).output
     )
     missing_ca = str(zed.tmp / "nope.pem")
@@ -708,7 +734,7 @@ COMMANDS = [
     ("config", "show"),
     ("export",),
     ("status",),
-    ("remove", "web"),
+    ("remove", "web", "--yes"),
     ("host", "down", "web", "1", "1"),
     ("host", "weight", "web", "1", "1", "5"),
 ]
@@ -739,7 +765,10 @@ def test_acl_denied_says_a_token_is_needed(
     args = [a.format(file=zed.file(README_FILE)) for a in command]
     result = zed(*args, code=3)
     assert f"Consul at {acl_consul.url} denied access" in result.output
-    assert "an ACL token is needed: pass --token or set CONSUL_HTTP_TOKEN" in result.output
+    assert (
+        "an ACL token is needed: --token, --token-file, CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE"
+        in result.output
+    )
 
 
 def test_acl_token_from_flag_or_env(acl_consul: DevConsul, tmp_path: Path) -> None:
@@ -749,7 +778,7 @@ def test_acl_token_from_flag_or_env(acl_consul: DevConsul, tmp_path: Path) -> No
     anonymous = Zed(acl_consul.url, zed.prefix, None, tmp_path)
     assert "test" in anonymous("list", env={"CONSUL_HTTP_TOKEN": "s3cret-token"}).stdout
     wrong = Zed(acl_consul.url, zed.prefix, "wrong", tmp_path)
-    assert "the token given lacks the rights needed" in wrong("list", code=3).output
+    assert "Consul does not know the token given" in wrong("list", code=3).output
     # The flag beats the environment.
     assert "test" in zed("list", env={"CONSUL_HTTP_TOKEN": "wrong"}).stdout
 
@@ -777,7 +806,7 @@ def test_consul_server_errors_are_reported(tmp_path: Path) -> None:
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         zed = Zed(url, "zt/x", None, tmp_path)
-        for args in (("list",), ("configure", zed.file(README_FILE)), ("remove", "x")):
+        for args in (("list",), ("configure", zed.file(README_FILE)), ("remove", "x", "--yes")):
             result = zed(*args, code=3)
             assert f"Consul at {url} failed while" in result.output
             assert "500 rpc error: No cluster leader" in result.output
@@ -867,7 +896,7 @@ def test_a_write_interrupted_part_way_stays_pending(
     assert f"{zed.prefix}/instances/big/ is left marked _pending after 2 of 4 transactions" in (
         result.output
     )
-    assert "run configure again" in result.output
+    assert "run apply again" in result.output
     assert "is being written" in zed("get", "big", code=1).output
     # Running it again at once is refused: a fresh marker may be a write under way.
     refused = zed("configure", big, code=1)
@@ -931,15 +960,19 @@ def test_configuring_the_same_file_again_writes_nothing_and_keeps_state(
     before = state_of(raw_consul, p)
 
     result = zed("configure", path)
-    assert "global config unchanged: nothing to write (state kept)" in result.output
-    assert "instance web unchanged: nothing to write (state kept)" in result.output
+    assert "global config unchanged: nothing to write" in result.output
+    assert "instance web unchanged: nothing to write" in result.output
     assert "0 added, 0 changed, 0 removed" in result.output
     assert state_of(raw_consul, p) == before, "no key written, not even with the same value"
     assert "unchanged" in zed("configure", path, "--dry-run").output
 
-    # A changed instance is still replaced as a whole, its state cleared; the other kept.
+    # A changed instance is replaced as a whole; the state of the host whose address
+    # changed is cleared, the other instance's is kept.
     result = zed("configure", zed.file(RICH_FILE.replace("port: 9 }", "port: 10 }")))
-    assert "wrote instance web2: 2 keys in 1 transaction (state cleared)" in result.output
+    assert (
+        "wrote instance web2: 2 keys in 1 transaction "
+        "(state kept; cleared for 1 removed or moved pool/host)"
+    ) in result.output
     assert "instance web unchanged" in result.output
     after = values_of(raw_consul, p)
     assert f"{p}/state/web/primary/web01/down" in after
@@ -979,7 +1012,7 @@ def test_an_interrupted_write_with_the_same_keys_is_finished(
     result = zed("configure", path)
     assert f"- {zed.prefix}/instances/test/_pending (was zedctl elsewhere 1)" not in result.output
     assert "wrote instance test: 16 keys in 1 transaction" in result.output
-    assert "0 added, 0 changed, 1 removed" in result.output
+    assert "0 added, 1 changed, 0 removed" in result.output
     assert f"{zed.prefix}/instances/test/_pending" not in values_of(raw_consul, zed.prefix)
     zed("get", "test")
 
@@ -1034,14 +1067,12 @@ def test_a_stored_instance_with_a_refused_name_does_not_break_the_others(
     assert {k.split("/")[3] for k in values_of(raw_consul, f"{p}/instances")} == {"test"}
 
 
-def test_the_dry_run_diff_is_in_key_order(zed: Zed) -> None:
+def test_the_dry_run_diff_is_by_meaning(zed: Zed) -> None:
     hosts = ", ".join(f"{{host: h{i}, port: {i + 1}}}" for i in range(12))
     result = zed("configure", zed.file(f"instances:\n  w:\n    pools: [{{hosts: [{hosts}]}}]\n"))
-    assert "24 added" in result.output
+    assert "1 added" in result.output
     result = zed("configure", zed.file("instances: {}\n"), "--prune", "--dry-run")
-    removed = [line.split()[1] for line in result.output.splitlines() if line.startswith("- ")]
-    base = f"{zed.prefix}/instances/w/pools/1/hosts"
-    assert removed == [f"{base}/{i}/{leaf}" for i in range(1, 13) for leaf in ("host", "port")]
+    assert result.output.splitlines()[0] == "- instance w (was 1 pool, 12 hosts)"
 
 
 def test_a_long_list_of_known_hosts_is_cut_short(zed: Zed) -> None:
@@ -1123,10 +1154,9 @@ def test_names_with_url_characters_are_escaped_in_key_paths(
     }
     got = json.loads(zed("get", inst, "-o", "json").stdout)
     assert got["pools"][0]["hosts"][0]["name"] == "a%2F+"
-    zed("host", "down", inst, "p 1?", "a%2F+")
-    assert (
-        values_of(raw_consul, f"{p}/instances")[f"{p}/instances/{inst}/pools/1/hosts/1/up"]
-        == "false"
-    )
-    zed("remove", inst)
+    zed("host", "down", inst, "p 1?", "a%2F+", "--reason", "r?&=")
+    assert values_of(raw_consul, f"{p}/state") == {
+        f"{p}/state/{inst}/p 1?/a%2F+/admin_down": "r?&="
+    }
+    zed("remove", inst, "--yes")
     assert values_of(raw_consul, f"{p}/instances") == {}

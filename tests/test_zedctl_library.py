@@ -13,6 +13,7 @@ import pytest
 import zedctl
 from zedctl.configfile import check_document, load_config_file, load_document, parse_text
 from zedctl.consulapi import TXN_LIMIT, ConsulSettings, KVEntry, parse_address
+from zedctl.cli import exit_code_of
 from zedctl.errors import ConfigSyntaxError, InvalidConfig, UsageProblem
 from zedctl.kvmap import flatten, read_config
 from zedctl.layout import Layout
@@ -81,7 +82,7 @@ def test_stdin_is_read_for_dash() -> None:
 def test_missing_file_is_a_usage_problem(tmp_path: Any) -> None:
     with pytest.raises(UsageProblem, match=r"cannot read .*nope\.yaml: no such file") as info:
         load_document(str(tmp_path / "nope.yaml"))
-    assert info.value.exit_code == 2
+    assert exit_code_of(info.value) == 2
     with pytest.raises(UsageProblem, match="directory"):
         load_document(str(tmp_path))
 
@@ -100,8 +101,8 @@ def test_document_problems_carry_full_paths() -> None:
     rendered = [p.render() for p in problems]
     assert "extra: unknown top-level key (expected config, instances), got true" in rendered
     assert "config.session_ttl: must be at least 10, got 1" in rendered
-    assert "instances.web.pools[0].hosts[1].port: must be at most 65535, got 70000" in rendered
-    assert "instances.web.pools[0].hosts[1].host: required field is missing" in rendered
+    assert "instances.web.pools[1].hosts[2].port: must be at most 65535, got 70000" in rendered
+    assert "instances.web.pools[1].hosts[2].host: required field is missing" in rendered
     assert 'instances[""]: an instance name must not be empty, got ""' in rendered
     assert 'instances["a/b"]: an instance name must not contain \'/\', got "a/b"' in rendered
 
@@ -129,14 +130,14 @@ def test_invalid_config_lists_every_problem(tmp_path: Any) -> None:
         load_config_file(SCHEMA, str(path))
     lines = info.value.message.splitlines()
     assert lines[0] == f"{path}: 3 problems"
-    assert '  instances.web.pools[0].method: must be one of: weighted_rr, got "rr"' in lines
-    assert "  instances.web.pools[0].hosts[0].port: must be at least 1, got 0" in lines
-    assert '  instances.web.pools[0].hosts[1].weight: expected an integer, got "x"' in lines
+    assert '  instances.web.pools[1].method: must be one of: weighted_rr, got "rr"' in lines
+    assert "  instances.web.pools[1].hosts[1].port: must be at least 1, got 0" in lines
+    assert '  instances.web.pools[1].hosts[2].weight: expected an integer, got "x"' in lines
 
 
-def test_render_path() -> None:
+def test_render_path_counts_list_items_from_1() -> None:
     assert render_path(("instances", "web", "pools", 0, "hosts", 1, "port")) == (
-        "instances.web.pools[0].hosts[1].port"
+        "instances.web.pools[1].hosts[2].port"
     )
     assert render_path(("instances", "my.app", "ssl")) == 'instances["my.app"].ssl'
 
@@ -227,13 +228,38 @@ def test_a_stale_pending_is_taken_over_with_check_index() -> None:
         ("https://consul.example", ("https", "consul.example", 443)),
         ("http://consul.example/", ("http", "consul.example", 8500)),
         ("[::1]:8500", ("http", "::1", 8500)),
+        ("http://[::1]:8500", ("http", "::1", 8500)),
+        ("HTTPS://[fe80::1]:8501", ("https", "fe80::1", 8501)),
     ],
 )
 def test_consul_addresses(address: str, parts: tuple[str, str, int]) -> None:
-    assert parse_address(address) == parts
+    parsed = parse_address(address)
+    assert (parsed.scheme, parsed.host, parsed.port, parsed.socket_path) == (*parts, None)
 
 
-@pytest.mark.parametrize("address", ["", "ftp://x:1", "http://x:99999", "http://x:1/v1/kv", ":80"])
+def test_consul_unix_addresses_and_ssl() -> None:
+    parsed = parse_address("unix:///run/consul/http.sock")
+    assert parsed.socket_path == "/run/consul/http.sock"
+    assert parsed.url == "unix:///run/consul/http.sock"
+    # CONSUL_HTTP_SSL=true: no scheme, or http://, means https (as the consul CLI does).
+    assert parse_address("127.0.0.1:8501", ssl=True).url == "https://127.0.0.1:8501"
+    assert parse_address("http://127.0.0.1:8501", ssl=True).scheme == "https"
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "",
+        "ftp://x:1",
+        "http://x:99999",
+        "http://x:1/v1/kv",
+        ":80",
+        "http://[::1",
+        "::1:8500",
+        "unix://relative.sock",
+        "http://user@x:1",
+    ],
+)
 def test_bad_consul_addresses(address: str) -> None:
     with pytest.raises(UsageProblem):
         ConsulSettings(address=address).url  # noqa: B018 - the property parses

@@ -1,35 +1,34 @@
-"""Errors zedctl shows to users: one clear message and a documented exit code, never a traceback.
+"""zedctl's library errors: plain exceptions with one clear message each.
 
-Exit codes:
-  0  success (for `validate`: the file is valid)
-  1  invalid configuration, or an operation refused (not found, changed concurrently)
+Library modules raise these; only `zedctl.cli` turns them into exit codes:
+
+  0  success (for `validate`: the file is valid; for `diff`: no change)
+  1  invalid configuration, an operation refused (not found, changed concurrently,
+     not confirmed); for `diff`: there are changes
   2  usage error: bad options or arguments, a file that cannot be read
-  3  Consul error: unreachable, permission denied (ACL), or a server error
+  3  Consul error: unreachable, permission denied (ACL), TLS, or a server error
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import click
-
 from .schema import ConfigPath, Problem
 
-EXIT_INVALID = 1
-EXIT_USAGE = 2
-EXIT_CONSUL = 3
 
+class ZedctlError(Exception):
+    """Base of zedctl's errors: `message` is what the user reads."""
 
-class ZedctlError(click.ClickException):
-    """Base of zedctl's user-facing errors (exit code 1)."""
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
-    exit_code = EXIT_INVALID
+    def __str__(self) -> str:
+        return self.message
 
 
 class UsageProblem(ZedctlError):
     """Bad input to the command itself: a file that cannot be read, a bad address."""
-
-    exit_code = EXIT_USAGE
 
 
 class ConfigSyntaxError(ZedctlError):
@@ -67,15 +66,21 @@ class Conflict(ZedctlError):
     """A compare-and-set lost against a concurrent change."""
 
 
+class NotConfirmed(ZedctlError):
+    """A destructive operation that was not confirmed (no terminal and no --yes, or 'no')."""
+
+
 class ConsulError(ZedctlError):
     """Consul could not be reached or refused the request."""
 
-    exit_code = EXIT_CONSUL
-
 
 class ConsulUnreachable(ConsulError):
-    pass
+    """No answer: connection refused or reset, a timeout, a name that does not resolve."""
 
 
 class ConsulPermissionDenied(ConsulError):
-    pass
+    """403: an unknown token, or a token without the rights needed."""
+
+
+class ConsulTLSError(ConsulError):
+    """The TLS handshake failed (certificate, name, or TLS against a plain port)."""

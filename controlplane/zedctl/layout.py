@@ -12,6 +12,8 @@ from .errors import UsageProblem
 from .kvmap import PENDING_KEY
 from .schema import validate_instance_name
 
+ADMIN_DOWN = "admin_down"
+
 
 def _check_name(name: str) -> None:
     reason = validate_instance_name(name)
@@ -58,6 +60,37 @@ class Layout:
         if check:
             _check_name(name)
         return f"{self.state}{name}/"
+
+    def host_state(self, instance: str, pool: str, host: str) -> str:
+        """A host's runtime state tree (the data plane's marks and the operator's hold)."""
+        return f"{self.state}{instance}/{pool}/{host}/"
+
+    def pool_state(self, instance: str, pool: str) -> str:
+        return f"{self.state}{instance}/{pool}/"
+
+    def host_hold(self, instance: str, pool: str, host: str) -> str:
+        """`zedctl host down`: present while the operator holds the host out of service."""
+        return f"{self.host_state(instance, pool, host)}{ADMIN_DOWN}"
+
+    def pool_hold(self, instance: str, pool: str) -> str:
+        """`zedctl pool down`: present while the operator drains the pool."""
+        return f"{self.pool_state(instance, pool)}{ADMIN_DOWN}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}/events/"
+
+    def instance_events(self, name: str) -> str:
+        return f"{self.events}{name}/"
+
+    @property
+    def applied(self) -> str:
+        return f"{self.prefix}/applied/"
+
+    def applied_copy(self, name: str) -> str:
+        """The last config zedctl applied to an instance, as one JSON value (what status
+        shows when the stored config has become invalid)."""
+        return f"{self.applied}{name}"
 
     def pending(self, tree: str) -> str:
         return f"{tree}{PENDING_KEY}"

@@ -15,14 +15,18 @@ the write refuse. Readers ignore a tree holding `_pending`.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import events
 from .configfile import ConfigFile
 from .consulapi import TXN_LIMIT, ConsulKV, KVEntry, TxnFailed, op
+from .diff import Change, address, describe, diff_global, diff_instance, named, summary
+from .diff import counts as diff_counts
 from .errors import Conflict, ConsulError, NotFound, ZedctlError
 from .kvmap import PENDING_KEY, flatten, key_of, read_config, scalar_text
 from .layout import Layout
@@ -48,22 +52,7 @@ class PendingWrite(ZedctlError):
         )
 
 
-# -- configure --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeyChange:
-    key: str
-    old: str | None
-    new: str | None
-
-    @property
-    def kind(self) -> str:
-        if self.old is None:
-            return "added"
-        if self.new is None:
-            return "removed"
-        return "changed"
+# -- apply ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -71,14 +60,21 @@ class TreeWrite:
     """One tree replaced as a whole (or removed, when `keys` is None).
 
     A tree whose stored keys already are `keys` (and that is not marked `_pending`)
-    gets no transactions: rewriting it would change nothing but clear its state.
+    gets no transactions. Runtime state is kept, except for hosts that are removed or
+    whose address (host, port) changes, and pools that are removed: their state trees
+    are in `deletes` (or, when there are many, in `cleanup`, run after the write).
     """
 
     label: str
     tree: str
     deletes: list[str]
     keys: dict[str, str] | None
+    instance: str | None = None
+    config: dict[str, Any] | None = None
+    changes: list[Change] = field(default_factory=list)
+    state_deletes: list[str] = field(default_factory=list)
     transactions: list[list[dict[str, Any]]] = field(default_factory=list)
+    cleanup: list[list[dict[str, Any]]] = field(default_factory=list)
     # A fresh `_pending` of another writer, found when planning a multi-transaction
     # write: applying refuses with this message.
     busy: str | None = None
@@ -89,15 +85,19 @@ class TreeWrite:
 
 
 @dataclass
-class ConfigurePlan:
+class ApplyPlan:
     writes: list[TreeWrite]
-    changes: list[KeyChange]
+    changes: list[Change]
+    stored_instances: list[str] = field(default_factory=list)
+    removes_all: bool = False
+    """--prune would remove every stored instance (asks for confirmation)."""
 
     def counts(self) -> dict[str, int]:
-        out = {"added": 0, "changed": 0, "removed": 0}
-        for change in self.changes:
-            out[change.kind] += 1
-        return out
+        return diff_counts(self.changes)
+
+    @property
+    def changed(self) -> bool:
+        return any(w.transactions for w in self.writes)
 
 
 def pending_marker() -> str:
@@ -180,82 +180,173 @@ def pending_age(entry: KVEntry, now: float | None = None) -> int:
     return int((time.time() if now is None else now) - entry.flags)
 
 
-def _diff(old: Mapping[str, str | None], new: Mapping[str, str]) -> list[KeyChange]:
-    changes = []
-    for key, value in new.items():
-        if key not in old:
-            changes.append(KeyChange(key, None, value))
-        elif (old[key] or "") != value:
-            changes.append(KeyChange(key, old[key] or "", value))
-    for key, value in old.items():
-        if key not in new:
-            changes.append(KeyChange(key, value or "", None))
-    return changes
-
-
 def _subtree(entries: Mapping[str, KVEntry], tree: str) -> dict[str, str | None]:
-    return {k: e.value for k, e in entries.items() if k.startswith(tree) and not k.endswith("/")}
+    return {
+        k: e.value or "" for k, e in entries.items() if k.startswith(tree) and not k.endswith("/")
+    }
 
 
-def plan_configure(
+# State trees deleted in the config's own transaction; more go in later transactions.
+STATE_DELETES_INLINE = 16
+
+
+def _readable(schema: Schema, kind: str, tree: str, entries: Mapping[str, KVEntry]) -> Any:
+    """The stored config under `tree` (normalised), None when absent, False when it
+    cannot be read (invalid, or marked `_pending`)."""
+    rel = relative_keys(entries, tree)
+    if not rel:
+        return None
+    try:
+        return check_stored(schema, kind, tree, rel)
+    except (StoredConfigInvalid, PendingWrite):
+        return False
+
+
+def state_deletes(
+    layout: Layout,
+    name: str,
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    state_entries: Mapping[str, KVEntry],
+) -> list[str]:
+    """The state trees of `name` that an apply from `old` to `new` must delete: pools
+    gone, hosts gone or moved (host or port changed), anything when `old` is unknown."""
+    base = layout.instance_state(name, check=False)
+    existing = [k[len(base) :] for k in state_entries if k.startswith(base)]
+    if not existing:
+        return []
+    if old is None or new is None:
+        return [base]
+    old_pools = named(old.get("pools") or [])
+    new_pools = named(new.get("pools") or [])
+    out: set[str] = set()
+    for rel in existing:
+        parts = rel.split("/")
+        pool = parts[0]
+        if pool not in new_pools:
+            out.add(layout.pool_state(name, pool))
+            continue
+        if len(parts) < 3:
+            continue  # the pool's own keys (its hold): the pool stays
+        host = parts[1]
+        new_hosts = named(new_pools[pool].get("hosts") or [])
+        old_hosts = named(old_pools[pool].get("hosts") or []) if pool in old_pools else {}
+        if (
+            host not in new_hosts
+            or host not in old_hosts
+            or address(old_hosts[host]) != address(new_hosts[host])
+        ):
+            out.add(layout.host_state(name, pool, host))
+    return sorted(out)
+
+
+def plan_apply(
     kv: ConsulKV,
     layout: Layout,
     schema: Schema,
     config: ConfigFile,
     prune: bool = False,
     marker: str | None = None,
-) -> ConfigurePlan:
-    """What `configure` would write, as transactions and as a diff against Consul."""
+) -> ApplyPlan:
+    """What `apply` would write, as transactions and as changes by meaning."""
     marker = marker or pending_marker()
     writes: list[TreeWrite] = []
-    changes: list[KeyChange] = []
+    changes: list[Change] = []
     current_instances = kv.get_tree(layout.instances)
+    stored = sorted(instance_names(layout, current_instances))
+    state_entries: dict[str, KVEntry] | None = None
 
-    def replace(
-        label: str, tree: str, deletes: list[str], keys: dict[str, str], old: Mapping[str, KVEntry]
-    ) -> None:
-        diff = _diff(_subtree(old, tree), keys)
-        write = TreeWrite(label, tree, deletes, keys)
-        if diff:  # a leftover `_pending` shows as a removed key, so it is rewritten
-            pending = old.get(layout.pending(tree))
-            write.transactions = batch_transactions(
-                deletes, layout.pending(tree), keys, marker, current=pending
-            )
-            if pending is not None and len(write.transactions) > 1:
-                age = pending_age(pending)
-                if age < PENDING_STALE:
-                    write.busy = (
-                        f"{tree} is being written by another writer ({PENDING_KEY}: "
-                        f"{pending.value or '?'}, begun {age} s ago): nothing written; try "
-                        f"again when it is done (a {PENDING_KEY} older than {PENDING_STALE} s "
-                        "is taken over)"
-                    )
-        writes.append(write)
-        changes.extend(sorted(diff, key=lambda c: natural_key(c.key)))
+    def state() -> dict[str, KVEntry]:
+        nonlocal state_entries
+        if state_entries is None:
+            state_entries = kv.get_tree(layout.state)
+        return state_entries
+
+    def schedule(write: TreeWrite, old: Mapping[str, KVEntry]) -> None:
+        assert write.keys is not None
+        current = _subtree(old, write.tree)
+        if current == write.keys:
+            return  # stored exactly as given (a leftover `_pending` differs: rewritten)
+        inline = write.state_deletes if len(write.state_deletes) <= STATE_DELETES_INLINE else []
+        if not inline:
+            write.cleanup = [
+                [op("delete-tree", d) for d in write.state_deletes[i : i + TXN_LIMIT]]
+                for i in range(0, len(write.state_deletes), TXN_LIMIT)
+            ]
+        pending = old.get(layout.pending(write.tree))
+        write.transactions = batch_transactions(
+            [*write.deletes, *inline],
+            layout.pending(write.tree),
+            write.keys,
+            marker,
+            current=pending,
+        )
+        if pending is not None and len(write.transactions) > 1:
+            age = pending_age(pending)
+            if age < PENDING_STALE:
+                write.busy = (
+                    f"{write.tree} is being written by another writer ({PENDING_KEY}: "
+                    f"{pending.value or '?'}, begun {age} s ago): nothing written; try "
+                    f"again when it is done (a {PENDING_KEY} older than {PENDING_STALE} s "
+                    "is taken over)"
+                )
 
     if config.global_config is not None:
         tree = layout.config
+        old_entries = kv.get_tree(tree)
         keys = {tree + k: v for k, v in flatten(schema, "global", config.global_config).items()}
-        replace("global config", tree, [tree], keys, kv.get_tree(tree))
+        write = TreeWrite("global config", tree, [tree], keys, config=config.global_config)
+        schedule(write, old_entries)
+        if write.transactions:
+            before = _readable(schema, "global", tree, old_entries)
+            write.changes = diff_global(before or {}, config.global_config)
+            if not write.changes:
+                write.changes = [Change("~", None, note="stored keys rewritten")]
+        writes.append(write)
+        changes.extend(write.changes)
 
     for name in sorted(config.instances):
         tree = layout.instance(name)
-        deletes = [tree, layout.instance_state(name)]
-        keys = {tree + k: v for k, v in flatten(schema, "instance", config.instances[name]).items()}
-        replace(f"instance {name}", tree, deletes, keys, current_instances)
+        new = config.instances[name]
+        keys = {tree + k: v for k, v in flatten(schema, "instance", new).items()}
+        write = TreeWrite(f"instance {name}", tree, [tree], keys, instance=name, config=new)
+        before = _readable(schema, "instance", tree, current_instances)
+        if _subtree(current_instances, tree) != keys:
+            write.state_deletes = state_deletes(layout, name, before or None, new, state())
+        schedule(write, current_instances)
+        if write.transactions:
+            if before is False:
+                write.changes = [
+                    Change(
+                        "~",
+                        name,
+                        new=summary(new),
+                        note="the stored config is invalid or half-written: replaced as a whole",
+                    )
+                ]
+            else:
+                write.changes = diff_instance(name, before, new)
+            if not write.changes:
+                write.changes = [Change("~", name, note="stored keys rewritten")]
+        writes.append(write)
+        changes.extend(write.changes)
 
     if prune:
-        for name in sorted(instance_names(layout, current_instances)):
-            if name in config.instances:
-                continue
+        removed = [n for n in stored if n not in config.instances]
+        for name in removed:
             tree = layout.instance(name, check=False)
             deletes = [tree, layout.instance_state(name, check=False)]
-            write = TreeWrite(f"instance {name}", tree, deletes, None)
-            write.transactions = [[op("delete-tree", d) for d in deletes]]
+            write = TreeWrite(f"instance {name}", tree, deletes, None, instance=name)
+            write.transactions = [
+                [*(op("delete-tree", d) for d in deletes), op("delete", layout.applied_copy(name))]
+            ]
+            before = _readable(schema, "instance", tree, current_instances)
+            write.changes = [Change("-", name, old=summary(before) if before else "")]
             writes.append(write)
-            removed = _diff(_subtree(current_instances, tree), {})
-            changes.extend(sorted(removed, key=lambda c: natural_key(c.key)))
-    return ConfigurePlan(writes, changes)
+            changes.extend(write.changes)
+        plan = ApplyPlan(writes, changes, stored, removes_all=bool(stored) and removed == stored)
+        return plan
+    return ApplyPlan(writes, changes, stored)
 
 
 def _own_pending_index(results: Sequence[dict[str, Any]], pending_key: str) -> int:
@@ -271,9 +362,11 @@ def _own_pending_index(results: Sequence[dict[str, Any]], pending_key: str) -> i
     return max(indexes)
 
 
-def apply_plan(kv: ConsulKV, plan: ConfigurePlan) -> None:
+def apply_plan(kv: ConsulKV, plan: ApplyPlan, layout: Layout | None = None) -> list[str]:
     """Run a plan's transactions, tree by tree (none when a tree is being written by
-    another writer)."""
+    another writer); then record the applied copy and an event per instance written
+    (with `layout`). Returns warnings (an event that could not be written)."""
+    warnings: list[str] = []
     for write in plan.writes:
         if write.busy:
             raise Conflict(write.busy)
@@ -299,12 +392,28 @@ def apply_plan(kv: ConsulKV, plan: ConfigurePlan) -> None:
                 if n > 1:
                     raise ConsulError(
                         f"{e.message}\n{write.tree} is left marked {PENDING_KEY} after "
-                        f"{n - 1} of {total} transactions: run configure again (a "
+                        f"{n - 1} of {total} transactions: run apply again (a "
                         f"{PENDING_KEY} is taken over once it is {PENDING_STALE} s old)"
                     ) from None
                 raise
             if n == 1 and total > 1:
                 mine = _own_pending_index(results, pending_key)
+        for txn in write.cleanup:
+            kv.txn(txn, f"clearing the state of changed hosts of {write.label}")
+        if layout is None or write.instance is None or not write.transactions:
+            continue
+        try:
+            if write.keys is not None:
+                copy = {"time": round(time.time(), 3), "config": write.config}
+                kv.put(layout.applied_copy(write.instance), json.dumps(copy, ensure_ascii=False))
+                events.record(
+                    kv, layout, write.instance, events.APPLY, reason=describe(write.changes)
+                )
+            else:
+                events.record(kv, layout, write.instance, events.REMOVE, reason="pruned by apply")
+        except ZedctlError as e:
+            warnings.append(f"{write.label} written, but its event was not: {e.message}")
+    return warnings
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -398,14 +507,24 @@ def export(kv: ConsulKV, layout: Layout, schema: Schema) -> ConfigFile:
     return ConfigFile(load_global(kv, layout, schema), instances)
 
 
-def remove_instance(kv: ConsulKV, layout: Layout, name: str) -> int:
-    """Delete an instance's config and state; the number of config keys removed."""
+def remove_instance(kv: ConsulKV, layout: Layout, name: str) -> tuple[int, str | None]:
+    """Delete an instance's config, state and applied copy (its events stay, with a
+    `remove` event): the number of config keys removed, and a warning when the event
+    could not be written."""
     tree, state = layout.instance(name), layout.instance_state(name)
     config_keys = kv.get_tree(tree)
     if not config_keys and not kv.get_tree(state):
         raise NotFound(f"instance {name!r} not found (no keys under {tree} or {state})")
-    kv.txn([op("delete-tree", tree), op("delete-tree", state)], f"removing instance {name}")
-    return len(config_keys)
+    deletes = [tree, state]
+    kv.txn(
+        [*(op("delete-tree", d) for d in deletes), op("delete", layout.applied_copy(name))],
+        f"removing instance {name}",
+    )
+    try:
+        events.record(kv, layout, name, events.REMOVE, reason="zedctl remove")
+    except ZedctlError as e:
+        return len(config_keys), f"instance {name} removed, but its event was not: {e.message}"
+    return len(config_keys), None
 
 
 # -- runtime host changes ---------------------------------------------------------------
@@ -480,4 +599,118 @@ def set_host_field(
         ) from None
     return HostChange(
         instance, pool_name, hosts[h]["name"], key, current.value if current else None, text
+    )
+
+
+# -- operator holds: host down/up, pool down/up -----------------------------------------
+
+
+@dataclass(frozen=True)
+class HoldChange:
+    instance: str
+    pool: str
+    host: str | None
+    key: str
+    down: bool
+    reason: str
+    was_held: bool
+    previous_reason: str | None
+    config_up: bool
+    """What the config itself says (host/pool `up`): false keeps it down after `up`."""
+    warning: str | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{self.instance}/{self.pool}" + (f"/{self.host}" if self.host else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "pool": self.pool,
+            "host": self.host,
+            "key": self.key,
+            "held": self.down,
+            "reason": self.reason if self.down else None,
+            "was_held": self.was_held,
+            "config_up": self.config_up,
+        }
+
+
+def set_hold(
+    kv: ConsulKV,
+    layout: Layout,
+    schema: Schema,
+    instance: str,
+    pool_ref: str,
+    host_ref: str | None,
+    down: bool,
+    reason: str = "",
+) -> HoldChange:
+    """Take a pool or host out of service (`down`) or give it back, through its
+    `admin_down` state key: runtime state, so apply keeps it. One transaction that also
+    checks the host (or pool) is still in the config as read."""
+    tree = layout.instance(instance)
+    entries = kv.get_tree(tree)
+    rel = relative_keys(entries, tree)
+    if not rel:
+        raise NotFound(f"instance {instance!r} not found (no keys under {tree})")
+    config = schema.effective("instance", check_stored(schema, "instance", tree, rel))
+    pools = config["pools"]
+    p = _pick("pool", pool_ref, [x["name"] for x in pools], f"instance {instance!r}")
+    pool = pools[p]
+    anchor_host = 0
+    host_name = None
+    config_up = bool(pool["up"])
+    if host_ref is not None:
+        hosts = pool["hosts"]
+        anchor_host = _pick("host", host_ref, [x["name"] for x in hosts], f"pool {pool['name']!r}")
+        host_name = hosts[anchor_host]["name"]
+        config_up = bool(hosts[anchor_host]["up"])
+        key = layout.host_hold(instance, pool["name"], host_name)
+    else:
+        key = layout.pool_hold(instance, pool["name"])
+    anchor = entries[f"{tree}pools/{p + 1}/hosts/{anchor_host + 1}/host"]
+    current = kv.get(key)
+    checks = [
+        op("check-not-exists", layout.pending(tree)),
+        op("check-index", anchor.key, index=anchor.modify_index),
+    ]
+    now = int(time.time())
+    if down:
+        write = [op("set", key, reason, flags=now)]
+    elif current is not None:
+        write = [op("delete", key)]
+    else:
+        write = []
+    if write:
+        try:
+            kv.txn([*checks, *write], f"{'setting' if down else 'deleting'} {key}")
+        except TxnFailed:
+            raise Conflict(
+                f"the config of {instance!r} changed while {key} was being written (or an "
+                "apply is under way): nothing written; try again"
+            ) from None
+    warning = None
+    if write:
+        kind = {
+            (True, True): events.ADMIN_HOST_DOWN,
+            (True, False): events.ADMIN_HOST_UP,
+            (False, True): events.ADMIN_POOL_DOWN,
+            (False, False): events.ADMIN_POOL_UP,
+        }[(host_name is not None, down)]
+        try:
+            events.record(kv, layout, instance, kind, pool["name"], host_name, reason or None)
+        except ZedctlError as e:
+            warning = f"{key} written, but its event was not: {e.message}"
+    return HoldChange(
+        instance,
+        pool["name"],
+        host_name,
+        key,
+        down,
+        reason,
+        current is not None,
+        current.value if current else None,
+        config_up,
+        warning,
     )

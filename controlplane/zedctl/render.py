@@ -9,7 +9,9 @@ from typing import Any
 
 import yaml
 
-from .ops import ConfigurePlan, InstanceSummary, KeyChange
+from .diff import Change
+from .events import Event
+from .ops import ApplyPlan, HoldChange, InstanceSummary
 from .status import StatusReport
 
 
@@ -58,6 +60,11 @@ def _short(text: str | None, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def timestamp(unix: float | None = None) -> str:
+    """A UTC time as shown in frames and events: 2026-12-04 21:50:03Z."""
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(time.time() if unix is None else unix))
+
+
 def instance_list(items: Sequence[InstanceSummary]) -> str:
     if not items:
         return "no instances\n"
@@ -73,11 +80,15 @@ def instance_list(items: Sequence[InstanceSummary]) -> str:
     return table(("INSTANCE", "POOLS", "HOSTS", "NOTE"), rows)
 
 
-def status_table(report: StatusReport, now: float | None = None) -> str:
+def status_table(report: StatusReport, now: float | None = None, wide: bool = False) -> str:
     holder = report.lock_holder or "nobody (no health checks running)"
     out = [f"health-check lock: {holder}\n"]
     for inst in report.instances:
         out.append(f"\ninstance {inst.name}" + (f": {inst.note}" if inst.note else "") + "\n")
+        for problem in inst.problems:
+            out.append(f"  {problem}\n")
+        if inst.serving and inst.hosts:
+            out.append(f"hosts of {inst.serving}:\n")
         if not inst.hosts:
             continue
         rows = []
@@ -85,16 +96,19 @@ def status_table(report: StatusReport, now: float | None = None) -> str:
             state = h.state
             if h.state == "down":
                 # The data plane's reasons quote the last error, which can be long.
-                why = [_short(h.reason, 60)] if h.reason else []
-                if h.down_since:
-                    why.append(ago(h.down_since, now))
+                why = [h.reason if wide else _short(h.reason, 60)] if h.reason else []
+                since = h.held_since or h.down_since
+                if since:
+                    why.append(ago(since, now))
                 state += f" ({', '.join(why)})" if why else ""
             check = "-"
             if h.last_check is not None:
-                check = f"{_short(h.last_check, 30)} ({ago(h.last_check_at, now)})"
+                text = h.last_check if wide else _short(h.last_check, 30)
+                check = f"{text} ({ago(h.last_check_at, now)})"
             error = "-"
             if h.last_error is not None:
-                error = f"{_short(h.last_error, 30)} ({ago(h.last_error_at, now)})"
+                text = h.last_error if wide else _short(h.last_error, 30)
+                error = f"{text} ({ago(h.last_error_at, now)})"
             row = (h.pool, h.host, h.address, state, h.errors, error, check)
             if report.nodes_seen:
                 row += (", ".join(h.seen_differently) or "-",)
@@ -108,20 +122,38 @@ def status_table(report: StatusReport, now: float | None = None) -> str:
     return "".join(out)
 
 
-def change_line(change: KeyChange) -> str:
-    if change.kind == "added":
-        return f"+ {change.key} = {change.new}"
-    if change.kind == "removed":
-        return f"- {change.key} (was {change.old})"
-    return f"~ {change.key}: {change.old} -> {change.new}"
+def _value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def plan_diff(plan: ConfigurePlan) -> str:
+def change_line(c: Change) -> str:
+    """One change by meaning: '+ instance web pool primary host web03: 10.0.0.3:80'."""
+    where = "global config" if c.instance is None else f"instance {c.instance}"
+    if c.pool is not None:
+        where += f" pool {c.pool}"
+    if c.host is not None:
+        where += f" host {c.host}"
+    if c.field:
+        where += f" {c.field}"
+    if c.op == "+":
+        text = f"+ {where}" + (f": {_value(c.new)}" if c.new not in (None, "") else "")
+    elif c.op == "-":
+        text = f"- {where}" + (f" (was {_value(c.old)})" if c.old not in (None, "") else "")
+    elif c.field:
+        text = f"~ {where}: {_value(c.old)} -> {_value(c.new)}"
+    else:
+        text = f"~ {where}"
+    return text + (f" ({c.note})" if c.note else "")
+
+
+def plan_diff(plan: ApplyPlan) -> str:
     lines = [change_line(c) for c in plan.changes]
-    return ("\n".join(lines) + "\n") if lines else "no key changes\n"
+    return ("\n".join(lines) + "\n") if lines else "no changes\n"
 
 
-def plan_summary(plan: ConfigurePlan, dry_run: bool) -> str:
+def plan_summary(plan: ApplyPlan, dry_run: bool) -> str:
     counts = plan.counts()
     lines = []
     for write in plan.writes:
@@ -130,15 +162,104 @@ def plan_summary(plan: ConfigurePlan, dry_run: bool) -> str:
         if write.keys is None:
             lines.append(f"{'would remove' if dry_run else 'removed'} {write.label} and its state")
         elif write.unchanged:
-            lines.append(f"{write.label} unchanged: nothing to write (state kept)")
+            lines.append(f"{write.label} unchanged: nothing to write")
         else:
             verb = "would write" if dry_run else "wrote"
-            extra = " (state cleared)" if write.label.startswith("instance") else ""
             keys = f"{len(write.keys)} key{'s' if len(write.keys) != 1 else ''}"
+            extra = ""
+            if write.instance is not None:
+                cleared = len(write.state_deletes)
+                extra = (
+                    f" (state kept; cleared for {cleared} removed or moved pool/host"
+                    f"{'s' if cleared != 1 else ''})"
+                    if cleared
+                    else " (state kept)"
+                )
             lines.append(f"{verb} {write.label}: {keys} in {txns} {noun}{extra}")
     tail = f"{counts['added']} added, {counts['changed']} changed, {counts['removed']} removed"
     if dry_run:
         tail = f"dry run: {tail}; nothing written"
     if not plan.writes:
-        lines.append("nothing to configure")
+        lines.append("nothing to apply")
     return "\n".join([*lines, tail]) + "\n"
+
+
+def plan_json(plan: ApplyPlan, dry_run: bool) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "changed": plan.changed,
+        "counts": plan.counts(),
+        "changes": [c.to_json() for c in plan.changes],
+        "writes": [
+            {
+                "tree": w.tree,
+                "label": w.label,
+                "action": "remove" if w.keys is None else ("none" if w.unchanged else "write"),
+                "keys": len(w.keys) if w.keys is not None else None,
+                "transactions": len(w.transactions),
+                "state_cleared": w.state_deletes,
+            }
+            for w in plan.writes
+        ],
+    }
+
+
+def hold_line(change: HoldChange) -> str:
+    what = "host" if change.host else "pool"
+    if change.down:
+        why = f" ({change.reason})" if change.reason else ""
+        was = " (it was already held; reason updated)" if change.was_held else ""
+        return f"{what} {change.target}: held down by operator{why}{was}"
+    if not change.was_held:
+        text = f"{what} {change.target}: was not held down by an operator; nothing to undo"
+    else:
+        text = f"{what} {change.target}: operator hold removed"
+    if not change.config_up:
+        text += "; still down: its config says up = false (change the file and apply)"
+    return text
+
+
+def events_table(items: Sequence[Event], wide: bool = False) -> str:
+    rows = []
+    for e in items:
+        target = "/".join(x for x in (e.pool, e.host) if x) or "-"
+        reason = e.reason or "-"
+        rows.append(
+            (
+                timestamp(e.time),
+                e.instance,
+                target,
+                e.event,
+                e.node,
+                reason if wide else _short(reason, 60),
+            )
+        )
+    return table(("TIME", "INSTANCE", "POOL/HOST", "EVENT", "NODE", "REASON"), rows)
+
+
+def hosts_table(configs: dict[str, Any], wide: bool = False) -> str:
+    """Effective instance configs as one row per host."""
+    rows = []
+    for name, config in configs.items():
+        for pool in config["pools"]:
+            for h in pool["hosts"]:
+                row = [name, pool["name"], h["name"], h["host"], h.get("port", "-"), h["weight"]]
+                row.append("yes" if h["up"] and pool["up"] else "no (config)")
+                if wide:
+                    hc = h.get("healthcheck", pool.get("healthcheck", config.get("healthcheck")))
+                    row += [
+                        pool["timeout"],
+                        pool["max_errors"],
+                        pool["error_timeout"],
+                        "yes" if hc else "no",
+                    ]
+                rows.append(row)
+    headers = ["INSTANCE", "POOL", "HOST", "ADDRESS", "PORT", "WEIGHT", "UP"]
+    if wide:
+        headers += ["TIMEOUT", "MAX_ERRORS", "ERROR_TIMEOUT", "HEALTHCHECK"]
+    return table(headers, rows) if rows else "no hosts\n"
+
+
+def fields_table(config: dict[str, Any]) -> str:
+    rows = [(k, _value(v)) for k, v in config.items()]
+    return table(("FIELD", "VALUE"), rows)

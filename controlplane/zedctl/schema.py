@@ -71,11 +71,12 @@ class Problem:
 
 
 def render_path(path: Iterable[PathSeg]) -> str:
-    """('instances', 'web', 'pools', 0, 'port') -> 'instances.web.pools[0].port'."""
+    """('instances', 'web', 'pools', 0, 'port') -> 'instances.web.pools[1].port': list
+    indexes count from 1, as in the Lua library, the Consul keys and zedctl's commands."""
     out = ""
     for seg in path:
         if isinstance(seg, int):
-            out += f"[{seg}]"
+            out += f"[{seg + 1}]"
         elif re.fullmatch(r"[A-Za-z0-9_-]+", seg):
             out += f".{seg}" if out else seg
         else:
@@ -117,6 +118,7 @@ class Field:
     values: str | None = None
     alias_of: str | None = None
     default_from_index: bool = False
+    from_integer: bool = False
     doc: str = ""
 
     @classmethod
@@ -136,6 +138,7 @@ class Field:
             "values",
             "alias_of",
             "default_from_index",
+            "from_integer",
             "doc",
         }
         unknown = set(spec) - known
@@ -159,6 +162,7 @@ class Field:
             values=spec.get("values"),
             alias_of=spec.get("alias_of"),
             default_from_index=bool(spec.get("default_from_index", False)),
+            from_integer=bool(spec.get("from_integer", False)),
             doc=spec.get("doc", ""),
         )
 
@@ -317,6 +321,10 @@ class Schema:
                     target = check.split(":", 1)[1]
                     if target not in record.fields:
                         raise SchemaError(f"{record.name}: {check} names an unknown field")
+                elif check.startswith("at_most_half:"):
+                    names = check.split(":")[1:]
+                    if len(names) != 2 or any(n not in record.fields for n in names):
+                        raise SchemaError(f"{record.name}: {check} names an unknown field")
                 elif check != "port_unless_unix":
                     raise SchemaError(f"{record.name}: unknown check {check!r}")
 
@@ -409,6 +417,20 @@ class Schema:
                     "(only unix socket paths 'unix:/...' or '/...' go without)",
                     missing=True,
                 )
+        elif check.startswith("at_most_half:"):
+            # Effective values (defaults applied): session_ttl: 10 alone breaks the
+            # default session_renew_interval of 10.
+            small, large = check.split(":")[1:]
+            a = value.get(small, record.fields[small].default)
+            b = value.get(large, record.fields[large].default)
+            numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+            if numbers and a > b / 2:
+                walk.add(
+                    (*path, small),
+                    a,
+                    f"must be at most {large} / 2 ({format_number(b / 2)}), so that a "
+                    "session is renewed at least twice within its TTL",
+                )
         elif check.startswith("unique_names:"):
             list_field = check.split(":", 1)[1]
             elements = value.get(list_field)
@@ -425,7 +447,7 @@ class Schema:
                     walk.add(
                         (*path, list_field, i, "name"),
                         name,
-                        f"duplicate name: {list_field}[{seen[name]}] already has this name "
+                        f"duplicate name: {list_field}[{seen[name] + 1}] already has this name "
                         "(an unnamed element is named by its 1-based index)",
                     )
                 else:
@@ -452,6 +474,10 @@ class Schema:
             walk.add(path, value, "expected a boolean (true or false)")
             return value
         if t == "string":
+            if f.from_integer and not isinstance(value, str):
+                number = parse_integer(value)
+                if number is not None:
+                    value = str(number)  # 500 and "500" are the same status code
             if not isinstance(value, str):
                 walk.add(path, value, "expected a string")
                 return value
@@ -579,6 +605,18 @@ def _check_format(fmt: str, value: str) -> str | None:
         if value in (".", ".."):
             # dot segments are resolved by URL paths: a key segment `..` names another key
             return "a name must not be '.' or '..'"
+    elif fmt == "host":
+        if value.startswith("unix:/") or value.startswith("/"):
+            return None
+        if "://" in value:
+            return (
+                "a host is a hostname, IP address or unix socket path, without a scheme "
+                "(the scheme is the instance's ssl setting)"
+            )
+        if "/" in value or any(c.isspace() for c in value):
+            return "a host is a hostname, IP address or unix socket path ('unix:/...' or '/...')"
+        if re.fullmatch(r"[^:]+:[0-9]+", value):
+            return "a host has no port: give it in port"
     elif fmt == "path":
         if not value.startswith("/"):
             return "a path must start with '/'"

@@ -7,11 +7,15 @@ and which node holds the health-check lock; read from the state keys of README.m
     <prefix>/state/<inst>/<pool>/<host>/last_error  message; Flags = its unix time
     <prefix>/state/<inst>/<pool>/<host>/down        present while down; Flags = since when
     <prefix>/state/<inst>/<pool>/<host>/check       "ok" or the failure; Flags = its unix time
+    <prefix>/state/<inst>/<pool>/<host>/admin_down  `zedctl host down`: the reason; Flags = since
+    <prefix>/state/<inst>/<pool>/admin_down         `zedctl pool down`: the reason; Flags = since
+    <prefix>/applied/<inst>                         the last config zedctl applied (JSON)
     <prefix>/locks/healthcheck                      holder's node name, held by a session
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -20,9 +24,9 @@ from typing import Any
 from .consulapi import ConsulKV, KVEntry
 from .errors import NotFound, ZedctlError
 from .kvmap import PENDING_KEY
-from .layout import Layout
+from .layout import ADMIN_DOWN, Layout
 from .nodes import read_nodes, seen_differently
-from .ops import check_stored, instance_names, relative_keys
+from .ops import StoredConfigInvalid, check_stored, instance_names, relative_keys
 from .schema import Schema
 
 HEALTHCHECK_LOCK = "healthcheck"
@@ -42,6 +46,9 @@ class HostStatus:
     down_since: int | None = None
     last_check: str | None = None
     last_check_at: int | None = None
+    held: str | None = None
+    """The operator's hold (`zedctl host down` or `pool down`): its reason ("" if none)."""
+    held_since: int | None = None
     # live nodes whose own view differs from the cluster's: "<node>: up|down"
     seen_differently: tuple[str, ...] = ()
 
@@ -51,6 +58,10 @@ class InstanceStatus:
     name: str
     hosts: list[HostStatus] = field(default_factory=list)
     note: str = ""
+    problems: list[str] = field(default_factory=list)
+    """Why the stored config is invalid: every problem, key by key."""
+    serving: str | None = None
+    """Where `hosts` come from when the stored config cannot be read."""
 
 
 @dataclass
@@ -60,12 +71,23 @@ class StatusReport:
     # live nodes that publish records (then each host says which of them see it differently)
     nodes_seen: int = 0
 
+    @property
+    def ok(self) -> bool:
+        """False when a stored config is invalid (status then exits non-zero)."""
+        return not any(i.problems for i in self.instances)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "healthcheck_lock": self.lock_holder,
             "nodes_seen": self.nodes_seen,
             "instances": [
-                {"name": i.name, "note": i.note or None, "hosts": [asdict(h) for h in i.hosts]}
+                {
+                    "name": i.name,
+                    "note": i.note or None,
+                    "problems": i.problems,
+                    "hosts_from": i.serving or "stored config",
+                    "hosts": [asdict(h) for h in i.hosts],
+                }
                 for i in self.instances
             ],
         }
@@ -102,12 +124,21 @@ def host_status(
     host: Mapping[str, Any],
     state: dict[str, KVEntry],
     now: float | None = None,
+    pool_hold: KVEntry | None = None,
 ) -> HostStatus:
     """One host's status from its effective config and its state keys (by leaf name)."""
     now = time.time() if now is None else now
     errors, last_error = state.get("errors"), state.get("last_error")
     down, check = state.get("down"), state.get("check")
-    if down is not None:
+    hold = state.get(ADMIN_DOWN)
+    held = pool_hold or hold
+    if pool_hold is not None:
+        status = "down"
+        reason = "pool drained by operator" + (f": {pool_hold.value}" if pool_hold.value else "")
+    elif hold is not None:
+        status = "down"
+        reason = "held down by operator" + (f": {hold.value}" if hold.value else "")
+    elif down is not None:
         status, reason = "down", f"marked down: {down.value}" if down.value else "marked down"
     elif not host["up"]:
         status, reason = "down", "config: host up = false"
@@ -133,6 +164,8 @@ def host_status(
         down_since=(down.flags or None) if down else None,
         last_check=check.value if check else None,
         last_check_at=(check.flags or None) if check else None,
+        held=(held.value or "") if held else None,
+        held_since=(held.flags or None) if held else None,
     )
 
 
@@ -157,6 +190,7 @@ def read_status(
         state_entries = kv.get_tree(layout.state)
     lock = kv.get(layout.lock(HEALTHCHECK_LOCK))
     holder = lock.value if lock is not None and lock.session else None
+
     nodes = read_nodes(kv, layout, now=now).live
 
     report = StatusReport(holder, [], nodes_seen=len(nodes))
@@ -165,20 +199,31 @@ def read_status(
         rel = relative_keys(entries, tree)
         item = InstanceStatus(name)
         report.instances.append(item)
+        config: dict[str, Any] | None = None
         if PENDING_KEY in rel:
-            item.note = "being written (_pending)"
-            continue
-        try:
-            config = schema.effective("instance", check_stored(schema, "instance", tree, rel))
-        except ZedctlError as e:  # shown, not raised: status shows the other instances
-            item.note = e.message.splitlines()[0]
-            continue
+            item.note = "being written (_pending): nodes keep serving the last good config"
+        else:
+            try:
+                config = schema.effective("instance", check_stored(schema, "instance", tree, rel))
+            except StoredConfigInvalid as e:
+                item.note = (
+                    f"the config stored under {tree} is invalid: nodes keep serving the last "
+                    "good config"
+                )
+                item.problems = [line.strip() for line in e.message.splitlines()[1:]]
+            except ZedctlError as e:  # shown, not raised: status shows the other instances
+                item.note = e.message.splitlines()[0]
+        if config is None:
+            config, item.serving = _applied(kv, layout, schema, name)
+            if config is None:
+                continue
         state_tree = layout.instance_state(name, check=False)
         for pool in config["pools"]:
+            pool_hold = state_entries.get(f"{state_tree}{pool['name']}/{ADMIN_DOWN}")
             for host in pool["hosts"]:
                 base = f"{state_tree}{pool['name']}/{host['name']}/"
                 state = {k[len(base) :]: e for k, e in state_entries.items() if k.startswith(base)}
-                status = host_status(pool, host, state, now)
+                status = host_status(pool, host, state, now, pool_hold)
                 if nodes:
                     cluster_down = status.state == "down" and not status.reason.startswith("config")
                     key = f"{name}/{pool['name']}/{host['name']}"
@@ -186,3 +231,24 @@ def read_status(
                     status = replace(status, seen_differently=differ)
                 item.hosts.append(status)
     return report
+
+
+def _applied(
+    kv: ConsulKV, layout: Layout, schema: Schema, name: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The last config zedctl applied to `name` (effective), and a label saying so."""
+    entry = kv.get(layout.applied_copy(name))
+    if entry is None or not entry.value:
+        return None, None
+    try:
+        doc = json.loads(entry.value)
+        normalised, problems = schema.validate("instance", doc["config"])
+        stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(float(doc["time"])))
+    except (ValueError, KeyError, TypeError):
+        return None, None
+    if problems:
+        return None, None
+    return (
+        schema.effective("instance", normalised),
+        f"the last config zedctl applied ({stamp}, {layout.applied_copy(name)})",
+    )

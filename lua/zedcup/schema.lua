@@ -214,6 +214,23 @@ local function is_unix(host)
 end
 _M.is_unix = is_unix
 
+-- a hostname, IP address or unix socket path: no scheme, no '/', no whitespace, no ':port'
+FORMATS.host = function(s)
+    if is_unix(s) then
+        return true
+    end
+    if str_find(s, "://", 1, true) then
+        return false, "must be a hostname, IP address or unix socket path, without a scheme"
+    end
+    if str_find(s, "[/%s]") then
+        return false, "must be a hostname, IP address or unix socket path ('unix:/...' or '/...')"
+    end
+    if str_find(s, "^[^:]+:%d+$") then
+        return false, "must not hold a port: give it in port"
+    end
+    return true
+end
+
 
 ---------------------------------------------------------------------------
 -- Normalise + validate (one walk)
@@ -267,7 +284,21 @@ local function run_checks(rec, raw, out, path, problems)
         return
     end
     for _, check in ipairs(checks) do
-        if check == "port_unless_unix" then
+        local small, large = str_match(check, "^at_most_half:([^:]+):([^:]+)$")
+        if small then
+            -- effective values: session_ttl = 10 alone breaks the default renew interval
+            local a, b = out[small], out[large]
+            if a == nil then
+                a = rec.fields[small].default
+            end
+            if b == nil then
+                b = rec.fields[large].default
+            end
+            if type(a) == "number" and type(b) == "number" and a > b / 2 then
+                add(problems, path_append(path, small), a,
+                    "must be at most " .. large .. " / 2 (" .. b / 2 .. ")")
+            end
+        elseif check == "port_unless_unix" then
             if raw.port == nil and type(out.host) == "string" and out.host ~= "" and not is_unix(out.host) then
                 add(problems, path_append(path, "port"), nil, "is required unless host is a unix socket path")
             end
@@ -439,6 +470,9 @@ normalise_value = function(spec, v, path, problems)
     end
 
     if single == "string" then
+        if spec.from_integer and type(v) == "number" and v % 1 == 0 and is_finite(v) then
+            v = str_format("%d", v) -- 500 and "500" are the same status code
+        end
         if type(v) ~= "string" then
             add(problems, path, v, "must be a string")
             return nil
