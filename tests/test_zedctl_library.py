@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import zedctl
+from zedctl.cli import exit_code_of
 from zedctl.configfile import check_document, load_config_file, load_document, parse_text
 from zedctl.consulapi import TXN_LIMIT, ConsulSettings, KVEntry, parse_address
-from zedctl.cli import exit_code_of
 from zedctl.errors import ConfigSyntaxError, InvalidConfig, UsageProblem
 from zedctl.kvmap import flatten, read_config
 from zedctl.layout import Layout

@@ -21,7 +21,7 @@ import yaml
 from zedctl.configfile import load_config_file
 from zedctl.consulapi import ConsulKV, ConsulSettings
 from zedctl.layout import Layout
-from zedctl.ops import apply_plan, plan_configure
+from zedctl.ops import apply_plan, plan_apply
 from zedctl.pytest_plugin import ConsulEndpoint
 from zedctl.schema import Schema
 from zedctl.testnginx.runner import NginxServer, PortPicker
@@ -210,5 +210,5 @@ def configure(consul: ConsulEndpoint, prefix: str, document: Mapping[str, Any], 
     kv = ConsulKV(ConsulSettings(address=consul.url, token=consul.token))
     apply_plan(
         kv,
-        plan_configure(kv, Layout.for_prefix(prefix), schema, load_config_file(schema, str(path))),
+        plan_apply(kv, Layout.for_prefix(prefix), schema, load_config_file(schema, str(path))),
     )

@@ -703,7 +703,7 @@ def events_cmd(env: Env, instance: str | None, follow: bool, last: int, output: 
     tree = layout.instance_events(instance) if instance else layout.events
 
     def frame() -> None:
-        _, fresh = _read_fresh(env, layout, instance, seen)
+        fresh = _read_fresh(env, layout, instance, seen)
         emit(fresh, False)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -712,12 +712,12 @@ def events_cmd(env: Env, instance: str | None, follow: bool, last: int, output: 
 
 def _read_fresh(
     env: Env, layout: Layout, instance: str | None, seen: set[str]
-) -> tuple[int, list[events.Event]]:
+) -> list[events.Event]:
     _, items = events.read(env.kv, layout, instance)
     fresh = [e for e in items if e.key not in seen]
-    seen.clear()
+    seen.clear()  # trimmed events drop out; new ones have new keys
     seen.update(e.key for e in items)
-    return index, fresh
+    return fresh
 
 
 @main.command("nodes")
@@ -727,7 +727,7 @@ def nodes_cmd(env: Env, output: str) -> None:
     """List the cluster's nodes from the records they publish: live or gone, version,
     checker, configs applied, hosts each sees down, how old each record is; and flag a
     health-check lock holder that is gone."""
-    fmt = {"wide": "table", "yaml": "json"}.get(output, output)
+    fmt = "json" if output in ("json", "yaml") else "table"
     text = nodes.show(env.kv, env.layout, env.schema, fmt)
     if output == "yaml":
         emit_document(json.loads(text), "yaml")
