@@ -3,19 +3,21 @@
 --
 -- The public API of the seed README: init, initted, run_workers, config,
 -- configure, configure_instance, remove_instance, instance_list, bind,
--- create_handler; plus balance(instance) for balancer_by_lua.
+-- create_handler; plus balance(instance, key?) for balancer_by_lua and log()
+-- for log_by_lua (zedcup.balance).
 -- Module map: schema (config schema), kv (Consul keys and writes), config
 -- (caching and watching configs), select + balancer/* (host selection),
--- handler (per-request object), state (failure accounting, host state),
+-- handler (per-request object), balance (balancer_by_lua), report (what a try
+-- did, both paths), state (failure accounting, host state),
 -- events, watch + nodelock (one watcher per node), timer (background jobs).
 
+local balance = require "zedcup.balance"
 local config = require "zedcup.config"
 local events = require "zedcup.events"
 local handler = require "zedcup.handler"
 local healthcheck = require "zedcup.healthcheck"
 local kv = require "zedcup.kv"
 local schema = require "zedcup.schema"
-local selection = require "zedcup.select"
 local session = require "zedcup.session"
 local state = require "zedcup.state"
 
@@ -248,8 +250,9 @@ function _M.bind(event, callback)
 end
 
 
---- create_handler(instance) -> handler | nil, err
-function _M.create_handler(instance)
+--- create_handler(instance, opts?) -> handler | nil, err
+-- opts.key: the request's key for hashing methods (default: the pool's hash_key)
+function _M.create_handler(instance, o)
     local plan, err = config_plan(instance)
     if not plan then
         if type(instance) ~= "string" then
@@ -257,7 +260,17 @@ function _M.create_handler(instance)
         end
         return nil, err
     end
-    return handler_new(plan)
+    local key
+    if o ~= nil then
+        if type(o) ~= "table" then
+            error("opts must be a table (got " .. type(o) .. ")", 2)
+        end
+        key = o.key
+        if key ~= nil and type(key) ~= "string" then
+            error("opts.key must be a string (got " .. type(key) .. ")", 2)
+        end
+    end
+    return handler_new(plan, key)
 end
 
 
@@ -283,76 +296,14 @@ function _M.metrics()
 end
 
 
----------------------------------------------------------------------------
--- balancer_by_lua
----------------------------------------------------------------------------
+--- balance(instance, key?) -> true | nil, err: in balancer_by_lua (zedcup.balance)
+_M.balance = balance.balance
 
-local ngx_balancer
-local down_for = state.down_for
-local select_next = selection.next
+--- log(): in log_by_lua, accounts for the tries of balance() (zedcup.balance)
+_M.log = balance.log
 
---- balance(instance) -> true | nil, err
--- In balancer_by_lua: picks a host with the same selection as handlers, sets
--- it as the peer and allows one more try per remaining usable host. On a
--- retry, the failed peer is counted against its host and skipped.
-function _M.balance(instance)
-    if not ngx_balancer then
-        ngx_balancer = require "ngx.balancer"
-    end
-    local ctx = ngx.ctx
-    local b = ctx.zedcup_balance
-    local plan
-    if not b then
-        plan = config.plan_local(instance)
-        if not plan then
-            return nil, "Instance not found"
-        end
-        b = { plan = plan }
-        ctx.zedcup_balance = b
-    else
-        plan = b.plan
-        local what, code = ngx_balancer.get_last_failure()
-        if b.host then
-            local failed = b.failed or {}
-            b.failed = failed
-            failed[b.host] = true
-            local err = "upstream " .. tostring(what) .. (code and (" " .. code) or "")
-            state.record_failure(instance, b.pool, b.host, err)
-            if events.wanted("host_request_error") then
-                events.fire("host_request_error", instance, { pool = b.pool, host = b.host, err = err })
-            end
-        end
-    end
-
-    local down = down_for(instance)
-    local p, host = select_next(plan, down, b.failed)
-    if not p then
-        return nil, "No available upstream hosts"
-    end
-    local pool = p.config
-    b.pool, b.host = pool, host
-
-    if not b.tries_set then
-        b.tries_set = true
-        local more = selection.usable_count(plan, down, b.failed) - 1
-        if more > 0 then
-            ngx_balancer.set_more_tries(more)
-        end
-    end
-    ngx_balancer.set_timeouts(pool.timeout / 1000, pool.read_timeout / 1000, pool.read_timeout / 1000)
-
-    local ok, err
-    local target = plan.targets[host]
-    if target.unix then
-        ok, err = ngx_balancer.set_current_peer(target.address)
-    else
-        ok, err = ngx_balancer.set_current_peer(host.host, host.port)
-    end
-    if not ok then
-        return nil, "setting the peer " .. host.name .. " failed: " .. tostring(err)
-    end
-    return true
-end
+-- ngx.exit() this in balancer_by_lua when balance() fails: nginx answers 502
+_M.NO_PEER = balance.NO_PEER
 
 
 return _M

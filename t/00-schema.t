@@ -111,7 +111,7 @@ failures: 0
 --- request
 GET /t
 --- response_body_like
-^nil \| pools\[1\]\.hosts\[2\]\.port: must be at most 65535 \(got 70000\); pools\[1\]\.method: must be one of weighted_rr \(got "hash"\)
+^nil \| pools\[1\]\.hosts\[2\]\.port: must be at most 65535 \(got 70000\); pools\[1\]\.method: must be one of weighted_rr, chash, least_conn, ewma \(got "hash"\)
 0
 nil \| consul_wait_time: must be at most 600 \(got 601\)
 nil \| instance: must be a non-empty name without '/', not '\.' or '\.\.' \(got "a/b"\)

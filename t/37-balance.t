@@ -1,28 +1,52 @@
-# zedcup.balance(): the same host selection and failure accounting in
-# balancer_by_lua, with nginx's own proxy doing the request.
+# zedcup.balance() in balancer_by_lua and zedcup.log() in log_by_lua: the same
+# host selection and failure accounting as handlers, with nginx's own proxy
+# doing the request (real nginx, dev-consul, real backends).
 
 __DATA__
 
-=== TEST 1: balance() picks hosts like handlers do and retries the next host on connect errors and bad statuses
+=== TEST 1: balance() picks hosts like handlers do, retries the next host on connect errors and bad statuses, and log() counts each try with its own event
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
     lua_socket_log_errors off;
 
     init_by_lua_block {
         require "resty.core"
-        assert(require("zedcup").init({
+        local zedcup = require "zedcup"
+        assert(zedcup.init({
             prefix = "$TEST_ZEDCUP_PREFIX",
             consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
         }))
-        require("zedcup").bind("host_request_error", function(instance, d)
-            ngx.log(ngx.WARN, "REQUEST_ERROR ", instance, " ", d.host.name, ": ", d.err)
-        end)
+        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+        for event, name in pairs(names) do
+            zedcup.bind(event, function(instance, d)
+                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+                if event ~= "host_connect" then
+                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+                end
+            end)
+        end
     }
 
     init_worker_by_lua_block {
         require("zedcup").run_workers()
+    }
+
+    # the README's upstream block, with the instance from a variable
+    upstream zedcup_inst {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+        keepalive 16;
     }
 
     server {
@@ -33,17 +57,6 @@ __DATA__
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
         location / { return 500 "bad"; }
-    }
-
-    upstream zedcup_inst {
-        server 0.0.0.1; # a placeholder: balance() sets every peer
-        balancer_by_lua_block {
-            local ok, err = require("zedcup").balance(ngx.var.zedcup_instance)
-            if not ok then
-                ngx.log(ngx.ERR, "balance: ", err)
-                return ngx.exit(500)
-            end
-        }
     }
 --- config
     location = /setup {
@@ -58,26 +71,561 @@ __DATA__
     }
     location /proxied {
         set $zedcup_instance inst;
-        proxy_next_upstream error timeout http_500;
         proxy_pass http://zedcup_inst/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_next_upstream error timeout http_500;
+        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
+        log_by_lua_block { require("zedcup").log() }
     }
     location /missing {
         set $zedcup_instance nope;
         proxy_pass http://zedcup_inst/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location = /ready {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
+        }
+    }
+    location = /count {
+        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
     }
 --- pipelined_requests
 GET /setup
 GET /proxied
 GET /proxied
 GET /missing
+GET /count?k=CONNECT_ERROR%20dead
+GET /count?k=REQUEST_ERROR%20b500
+GET /count?k=CONNECT%20ok
 --- error_code
 200
 200
 200
-500
+502
+200
+200
+200
 --- response_body_like
-^oneone<html>.*500 Internal Server Error
+^oneone<html>.*502 Bad Gateway.*2\n2\n2\n$
 --- error_log
-balance: Instance not found
-REQUEST_ERROR inst dead: upstream failed 502
-REQUEST_ERROR inst b500: upstream failed 500
+zedcup: Instance not found
+CONNECT_ERROR inst dead: upstream connect failed (502)
+REQUEST_ERROR inst b500: Bad status code: 500
+
+
+
+=== TEST 2: the last try counts: a one-host pool on a closed port, two workers: every request 502, host_down once after max_errors, then "no live upstreams" without a connect
+--- workers: 2
+--- timeout: 30
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        local zedcup = require "zedcup"
+        assert(zedcup.init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+        for event, name in pairs(names) do
+            zedcup.bind(event, function(instance, d)
+                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+                if event ~= "host_connect" then
+                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+                end
+            end)
+        end
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    # the README's upstream block, with the instance from a variable
+    upstream zedcup_inst {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+        keepalive 16;
+    }
+--- config
+    location /proxied {
+        set $zedcup_instance inst;
+        proxy_pass http://zedcup_inst/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location = /ready {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
+        }
+    }
+    location = /count {
+        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local kv = require "zedcup.kv"
+            local T = require "zedcup_t"
+            local get = require("balance_t").get
+            local port = $TEST_NGINX_SERVER_PORT
+            assert(zedcup.configure_instance("inst", { pools = { { name = "p", max_errors = 4, error_timeout = 60,
+                hosts = { { name = "only", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
+            ngx.say("both workers have the instance: ", T.until_all(port, "/ready", "yes", 10) ~= nil)
+            -- until both workers served and 4 requests failed: the node's count reaches max_errors
+            local per_worker, statuses = { [0] = 0, [1] = 0 }, {}
+            local n = 0
+            while (per_worker[0] < 1 or per_worker[1] < 1 or n < 4) and n < 200 do
+                n = n + 1
+                local status, _, w = get(port, "/proxied")
+                statuses[status] = (statuses[status] or 0) + 1
+                if w then
+                    per_worker[w] = per_worker[w] + 1
+                end
+            end
+            ngx.say("every worker served failures: ", per_worker[0] >= 1 and per_worker[1] >= 1)
+            ngx.say("statuses: only 502: ", statuses[502] == n)
+            local connect_errors = ngx.shared.flags:get("CONNECT_ERROR only") or 0
+            ngx.say("connect errors counted: ", connect_errors >= 4 and connect_errors <= n)
+            local P = "$TEST_ZEDCUP_PREFIX"
+            local down = T.wait_for(10, 0.05, function() return kv.get(P .. "/state/inst/p/only/down") end)
+            ngx.say("down in Consul: ", down and true)
+            ngx.say("every worker sees it down: ",
+                    T.until_all(port, "/isdown", "true", 10) ~= nil)
+            local before = ngx.shared.flags:get("CONNECT_ERROR only")
+            local status = get(port, "/proxied")
+            ngx.say("once down: ", status, ", connect errors since: ", ngx.shared.flags:get("CONNECT_ERROR only") - before)
+        }
+    }
+    location = /isdown {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.state").is_down("inst", "p", "only"))
+        }
+    }
+--- request
+GET /t
+--- response_body
+both workers have the instance: true
+every worker served failures: true
+statuses: only 502: true
+connect errors counted: true
+down in Consul: true
+every worker sees it down: true
+once down: 502, connect errors since: 0
+--- grep_error_log
+HOST_DOWN inst only
+--- grep_error_log_out
+HOST_DOWN inst only
+--- error_log
+zedcup: No available upstream hosts
+no live upstreams
+
+
+
+=== TEST 3: status_codes from $upstream_status: a host answering 503 with proxy_next_upstream (client gets 200 from the other) and without (client gets the 503); one-host pool: its 503 counts too
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        local zedcup = require "zedcup"
+        assert(zedcup.init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+        for event, name in pairs(names) do
+            zedcup.bind(event, function(instance, d)
+                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+                if event ~= "host_connect" then
+                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+                end
+            end)
+        end
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    # the README's upstream block, with the instance from a variable
+    upstream zedcup_inst {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+        keepalive 16;
+    }
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / {
+            content_by_lua_block {
+                ngx.shared.flags:incr("served busy", 1, 0)
+                ngx.status = 503
+                ngx.say("busy")
+            }
+        }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
+        location / { return 200 "ok"; }
+    }
+--- config
+    location /next {
+        set $zedcup_instance inst;
+        proxy_pass http://zedcup_inst/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_next_upstream error timeout http_503;
+        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location /nonext {
+        set $zedcup_instance inst;
+        proxy_pass http://zedcup_inst/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_next_upstream error timeout;
+        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location /solo {
+        set $zedcup_instance solo;
+        proxy_pass http://zedcup_inst/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_next_upstream error timeout http_503;
+        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location = /ready {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
+        }
+    }
+    location = /count {
+        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local flags = ngx.shared.flags
+            local get = require("balance_t").get
+            local port = $TEST_NGINX_SERVER_PORT
+            local busy = { name = "busy", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 }
+            local ok = { name = "ok", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 }
+            assert(zedcup.configure_instance("inst", { pools = { { name = "p", max_errors = 1000, hosts = { busy, ok } } } }))
+            assert(zedcup.configure_instance("solo", { pools = { { name = "p", max_errors = 1000, hosts = { busy } } } }))
+            local function run(path, n)
+                local c = {}
+                for _ = 1, n do
+                    local status = get(port, path)
+                    c[status] = (c[status] or 0) + 1
+                end
+                local served = flags:get("served busy") or 0
+                local counted = flags:get("REQUEST_ERROR busy") or 0
+                flags:set("served busy", 0)
+                flags:set("REQUEST_ERROR busy", 0)
+                return c, served, counted
+            end
+            local c, served, counted = run("/next", 6)
+            ngx.say("with proxy_next_upstream: 200 x", c[200], ", 503s served ", served, ", counted ", counted)
+            c, served, counted = run("/nonext", 6)
+            ngx.say("without: 200 x", c[200], ", 503 x", c[503], ", 503s served ", served, ", counted ", counted)
+            c, served, counted = run("/solo", 3)
+            ngx.say("one-host pool: 503 x", c[503], ", counted ", counted)
+            ngx.say("connects of ok: ", flags:get("CONNECT ok"), ", connect errors: ",
+                    (flags:get("CONNECT_ERROR ok") or 0) + (flags:get("CONNECT_ERROR busy") or 0))
+        }
+    }
+--- request
+GET /t
+--- response_body
+with proxy_next_upstream: 200 x6, 503s served 6, counted 6
+without: 200 x3, 503 x3, 503s served 3, counted 3
+one-host pool: 503 x3, counted 3
+connects of ok: 9, connect errors: 0
+--- error_log
+REQUEST_ERROR inst busy: Bad status code: 503
+REQUEST_ERROR solo busy: Bad status code: 503
+
+
+
+=== TEST 4: retries reach the next pool when the first is exhausted (dead hosts, a name, a unix socket); a pool of names only is a clean 502, never a 500
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        local zedcup = require "zedcup"
+        assert(zedcup.init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+        for event, name in pairs(names) do
+            zedcup.bind(event, function(instance, d)
+                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+                if event ~= "host_connect" then
+                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+                end
+            end)
+        end
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    # the README's upstream block, with the instance from a variable
+    upstream zedcup_inst {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+        keepalive 16;
+    }
+
+    server {
+        listen unix:$TEST_NGINX_SERVROOT/balance-test.sock;
+        location / { return 200 "unix"; }
+    }
+--- config
+    location /proxied {
+        set $zedcup_instance inst;
+        proxy_pass http://zedcup_inst/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_next_upstream error timeout;
+        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location /names {
+        set $zedcup_instance names;
+        proxy_pass http://zedcup_inst/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location = /ready {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
+        }
+    }
+    location = /count {
+        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local flags = ngx.shared.flags
+            local get = require("balance_t").get
+            local port = $TEST_NGINX_SERVER_PORT
+            assert(zedcup.configure_instance("inst", { pools = {
+                { name = "primary", max_errors = 1000, hosts = {
+                    { name = "dead1", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 },
+                    { name = "named", host = "localhost", port = $TEST_NGINX_RAND_PORT_1 },
+                    { name = "dead2", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 } } },
+                { name = "secondary", hosts = { { name = "sock", host = "unix:$TEST_NGINX_SERVROOT/balance-test.sock" } } },
+            } }))
+            assert(zedcup.configure_instance("names", { pools = {
+                { name = "p", hosts = { { name = "n1", host = "localhost", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
+            for i = 1, 3 do
+                local status, body = get(port, "/proxied")
+                ngx.say(i, ": ", status, " ", body)
+            end
+            ngx.say("connect errors: dead1 ", flags:get("CONNECT_ERROR dead1"), ", dead2 ", flags:get("CONNECT_ERROR dead2"),
+                    ", named ", flags:get("CONNECT_ERROR named"), "; connects of sock ", flags:get("CONNECT sock"))
+            ngx.say("names only: ", (get(port, "/names")))
+        }
+    }
+--- request
+GET /t
+--- response_body
+1: 200 unix
+2: 200 unix
+3: 200 unix
+connect errors: dead1 3, dead2 3, named nil; connects of sock 3
+names only: 502
+--- error_log
+is a name, not an IP address or a unix socket: skipped
+zedcup: No available upstream hosts
+--- no_error_log
+[crit]
+
+
+
+=== TEST 5: chash in balancer mode: hash_key $arg_user sends a user to one host, balance()'s key argument overrides it
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        local zedcup = require "zedcup"
+        assert(zedcup.init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+        for event, name in pairs(names) do
+            zedcup.bind(event, function(instance, d)
+                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+                if event ~= "host_connect" then
+                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+                end
+            end)
+        end
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    # the README's upstream block, with the instance from a variable
+    upstream zedcup_inst {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+        keepalive 16;
+    }
+
+    upstream zedcup_keyed {
+        server 0.0.0.1;
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance("inst", ngx.var.arg_key)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+    }
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "a"; }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
+        location / { return 200 "b"; }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+        location / { return 200 "c"; }
+    }
+--- config
+    location /proxied {
+        set $zedcup_instance inst;
+        proxy_pass http://zedcup_inst/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location /keyed {
+        proxy_pass http://zedcup_keyed/;
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location = /ready {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
+        }
+    }
+    location = /count {
+        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local get = require("balance_t").get
+            local port = $TEST_NGINX_SERVER_PORT
+            local hosts = {}
+            for i, name in ipairs({ "a", "b", "c" }) do
+                hosts[i] = { name = name, host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 + 0 }
+            end
+            hosts[2].port = $TEST_NGINX_RAND_PORT_2
+            hosts[3].port = $TEST_NGINX_RAND_PORT_3
+            assert(zedcup.configure_instance("inst", { pools = { { name = "p", method = "chash",
+                hash_key = "$arg_user", hosts = hosts } } }))
+            local same, seen = true, {}
+            for u = 1, 30 do
+                local _, first = get(port, "/proxied?user=u" .. u)
+                for _ = 1, 3 do
+                    local _, again = get(port, "/proxied?user=u" .. u)
+                    same = same and again == first
+                end
+                seen[first] = true
+            end
+            ngx.say("each user always on one host: ", same, ", users spread: ", seen.a and seen.b and seen.c and true)
+            local _, by_key = get(port, "/keyed?user=u1&key=k7")
+            local _, again = get(port, "/keyed?user=u2&key=k7")
+            ngx.say("balance(instance, key): the key decides: ", by_key == again)
+        }
+    }
+--- request
+GET /t
+--- response_body
+each user always on one host: true, users spread: true
+balance(instance, key): the key decides: true

@@ -143,7 +143,7 @@ BREAKS: list[tuple[str, str, Any]] = [
     ("pool", "timeout", 0),
     ("pool", "error_timeout", -1),
     ("pool", "keepalive_pool", 1.5),
-    ("pool", "method", "least_conn"),
+    ("pool", "method", "round_robin"),
     ("pool", "status_codes", ["5x5"]),
     ("pool", "name", ""),
     ("pool", "healthcheck", 3),

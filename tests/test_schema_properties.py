@@ -111,7 +111,7 @@ def pools(draw: st.DrawFn) -> dict[str, Any]:
     out: dict[str, Any] = {}
     optional(draw, out, "name", names)
     optional(draw, out, "up", st.booleans())
-    optional(draw, out, "method", st.just("weighted_rr"))
+    optional(draw, out, "method", st.sampled_from(["weighted_rr", "chash", "least_conn", "ewma"]))
     for key in ("timeout", "max_errors", "read_timeout", "keepalive_timeout", "keepalive_pool"):
         optional(draw, out, key, st.integers(1, 10**6))
     optional(draw, out, "error_timeout", positive_number)
@@ -214,7 +214,7 @@ MUTATIONS = {
     "unknown host field": ("host", "colour", "blue"),
     "timeout zero": ("pool", "timeout", 0),
     "error_timeout negative": ("pool", "error_timeout", -1),
-    "bad method": ("pool", "method", "least_conn"),
+    "bad method": ("pool", "method", "round_robin"),
     "bad status code": ("pool", "status_codes", ["5x5"]),
     "healthcheck number": ("pool", "healthcheck", 3),
     "unknown pool field": ("pool", "hostz", []),

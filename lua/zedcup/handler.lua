@@ -2,17 +2,21 @@
 -- Picks hosts with zedcup.select, connects (plain, TLS or unix sockets, or any
 -- lua-resty driver), sends HTTP requests with the HTTP client from
 -- zedcup.deps, fails over to the next host on connect errors, request errors
--- and bad status codes, and reports failures to zedcup.state and events.
+-- and bad status codes, and reports every try with zedcup.report. A try ends
+-- (release() to the pool's balancer) when its response header arrived or it
+-- failed; with connect(), at set_keepalive() or close().
 --
 -- Nothing here touches a shared dict, JSON or Consul unless a host fails.
 
 local deps = require "zedcup.deps"
 local events = require "zedcup.events"
+local report = require "zedcup.report"
 local selection = require "zedcup.select"
 local state = require "zedcup.state"
 
 local ngx = ngx
 local ngx_var = ngx.var
+local ngx_now = ngx.now
 local tcp = ngx.socket.tcp
 local pcall = pcall
 local type = type
@@ -21,10 +25,10 @@ local tab_new = require "table.new"
 local str_match = string.match
 
 local select_next = selection.next
+local select_release = selection.release
 local down_for = state.down_for
-local record_failure = state.record_failure
-local fire = events.fire
-local wanted = events.wanted
+local report_failed = report.failed
+local report_connected = report.connected
 
 
 local _M = { _VERSION = "0.1.0" }
@@ -33,14 +37,16 @@ local mt = { __index = _M }
 local NO_HOSTS = "No available upstream hosts"
 
 
---- new(plan) -> handler
+--- new(plan, key?) -> handler
+-- key: the request's key for hashing methods (default: the pool's hash_key).
 -- The table is sized for the fields a successful request sets (plan, name,
--- pool, host, codes, httpc, used), so it is never resized on the common path:
--- nil fields in a constructor reserve no room.
-function _M.new(plan)
-    local self = tab_new(0, 8)
+-- key, p, pool, host, codes, httpc, used, open, t0), so it is never resized on
+-- the common path: nil fields in a constructor reserve no room.
+function _M.new(plan, key)
+    local self = tab_new(0, 16)
     self.plan = plan
     self.name = plan.name
+    self.key = key
     return setmetatable(self, mt)
 end
 
@@ -72,17 +78,24 @@ function _M.config(self)
 end
 
 
-local function failure(self, event, pool, host, err)
+-- the end of the try on self.p/self.host: kind nil (a response) or a failure kind
+local function end_try(self, kind)
+    if self.open then
+        self.open = false
+        local p = self.p
+        select_release(p, self.host, kind, p.balancer.timed and ngx_now() - self.t0 or nil)
+    end
+end
+
+
+local function failure(self, kind, pool, host, err)
     local failed = self.failed
     if not failed then
         failed = {}
         self.failed = failed
     end
     failed[host] = true
-    record_failure(self.name, pool, host, err)
-    if wanted(event, self.listeners) then
-        fire(event, self.name, { pool = pool, host = host, err = err }, self.listeners)
-    end
+    report_failed(self.name, kind, pool, host, err, self.listeners)
 end
 
 
@@ -160,22 +173,25 @@ end
 local function connect(self, sock, is_http)
     local plan = self.plan
     local down = down_for(self.name)
+    end_try(self, nil)
     while true do
-        local p, host = select_next(plan, down, self.failed)
+        local p, host = select_next(plan, down, self.failed, self.key)
         if not p then
             return nil, NO_HOSTS
         end
         local pool = p.config
         local s = sock or tcp()
+        local timed = p.balancer.timed
+        local t0 = timed and ngx_now()
         local ok, err = connect_host(self, s, is_http, pool, host)
         if ok then
-            self.pool, self.host, self.codes = pool, host, p.codes
-            if wanted("host_connect", self.listeners) then
-                fire("host_connect", self.name, { pool = pool, host = host }, self.listeners)
-            end
+            self.p, self.pool, self.host, self.codes = p, pool, host, p.codes
+            self.open, self.t0 = true, t0
+            report_connected(self.name, pool, host, self.listeners)
             return s
         end
-        failure(self, "host_connect_error", pool, host, err or "connect failed")
+        select_release(p, host, "connect", timed and ngx_now() - t0 or nil)
+        failure(self, "connect", pool, host, err or "connect failed")
     end
 end
 
@@ -231,7 +247,8 @@ function _M.request(self, params)
             httpc:close()
             self.httpc = nil
             last_err = err
-            failure(self, "host_request_error", pool, host, err or "request failed")
+            end_try(self, "request")
+            failure(self, "request", pool, host, err or "request failed")
             if not replayable then
                 return nil, err
             end
@@ -241,9 +258,11 @@ function _M.request(self, params)
                 last_httpc:close()
             end
             if not self.codes[res.status] then
+                end_try(self, nil)
                 return res
             end
-            failure(self, "host_request_error", pool, host, "Bad status code: " .. res.status)
+            end_try(self, "status")
+            failure(self, "status", pool, host, "Bad status code: " .. res.status)
             if not replayable then
                 return res
             end
@@ -271,6 +290,7 @@ function _M.set_keepalive(self, timeout, size)
     if not pool then
         return nil, "not connected"
     end
+    end_try(self, nil)
     timeout = timeout or pool.keepalive_timeout
     size = size or pool.keepalive_pool
     if self.httpc then
@@ -305,6 +325,7 @@ end
 
 --- close() -> ok | nil, err
 function _M.close(self)
+    end_try(self, nil)
     if self.httpc then
         return self.httpc:close()
     end

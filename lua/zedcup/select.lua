@@ -1,16 +1,20 @@
 -- zedcup.select: host selection, independent of how the request is sent.
 -- Compiles an instance's effective config into a "plan" (per worker: pools in
--- order, one balancer per pool, status-code sets), then picks hosts: pools in
--- order, `up = false` pools and hosts skipped, hosts marked down or already
--- failed in this request skipped, the next pool when a pool has nothing left.
--- Used by zedcup.handler (cosockets) and zedcup.balance (balancer_by_lua).
+-- order, one balancer per pool (its `method`), status-code sets), then picks
+-- hosts: pools in order, `up = false` pools and hosts skipped, hosts marked
+-- down or already failed in this request skipped, the next pool when a pool has
+-- nothing left. Used by zedcup.handler (cosockets) and zedcup.balance
+-- (balancer_by_lua); each try a pick starts ends with release().
 
 local ngx = ngx
 local ngx_now = ngx.now
 local require = require
 local pcall = pcall
 local tostring = tostring
+local pairs = pairs
+local ipairs = ipairs
 local str_byte = string.byte
+local str_find = string.find
 local str_sub = string.sub
 
 
@@ -50,16 +54,26 @@ local function balancer_module(method)
 end
 
 
+-- an IPv4 or IPv6 literal: what balancer_by_lua can set as a peer without DNS
+local function is_ip(h)
+    return str_find(h, "^%d+%.%d+%.%d+%.%d+$") ~= nil or str_find(h, ":", 1, true) ~= nil
+end
+
+
 --- compile(name, effective, version) -> plan | nil, err
 function _M.compile(name, effective, version)
     local pools = {}
     local targets = {}
+    local pool_of = {}
     local nhosts = 0
     for i, pool in ipairs(effective.pools) do
         local mod, err = balancer_module(pool.method)
         if not mod then
             return nil, "pools[" .. i .. "]: " .. err
         end
+        local up = {}
+        local by_name = {}
+        local npeers = 0
         for _, host in ipairs(pool.hosts) do
             -- how to reach the host, kept apart from its config (which users see)
             local h = host.host
@@ -69,7 +83,7 @@ function _M.compile(name, effective, version)
                 address = "unix:" .. h
                 unix = true
             end
-            local target = { address = address, unix = unix }
+            local target = { address = address, unix = unix, peer = unix or is_ip(h) }
             -- lua-resty-http connect() options, built once per config version;
             -- none when TLS takes its SNI from each request's Host
             local ssl = effective.ssl
@@ -84,12 +98,22 @@ function _M.compile(name, effective, version)
                 }
             end
             targets[host] = target
+            pool_of[host] = i
             nhosts = nhosts + 1
+            if host.up then
+                up[#up + 1] = host
+                by_name[host.name] = host
+                if target.peer then
+                    npeers = npeers + 1
+                end
+            end
         end
         pools[i] = {
             config = pool,
-            balancer = mod.new(pool.hosts),
+            balancer = mod.new(up, pool),
             codes = status_set(pool.status_codes),
+            by_name = by_name,  -- up hosts by name
+            npeers = npeers,    -- up hosts balancer_by_lua can use (IPs, unix sockets)
         }
     end
     return {
@@ -98,47 +122,99 @@ function _M.compile(name, effective, version)
         config = effective,
         pools = pools,
         npools = #pools,
-        targets = targets, -- host config -> { address =, unix =, http_connect = }
+        targets = targets, -- host config -> { address =, unix =, peer =, http_connect = }
+        pool_of = pool_of, -- host config -> pool index
         nhosts = nhosts,
     }
 end
 
 
--- filter for balancers: a = the pool's down table (or nil), b = failed set (or nil)
+-- filter for balancers: a = the pool's down table (or nil), b = failed set (or
+-- nil). A down host is refused with its mark (true or expiry): the balancer
+-- sets it aside; a failed one only for this pick.
 local function usable(host, down, failed)
-    if not host.up then
-        return false
-    end
     if failed and failed[host] then
         return false
     end
     if down then
         local d = down[host.name]
         if d and (d == true or d > ngx_now()) then
-            return false
+            return false, d
         end
     end
-    return true
+    return host.up
 end
 _M.usable = usable
 
 
---- next(plan, down, failed) -> pool, host, pool_index | nil
+--- next(plan, down, failed, key) -> pool, host, pool_index | nil
 -- down: { [pool name] = { [host name] = true | expiry } } for this instance, or nil.
 -- failed: { [host table] = true } for this request, or nil.
-function _M.next(plan, down, failed)
+-- key: the request's key for hashing methods, or nil (the pool's hash_key).
+-- Every host returned is a try that must end with release().
+function _M.next(plan, down, failed, key)
     local pools = plan.pools
     for i = 1, plan.npools do
         local p = pools[i]
         local conf = p.config
         if conf.up then
-            local host = p.balancer:next(usable, down and down[conf.name], failed)
+            local host = p.balancer:next(usable, down and down[conf.name], failed, key)
             if host then
                 return p, host, i
             end
         end
     end
     return nil
+end
+
+
+--- release(p, host, outcome, elapsed): a try of next()'s ended (see balancer/weighted_rr)
+function _M.release(p, host, outcome, elapsed)
+    p.balancer:release(host, outcome, elapsed)
+end
+
+
+--- peers_left(plan, down, failed, current) -> bool: whether next() can still
+-- return a host balancer_by_lua can use (an IP or a unix socket), other than
+-- `current` (the host of the try starting now). O(pools + down hosts + failed
+-- hosts), not O(hosts): balance() asks on every try.
+function _M.peers_left(plan, down, failed, current)
+    local pools = plan.pools
+    local now
+    for i = 1, plan.npools do
+        local p = pools[i]
+        local conf = p.config
+        if conf.up and p.npeers > 0 then
+            local left = p.npeers
+            local targets = plan.targets
+            if current and plan.pool_of[current] == i and not (failed and failed[current]) then
+                left = left - 1
+            end
+            if failed then
+                for host in pairs(failed) do
+                    if plan.pool_of[host] == i and host.up and targets[host].peer then
+                        left = left - 1
+                    end
+                end
+            end
+            local d = down and down[conf.name]
+            if d then
+                for name, mark in pairs(d) do
+                    local host = p.by_name[name]
+                    if host and host ~= current and targets[host].peer and not (failed and failed[host]) then
+                        now = now or ngx_now()
+                        if mark == true or mark > now then
+                            left = left - 1
+                        end
+                    end
+                end
+            end
+            if left > 0 then
+                return true
+            end
+        end
+    end
+    return false
 end
 
 

@@ -1,0 +1,257 @@
+-- zedcup.balance: host selection for nginx's own proxy. balance(instance, key?)
+-- runs in balancer_by_lua once per try: it picks a host with zedcup.select
+-- (never one that already failed in this request while another can be used,
+-- the next pool once a pool is exhausted), sets it as the peer with the pool's
+-- timeouts, and allows nginx one more try whenever another host is left.
+-- log() runs in log_by_lua and accounts for every try of the request, the last
+-- one included, from nginx's $upstream_status, $upstream_connect_time and
+-- $upstream_header_time lists: a connect failure or timeout is a connect error,
+-- a failure after connecting or a status in the pool's status_codes a request
+-- error (zedcup.report: counts, events, host_down), and the try is released
+-- to the pool's balancer.
+
+local config = require "zedcup.config"
+local report = require "zedcup.report"
+local selection = require "zedcup.select"
+local state = require "zedcup.state"
+
+local ngx = ngx
+local ngx_var = ngx.var
+local ngx_log = ngx.log
+local ngx_WARN = ngx.WARN
+local tonumber = tonumber
+local tostring = tostring
+local type = type
+local error = error
+local setmetatable = setmetatable
+local str_find = string.find
+local str_sub = string.sub
+local tab_new = require "table.new"
+
+local plan_local = config.plan_local
+local down_for = state.down_for
+local select_next = selection.next
+local select_release = selection.release
+local peers_left = selection.peers_left
+local connected = report.connected
+local failed = report.failed
+
+local ngx_balancer -- required on first use: only balancer_by_lua has it
+
+
+local _M = { _VERSION = "0.1.0" }
+
+local NO_HOSTS = "No available upstream hosts"
+
+-- ngx.exit() this in balancer_by_lua when balance() fails: nginx answers 502
+-- ("no live upstreams"). Any HTTP status given to ngx.exit() there is a 500.
+_M.NO_PEER = -3 -- NGX_BUSY
+
+local warned = setmetatable({}, { __mode = "k" }) -- plan -> true: names warned about
+
+
+local function set_peer(b, p, host)
+    local pool = p.config
+    local target = b.plan.targets[host]
+    local ok, err
+    if target.unix then
+        ok, err = ngx_balancer.set_current_peer(target.address)
+    else
+        ok, err = ngx_balancer.set_current_peer(host.host, host.port)
+    end
+    if not ok then
+        return nil, "setting the peer " .. host.name .. " failed: " .. tostring(err)
+    end
+    ngx_balancer.set_timeouts(pool.timeout / 1000, pool.read_timeout / 1000, pool.read_timeout / 1000)
+    return true
+end
+
+
+--- balance(instance, key?) -> true | nil, err
+function _M.balance(instance, key)
+    if not ngx_balancer then
+        ngx_balancer = require "ngx.balancer"
+    end
+    local ctx = ngx.ctx
+    local b = ctx.zedcup_balance
+    local plan, fails
+    if not b then
+        plan = plan_local(instance)
+        if not plan then
+            if type(instance) ~= "string" then
+                error("instance must be a string (got " .. type(instance) .. ")", 2)
+            end
+            return nil, "Instance not found"
+        end
+        if key ~= nil and type(key) ~= "string" then
+            error("key must be a string (got " .. type(key) .. ")", 2)
+        end
+        b = tab_new(0, 8)
+        b.plan, b.key, b.n = plan, key, 0
+        ctx.zedcup_balance = b
+    else
+        -- nginx retries: the previous try failed (or gave a status nginx retries)
+        plan = b.plan
+        fails = b.failed
+        if not fails then
+            fails = {}
+            b.failed = fails
+        end
+        local last = b[b.n * 2]
+        if last then
+            fails[last] = true
+        end
+    end
+
+    local down = down_for(plan.name)
+    local p, host
+    while true do
+        p, host = select_next(plan, down, fails, b.key)
+        if not p then
+            break
+        end
+        if plan.targets[host].peer then
+            break
+        end
+        -- a name: balancer_by_lua cannot resolve it; use the other hosts
+        select_release(p, host, "connect", 0)
+        if not fails then
+            fails = {}
+            b.failed = fails
+        end
+        fails[host] = true
+        if not warned[plan] then
+            warned[plan] = true
+            ngx_log(ngx_WARN, "[zedcup] balance(): ", plan.name, "/", p.config.name, "/", host.name,
+                    ": host ", host.host, " is a name, not an IP address or a unix socket: skipped")
+        end
+    end
+
+    local n = b.n
+    if not p then
+        if n == 0 then
+            return nil, NO_HOSTS
+        end
+        -- the hosts left went away during the request: nginx already holds
+        -- no more tries for it, so repeat the last host and let its answer stand
+        p, host = b[n * 2 - 1], b[n * 2]
+        b.repeated = n + 1 -- not a pick of the balancer: nothing to release
+    elseif peers_left(plan, down, fails, host) then
+        ngx_balancer.set_more_tries(1)
+    end
+
+    n = n + 1
+    b.n = n
+    b[n * 2 - 1], b[n * 2] = p, host
+    return set_peer(b, p, host)
+end
+
+
+-- the entries of nginx's list variable ("a, b : c") that belong to our tries
+-- (the last n), as an array
+local function last_entries(list, n, out)
+    local m = 0
+    local pos = 1
+    while true do
+        local from, to = str_find(list, ", ", pos, true)
+        local from2, to2 = str_find(list, " : ", pos, true)
+        if from2 and (not from or from2 < from) then
+            from, to = from2, to2
+        end
+        m = m + 1
+        out[m] = str_sub(list, pos, (from or 0) - 1)
+        if not from then
+            break
+        end
+        pos = to + 1
+    end
+    local shift = m - n
+    if shift > 0 then
+        for i = 1, n do
+            out[i] = out[i + shift]
+        end
+    end
+    return out
+end
+
+
+local status_l, connect_l, header_l = {}, {}, {}
+
+-- accounts for one try: status, connect_time, header_time are nginx's entries
+-- for it; header_time is also the elapsed time balancers learn from
+local function account(inst, p, host, status, connect_time, header_time, picked)
+    local pool = p.config
+    local code = tonumber(status)
+    local kind, err
+    if not code then
+        kind = nil -- no answer recorded (the client went away): nothing to count
+    elseif (code == 502 or code == 504) and (connect_time == "-" or header_time == "-") then
+        if connect_time == "-" then
+            kind = "connect"
+            err = code == 504 and "upstream connect timed out (504)" or "upstream connect failed (502)"
+        else
+            kind = "request"
+            err = code == 504 and "upstream timed out (504)" or "upstream failed (502)"
+        end
+    elseif p.codes[code] then
+        kind = "status"
+        err = "Bad status code: " .. code
+    end
+    if kind ~= "connect" and code then
+        connected(inst, pool, host)
+    end
+    if kind then
+        failed(inst, kind, pool, host, err)
+    end
+    if picked then
+        select_release(p, host, kind, tonumber(header_time))
+    end
+end
+
+
+--- log(): in log_by_lua, after a request that balance() served
+function _M.log()
+    local b = ngx.ctx.zedcup_balance
+    if not b then
+        return
+    end
+    local n = b.n
+    if n == 0 then
+        return
+    end
+    local inst = b.plan.name
+    local status = ngx_var.upstream_status
+    if not status then
+        for i = 1, n do
+            if i ~= b.repeated then
+                select_release(b[i * 2 - 1], b[i * 2], nil, nil)
+            end
+        end
+        return
+    end
+
+    if n == 1 and #status == 3 then
+        -- one try (the usual case): no lists to split
+        local p = b[1]
+        local code = tonumber(status)
+        local ct, ht
+        if code == 502 or code == 504 then
+            ct, ht = ngx_var.upstream_connect_time, ngx_var.upstream_header_time
+        elseif p.balancer.timed then
+            ht = ngx_var.upstream_header_time
+        end
+        account(inst, p, b[2], status, ct, ht, true)
+        return
+    end
+
+    last_entries(status, n, status_l)
+    last_entries(ngx_var.upstream_connect_time or "", n, connect_l)
+    last_entries(ngx_var.upstream_header_time or "", n, header_l)
+    local repeated = b.repeated
+    for i = 1, n do
+        account(inst, b[i * 2 - 1], b[i * 2], status_l[i], connect_l[i], header_l[i], i ~= repeated)
+    end
+end
+
+
+return _M
