@@ -12,7 +12,12 @@ dev-consul) runs, inside one request and without network I/O, N iterations of:
 and reports, per operation, wall and CPU nanoseconds (median over rounds),
 bytes allocated (collectgarbage("count") delta with the GC stopped, after JIT
 warm-up), and shared-dict, JSON and cosocket calls (counted by wrappers that
-init_by_lua installs before zedcup is loaded). Not a test: nothing is asserted.
+init_by_lua installs before zedcup is loaded).
+
+Then, per balancing method, the cost of one pick (select.next + select.release,
+a different key per pick) in a pool of 10, 1,000 and 10,000 hosts (weights 1-3),
+all up and with 10% of them marked down, and the ratio 10,000 / 10 hosts.
+Not a test: nothing is asserted.
 Usage: .venv/bin/python bench/bench_select.py [-n OPS] [-r ROUNDS]
 """
 
@@ -194,9 +199,71 @@ CONFIG = r"""
             ngx.say(cjson.encode(out))
         }
     }
+
+    location = /picks {
+        content_by_lua_block {
+            local ffi = require "ffi"
+            local cjson = require "cjson"
+            local schema = require "zedcup.schema"
+            local selection = require "zedcup.select"
+            local select_next, select_release = selection.next, selection.release
+            pcall(ffi.cdef, [[
+                struct bench_timespec { long sec; long nsec; };
+                int clock_gettime(int clk, struct bench_timespec *tp);
+            ]])
+            local ts = ffi.new("struct bench_timespec")
+            local function clock()
+                ffi.C.clock_gettime(1, ts)
+                return tonumber(ts.sec) * 1e9 + tonumber(ts.nsec)
+            end
+            local n = tonumber(ngx.var.arg_n) or 200000
+            local rounds = tonumber(ngx.var.arg_r) or 5
+            local keys = {}
+            for i = 1, 1024 do keys[i] = "10.0." .. (i % 256) .. "." .. i end
+            local out = {}
+            for _, method in ipairs({ "weighted_rr", "chash", "least_conn", "ewma" }) do
+                out[method] = {}
+                for _, size in ipairs({ 10, 1000, 10000 }) do
+                    local hosts = {}
+                    for i = 1, size do
+                        hosts[i] = { name = "h" .. i, host = "10.1." .. (i % 250) .. "." .. (i % 200), port = 80 + i % 1000,
+                                     weight = 1 + i % 3 }
+                    end
+                    local norm = assert(schema.check("instance", { pools = { { name = "p", method = method, hosts = hosts } } }))
+                    local plan = assert(selection.compile("b", schema.effective("instance", norm), "1"))
+                    for _, downs in ipairs({ 0, 10 }) do
+                        local down = nil
+                        if downs > 0 then
+                            local d = {}
+                            for i = 1, size, 10 do d["h" .. i] = true end
+                            down = { p = d }
+                        end
+                        local function run(count)
+                            for i = 1, count do
+                                local p, host = select_next(plan, down, nil, keys[i % 1024 + 1])
+                                select_release(p, host, nil, 0.001)
+                            end
+                        end
+                        run(n)  -- JIT warm-up (and down hosts set aside)
+                        local wall = {}
+                        for r = 1, rounds do
+                            local t0 = clock()
+                            run(n)
+                            wall[r] = (clock() - t0) / n
+                        end
+                        table.sort(wall)
+                        out[method][size .. "/" .. downs] = wall[math.ceil(rounds / 2)]
+                    end
+                end
+            end
+            ngx.say(cjson.encode(out))
+        }
+    }
 """
 
 OPS = ("lookup", "handler", "select", "both", "request")
+METHODS = ("weighted_rr", "chash", "least_conn", "ewma")
+SIZES = (10, 1000, 10000)
 
 
 def fetch(url: str) -> str:
@@ -229,6 +296,7 @@ def main() -> int:
                 try:
                     fetch(f"{server.url}/setup")
                     results = json.loads(fetch(f"{server.url}/bench?n={args.ops}&r={args.rounds}"))
+                    picks = json.loads(fetch(f"{server.url}/picks?n={args.ops}&r={args.rounds}"))
                 except urllib.error.HTTPError:
                     print(server.error_log_text()[-3000:], file=sys.stderr)
                     raise
@@ -255,6 +323,17 @@ def main() -> int:
             f"{r['wall_ns'] / lookup:>10.1f} {r['bytes']:>7.1f} {r['shdict']:>7.2f} "
             f"{r['json']:>5.2f} {r['socket']:>7.2f}"
         )
+    print()
+    print("one pick (select.next + select.release), median wall ns; 10% down: every 10th host marked down")
+    head = " ".join(f"{size:>8}" for size in SIZES)
+    print(f"{'method':<12} {head} {'10k/10':>7} | {'10% down:':>9} {head} {'10k/10':>7}")
+    for method in METHODS:
+        row = picks[method]
+        cells = []
+        for downs in (0, 10):
+            ns = [row[f"{size}/{downs}"] for size in SIZES]
+            cells.append(" ".join(f"{x:>8.1f}" for x in ns) + f" {ns[-1] / ns[0]:>7.2f}")
+        print(f"{method:<12} {cells[0]} | {'':>9} {cells[1]}")
     return 0
 
 

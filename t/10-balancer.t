@@ -9,9 +9,14 @@ __DATA__
         content_by_lua_block {
             local wrr = require "zedcup.balancer.weighted_rr"
             local hosts = { { name = "a", weight = 10 }, { name = "b", weight = 20 }, { name = "c", weight = 30 } }
-            local b = wrr.new(hosts)
             local all = function() return true end
-            for cycle = 1, 3 do
+            local b
+            for cycle = 1, 4 do
+                -- cycles 3 and 4 without the recorded schedule: the heap itself
+                if cycle == 1 or cycle == 3 then
+                    wrr.MAX_SCHEDULE = cycle == 1 and 2 ^ 18 or 0
+                    b = wrr.new(hosts)
+                end
                 local counts = { a = 0, b = 0, c = 0 }
                 for _ = 1, 60 do
                     local h = b:next(all)
@@ -27,6 +32,7 @@ GET /t
 cycle 1: a=10 b=20 c=30
 cycle 2: a=10 b=20 c=30
 cycle 3: a=10 b=20 c=30
+cycle 4: a=10 b=20 c=30
 
 
 
@@ -56,20 +62,25 @@ cycle 3: a=10 b=20 c=30
                 end
                 return worst, table.concat(seq, " ")
             end
-            local worst, seq = run({ 5, 1, 1 }, 700)
-            ngx.say("5/1/1: ", seq, "; within one pick: ", worst < 1)
-            math.randomseed(7)
-            local weights = {}
-            for i = 1, 20 do weights[i] = math.random(1, 50) end
-            worst = run(weights, 5000)
-            ngx.say("20 random weights: within one pick: ", worst < 1)
+            for _, mode in ipairs({ "schedule", "heap" }) do
+                wrr.MAX_SCHEDULE = mode == "heap" and 0 or 2 ^ 18
+                local worst, seq = run({ 5, 1, 1 }, 700)
+                ngx.say(mode, ": 5/1/1: ", seq, "; within one pick: ", worst < 1)
+                math.randomseed(7)
+                local weights = {}
+                for i = 1, 20 do weights[i] = math.random(1, 50) end
+                worst = run(weights, 5000)
+                ngx.say(mode, ": 20 random weights: within one pick: ", worst < 1)
+            end
         }
     }
 --- request
 GET /t
 --- response_body
-5/1/1: h1 h1 h1 h2 h3 h1 h1; within one pick: true
-20 random weights: within one pick: true
+schedule: 5/1/1: h1 h1 h1 h2 h3 h1 h1; within one pick: true
+schedule: 20 random weights: within one pick: true
+heap: 5/1/1: h1 h1 h1 h2 h3 h1 h1; within one pick: true
+heap: 20 random weights: within one pick: true
 
 
 
@@ -133,7 +144,7 @@ GET /t
 --- response_body
 p1/a p1/c p1/a
 p2/d
-p1/a
+p1/c
 p2/d usable left: 1
 none
 unix address: unix:/run/d.sock, config untouched: nil /run/d.sock
@@ -166,6 +177,8 @@ GET /t
             local wrr = require "zedcup.balancer.weighted_rr"
             local hosts = { { name = "a", weight = 1, up = true }, { name = "b", weight = 1, up = true },
                             { name = "c", weight = 2, up = true } }
+            for _, mode in ipairs({ "schedule", "heap" }) do
+            wrr.MAX_SCHEDULE = mode == "heap" and 0 or 2 ^ 18
             local b = wrr.new(hosts)
             local function count(down, picks)
                 local c = { a = 0, b = 0, c = 0 }
@@ -182,11 +195,17 @@ GET /t
             ngx.sleep(0.1)
             local d = { a = ngx.now() - 1 }
             ngx.say("after expiry, same table: ", count(d, 40))
+            end
         }
     }
 --- request
 GET /t
 --- response_body
+all up: 10/10/20
+c down: 20/20/0 parked: 1
+back (a new down table): 10/10/20 parked: 0
+a down until expiry: 0/10/20
+after expiry, same table: 10/10/20
 all up: 10/10/20
 c down: 20/20/0 parked: 1
 back (a new down table): 10/10/20 parked: 0

@@ -118,6 +118,10 @@ function _M.pop(self)
 end
 
 
+--- sift_down(i): restores the order after the key at heap position i grew
+_M.sift_down = down
+
+
 --- fix(id): restores the order after key[id] or tie[id] changed
 function _M.fix(self, id)
     local i = self.pos[id]

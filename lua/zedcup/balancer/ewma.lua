@@ -7,7 +7,8 @@
 -- average * (active + 1) / weight, and the average fades towards 0 while the
 -- host gets no samples (the same decay), so a slow host that recovered is tried
 -- again after a few decay times. Each pick draws two distinct usable hosts at
--- random and takes the lower score; unsampled hosts (score 0) go first.
+-- random and takes the lower score; a host never sampled goes first, one try
+-- at a time.
 -- Per worker, like least_conn. (The interface: zedcup/balancer/weighted_rr.)
 
 local parking = require "zedcup.parking"
@@ -23,6 +24,7 @@ local _M = { _VERSION = "0.1.0", timed = true } -- timed: release() wants elapse
 local mt = { __index = _M }
 
 local DRAWS = 4 -- random draws before a linear scan, when the request's failures are in the way
+local UNKNOWN = 1e9 -- the score of a host never sampled while a try to it is in progress
 
 
 function _M.new(hosts, pool)
@@ -43,7 +45,7 @@ function _M.new(hosts, pool)
     local now = ngx_now()
     for i = 1, n do
         self.index[hosts[i]] = i
-        self.avg[i], self.stamp[i], self.active[i] = 0, now, 0
+        self.avg[i], self.stamp[i], self.active[i] = -1, now, 0
         self.set[i], self.pos[i] = i, i
     end
     return self
@@ -52,9 +54,11 @@ end
 
 local function score(self, id, now)
     local avg = self.avg[id]
-    if avg > 0 then
-        avg = avg * math_exp((self.stamp[id] - now) / self.decay)
+    if avg < 0 then
+        -- never answered: one probe at a time
+        return self.active[id] == 0 and 0 or UNKNOWN
     end
+    avg = avg * math_exp((self.stamp[id] - now) / self.decay)
     return avg * (self.active[id] + 1) / self.hosts[id].weight
 end
 
@@ -178,7 +182,7 @@ function _M.release(self, host, outcome, elapsed)
     end
     local now = ngx_now()
     local avg = self.avg[id]
-    if sample > avg then
+    if avg < 0 or sample > avg then
         avg = sample
     else
         local w = math_exp((self.stamp[id] - now) / self.decay)

@@ -5,6 +5,10 @@
 -- each host is picked exactly `weight` times (no deadline falls on a cycle's
 -- edge), and at any moment every host is within one pick of its exact share, so
 -- picks of a heavy host are spread out, not bunched.
+-- When one cycle (sum(weights) / their gcd) has at most MAX_SCHEDULE picks, the
+-- heap's cycle is recorded once and picks walk it: O(1). A refused host's turn
+-- is passed to the next one in the schedule, so among the usable hosts the
+-- shares stay exact, and a host that comes back takes its turns from then on.
 --
 -- The balancer interface (every file under zedcup/balancer/):
 --   new(hosts, pool) -> balancer    hosts: the pool's usable-by-config hosts,
@@ -28,6 +32,8 @@ local tab_new = require "table.new"
 
 local _M = { _VERSION = "0.2.0" }
 local mt = { __index = _M }
+
+_M.MAX_SCHEDULE = 2 ^ 18 -- picks per recorded cycle (longer: the heap, O(log n))
 
 
 function _M.new(hosts)
@@ -64,13 +70,9 @@ local function unpark(self, id)
 end
 
 
-function _M.next(self, filter, a, b)
-    local pk = self.parking
-    if pk.n > 0 and pk:due(a) then
-        pk:recheck(self.hosts, filter, a, b, unpark, self)
-    end
-
-    local h, hosts, aside = self.heap, self.hosts, self.aside
+-- the top host was refused: set it and any further refused ones aside
+local function next_slow(self, filter, a, b)
+    local h, hosts, aside, pk = self.heap, self.hosts, self.aside, self.parking
     local items = h.items
     local naside = 0
     local host, id
@@ -82,12 +84,6 @@ function _M.next(self, filter, a, b)
         host = hosts[id]
         local ok, lasting = filter(host, a, b)
         if ok then
-            local key, count = self.key, self.count
-            self.vt = key[id]
-            local c = count[id] + 1
-            count[id] = c
-            key[id] = self.base[id] + (c + 0.5) / host.weight
-            h:fix(id)
             break
         end
         h:pop()
@@ -99,15 +95,154 @@ function _M.next(self, filter, a, b)
         end
         host = nil
     end
-
+    if host then
+        self:take(id)
+    end
     for i = 1, naside do
         h:push(aside[i])
         aside[i] = nil
     end
-    if not host then
+    return host, id
+end
+
+
+-- the pick of `id` (the heap's top)
+function _M.take(self, id)
+    local key, count = self.key, self.count
+    self.vt = key[id]
+    local c = count[id] + 1
+    count[id] = c
+    key[id] = self.base[id] + (c + 0.5) / self.hosts[id].weight
+    self.heap:sift_down(1)
+end
+
+
+---------------------------------------------------------------------------
+-- the precomputed schedule
+---------------------------------------------------------------------------
+
+local function gcd(x, y)
+    while y > 0 do
+        x, y = y, x % y
+    end
+    return x
+end
+
+
+local function build_schedule(self)
+    local hosts = self.hosts
+    local g, total = 0, 0
+    for i = 1, #hosts do
+        local w = hosts[i].weight
+        g = gcd(w, g)
+        total = total + w
+    end
+    local len = g > 0 and total / g or 0
+    if len == 0 or len > _M.MAX_SCHEDULE then
+        self.sched_len = 0
+        return
+    end
+    local sched = tab_new(len, 0)
+    local take = _M.take
+    local items = self.heap.items
+    for i = 1, len do
+        local id = items[1]
+        sched[i] = id
+        take(self, id)
+    end
+    self.sched, self.sched_len, self.cursor = sched, len, 0
+    self.stamp, self.epoch = tab_new(#hosts, 0), 0
+end
+
+
+local function noop()
+end
+
+
+-- walks the schedule past refused turns
+local function sched_slow(self, filter, a, b, cursor)
+    local sched, len, hosts, pk = self.sched, self.sched_len, self.hosts, self.parking
+    local stamp = self.stamp
+    local epoch = self.epoch + 1
+    self.epoch = epoch
+    local n = #hosts
+    local refused = 0
+    for _ = 1, len do
+        cursor = cursor + 1
+        if cursor > len then
+            cursor = 1
+        end
+        local id = sched[cursor]
+        if not pk:is_parked(id) and stamp[id] ~= epoch then
+            local host = hosts[id]
+            local ok, lasting = filter(host, a, b)
+            if ok then
+                self.cursor = cursor
+                return host, id
+            end
+            if lasting then
+                pk:park(id, lasting, a)
+            else
+                stamp[id] = epoch
+                refused = refused + 1
+            end
+            if refused + pk.n >= n then
+                break
+            end
+        end
+    end
+    self.cursor = cursor
+    return nil
+end
+
+
+local function next_scheduled(self, filter, a, b)
+    local pk = self.parking
+    if pk.n > 0 and pk:due(a) then
+        pk:recheck(self.hosts, filter, a, b, noop, self)
+    end
+    local cursor = self.cursor + 1
+    if cursor > self.sched_len then
+        cursor = 1
+    end
+    local id = self.sched[cursor]
+    local host = self.hosts[id]
+    if pk.n == 0 and filter(host, a, b) then
+        self.cursor = cursor
+        return host, id
+    end
+    if pk.n >= #self.hosts then
         return nil
     end
-    return host, id
+    return sched_slow(self, filter, a, b, cursor - 1)
+end
+
+
+function _M.next(self, filter, a, b)
+    local len = self.sched_len
+    if len == nil then
+        build_schedule(self)
+        len = self.sched_len
+    end
+    if len > 0 then
+        return next_scheduled(self, filter, a, b)
+    end
+    local pk = self.parking
+    if pk.n > 0 and pk:due(a) then
+        pk:recheck(self.hosts, filter, a, b, unpark, self)
+    end
+    -- the usual case, without a loop (LuaJIT then compiles the caller's loop
+    -- with this inlined)
+    local id = self.heap.items[1]
+    if not id then
+        return nil
+    end
+    local host = self.hosts[id]
+    if filter(host, a, b) then
+        self:take(id)
+        return host, id
+    end
+    return next_slow(self, filter, a, b)
 end
 
 
