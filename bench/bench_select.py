@@ -226,11 +226,14 @@ CONFIG = r"""
                 for _, size in ipairs({ 10, 1000, 10000 }) do
                     local hosts = {}
                     for i = 1, size do
-                        hosts[i] = { name = "h" .. i, host = "10.1." .. (i % 250) .. "." .. (i % 200), port = 80 + i % 1000,
+                        local ip = "10.1." .. (i % 250) .. "." .. (i % 200)
+                        hosts[i] = { name = "h" .. i, host = ip, port = 80 + i % 1000,
                                      weight = 1 + i % 3 }
                     end
-                    local norm = assert(schema.check("instance", { pools = { { name = "p", method = method, hosts = hosts } } }))
-                    local plan = assert(selection.compile("b", schema.effective("instance", norm), "1"))
+                    local pool = { name = "p", method = method, hosts = hosts }
+                    local norm = assert(schema.check("instance", { pools = { pool } }))
+                    local eff = schema.effective("instance", norm)
+                    local plan = assert(selection.compile("b", eff, "1"))
                     for _, downs in ipairs({ 0, 10 }) do
                         local down = nil
                         if downs > 0 then
@@ -324,7 +327,10 @@ def main() -> int:
             f"{r['json']:>5.2f} {r['socket']:>7.2f}"
         )
     print()
-    print("one pick (select.next + select.release), median wall ns; 10% down: every 10th host marked down")
+    print(
+        "one pick (select.next + select.release), median wall ns;"
+        " 10% down: every 10th host marked down"
+    )
     head = " ".join(f"{size:>8}" for size in SIZES)
     print(f"{'method':<12} {head} {'10k/10':>7} | {'10% down:':>9} {head} {'10k/10':>7}")
     for method in METHODS:

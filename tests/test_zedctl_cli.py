@@ -621,7 +621,8 @@ BAD_INPUTS = {
     "unknown method": (
         "instances:\n  test:\n    pools:\n      - method: random\n"
         "        hosts: [{host: a, port: 1}]\n",
-        'instances.test.pools[1].method: must be one of: weighted_rr, chash, least_conn, ewma, got "random"',
+        "instances.test.pools[1].method: must be one of: weighted_rr, chash, least_conn, ewma,"
+        ' got "random"',
     ),
     "malformed status code": (
         "instances:\n  test:\n    pools:\n      - status_codes: [5x0]\n"

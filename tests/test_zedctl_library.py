@@ -130,7 +130,10 @@ def test_invalid_config_lists_every_problem(tmp_path: Any) -> None:
         load_config_file(SCHEMA, str(path))
     lines = info.value.message.splitlines()
     assert lines[0] == f"{path}: 3 problems"
-    assert '  instances.web.pools[1].method: must be one of: weighted_rr, chash, least_conn, ewma, got "rr"' in lines
+    assert (
+        "  instances.web.pools[1].method: must be one of: weighted_rr, chash, least_conn, ewma,"
+        ' got "rr"'
+    ) in lines
     assert "  instances.web.pools[1].hosts[1].port: must be at least 1, got 0" in lines
     assert '  instances.web.pools[1].hosts[2].weight: expected an integer, got "x"' in lines
 

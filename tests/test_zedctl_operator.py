@@ -314,7 +314,12 @@ BAD_INPUTS: list[tuple[str, tuple[Any, ...], Any, str]] = [
     ("a port out of range", (*HOST0, "port"), 70000, "port: must be at most 65535, got 70000"),
     ("a weight of 0", (*HOST0, "weight"), 0, "hosts[1].weight: must be at least 1, got 0"),
     ("a negative timeout", (*POOL0, "timeout"), -5, "pools[1].timeout: must be at least 1, got -5"),
-    ("an unknown method", (*POOL0, "method"), "hash", 'must be one of: weighted_rr, chash, least_conn, ewma, got "hash"'),
+    (
+        "an unknown method",
+        (*POOL0, "method"),
+        "hash",
+        'must be one of: weighted_rr, chash, least_conn, ewma, got "hash"',
+    ),
     (
         "a malformed status code",
         (*POOL0, "status_codes"),
