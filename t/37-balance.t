@@ -388,7 +388,7 @@ REQUEST_ERROR solo busy: Bad status code: 503
 
 
 
-=== TEST 4: retries reach the next pool when the first is exhausted (dead hosts, a name, a unix socket); a pool of names only is a clean 502, never a 500
+=== TEST 4: retries reach the next pool when the first is exhausted (dead hosts, a unix socket); a host given as a name is used once zedcup.resolver knows it, never a 500
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -437,6 +437,10 @@ REQUEST_ERROR solo busy: Bad status code: 503
         listen unix:$TEST_NGINX_SERVROOT/balance-test.sock;
         location / { return 200 "unix"; }
     }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+        location / { return 200 "named"; }
+    }
 --- config
     location /proxied {
         set $zedcup_instance inst;
@@ -445,15 +449,6 @@ REQUEST_ERROR solo busy: Bad status code: 503
         proxy_set_header Connection "";
         proxy_set_header Host $host;
         proxy_next_upstream error timeout;
-        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
-        log_by_lua_block { require("zedcup").log() }
-    }
-    location /names {
-        set $zedcup_instance names;
-        proxy_pass http://zedcup_inst/;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
         header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
         log_by_lua_block { require("zedcup").log() }
     }
@@ -474,38 +469,125 @@ REQUEST_ERROR solo busy: Bad status code: 503
             assert(zedcup.configure_instance("inst", { pools = {
                 { name = "primary", max_errors = 1000, hosts = {
                     { name = "dead1", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 },
-                    { name = "named", host = "localhost", port = $TEST_NGINX_RAND_PORT_1 },
+                    { name = "named", host = "localhost", port = $TEST_NGINX_RAND_PORT_3 },
                     { name = "dead2", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 } } },
                 { name = "secondary", hosts = { { name = "sock", host = "unix:$TEST_NGINX_SERVROOT/balance-test.sock" } } },
             } }))
-            assert(zedcup.configure_instance("names", { pools = {
-                { name = "p", hosts = { { name = "n1", host = "localhost", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
-            for i = 1, 3 do
-                local status, body = get(port, "/proxied")
-                ngx.say(i, ": ", status, " ", body)
+            -- the first request: localhost is not resolved yet (the resolver works in
+            -- the background): both dead hosts fail, the secondary pool answers
+            local status, body = get(port, "/proxied")
+            ngx.say("first: ", status, " ", body, "; connect errors: dead1 ", flags:get("CONNECT_ERROR dead1"),
+                    ", dead2 ", flags:get("CONNECT_ERROR dead2"))
+            local statuses, named = {}, false
+            local deadline = ngx.now() + 10
+            while not named and ngx.now() < deadline do
+                status, body = get(port, "/proxied")
+                statuses[status] = true
+                named = body == "named"
+                ngx.sleep(0.05)
             end
-            ngx.say("connect errors: dead1 ", flags:get("CONNECT_ERROR dead1"), ", dead2 ", flags:get("CONNECT_ERROR dead2"),
-                    ", named ", flags:get("CONNECT_ERROR named"), "; connects of sock ", flags:get("CONNECT sock"))
-            ngx.say("names only: ", (get(port, "/names")))
+            ngx.say("then the name's host answers: ", named, ", only 200s: ", statuses[200] and next(statuses, 200) == nil)
         }
     }
 --- request
 GET /t
 --- response_body
-1: 200 unix
-2: 200 unix
-3: 200 unix
-connect errors: dead1 3, dead2 3, named nil; connects of sock 3
-names only: 502
+first: 200 unix; connect errors: dead1 1, dead2 1
+then the name's host answers: true, only 200s: true
 --- error_log
-is a name, not an IP address or a unix socket: skipped
-zedcup: No available upstream hosts
+the name localhost is not resolved yet: skipped
 --- no_error_log
 [crit]
 
 
 
-=== TEST 5: chash in balancer mode: hash_key $arg_user sends a user to one host, balance()'s key argument overrides it
+=== TEST 5: a pool whose only host is a name that does not resolve: nginx answers 502 (NO_PEER), never 500
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        local zedcup = require "zedcup"
+        assert(zedcup.init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            resolver = { nameservers = { { "127.0.0.1", $TEST_NGINX_RAND_PORT_1 } }, timeout = 0.2, retrans = 1 },
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+        for event, name in pairs(names) do
+            zedcup.bind(event, function(instance, d)
+                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+                if event ~= "host_connect" then
+                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+                end
+            end)
+        end
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    # the README's upstream block, with the instance from a variable
+    upstream zedcup_inst {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+        keepalive 16;
+    }
+--- config
+    location /names {
+        set $zedcup_instance names;
+        proxy_pass http://zedcup_inst/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location = /ready {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
+        }
+    }
+    location = /count {
+        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
+    }
+    location = /t {
+        content_by_lua_block {
+            local get = require("balance_t").get
+            assert(require("zedcup").configure_instance("names", { pools = {
+                { name = "p", hosts = { { name = "n1", host = "nowhere.test", port = 80 } } } } }))
+            for i = 1, 3 do
+                ngx.say(i, ": ", (get($TEST_NGINX_SERVER_PORT, "/names")))
+                ngx.sleep(0.3)
+            end
+        }
+    }
+--- request
+GET /t
+--- response_body
+1: 502
+2: 502
+3: 502
+--- error_log
+the name nowhere.test is not resolved yet: skipped
+zedcup: No available upstream hosts
+
+
+
+=== TEST 6: chash in balancer mode: hash_key $arg_user sends a user to one host, balance()'s key argument overrides it
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;

@@ -8,10 +8,13 @@
 -- $upstream_header_time lists: a connect failure or timeout is a connect error,
 -- a failure after connecting or a status in the pool's status_codes a request
 -- error (zedcup.report: counts, events, host_down), and the try is released
--- to the pool's balancer.
+-- to the pool's balancer. Hosts given as names get their addresses from
+-- zedcup.resolver (never waiting in balancer_by_lua: a name not resolved yet is
+-- passed over for this request, as if it failed).
 
 local config = require "zedcup.config"
 local report = require "zedcup.report"
+local resolver = require "zedcup.resolver"
 local selection = require "zedcup.select"
 local state = require "zedcup.state"
 
@@ -33,6 +36,7 @@ local down_for = state.down_for
 local select_next = selection.next
 local select_release = selection.release
 local peers_left = selection.peers_left
+local resolve_peers = resolver.peers
 local connected = report.connected
 local failed = report.failed
 
@@ -47,17 +51,18 @@ local NO_HOSTS = "No available upstream hosts"
 -- ("no live upstreams"). Any HTTP status given to ngx.exit() there is a 500.
 _M.NO_PEER = -3 -- NGX_BUSY
 
-local warned = setmetatable({}, { __mode = "k" }) -- plan -> true: names warned about
+local warned = setmetatable({}, { __mode = "k" }) -- host -> true: unresolved names warned about
+local turns = setmetatable({}, { __mode = "k" })  -- host (a name) -> index of its last address
 
 
-local function set_peer(b, p, host)
+local function set_peer(b, p, host, addr)
     local pool = p.config
     local target = b.plan.targets[host]
     local ok, err
     if target.unix then
         ok, err = ngx_balancer.set_current_peer(target.address)
     else
-        ok, err = ngx_balancer.set_current_peer(host.host, host.port)
+        ok, err = ngx_balancer.set_current_peer(addr or host.host, host.port)
     end
     if not ok then
         return nil, "setting the peer " .. host.name .. " failed: " .. tostring(err)
@@ -104,26 +109,31 @@ function _M.balance(instance, key)
     end
 
     local down = down_for(plan.name)
-    local p, host
+    local p, host, addr
     while true do
         p, host = select_next(plan, down, fails, b.key)
-        if not p then
+        if not p or plan.targets[host].peer then
             break
         end
-        if plan.targets[host].peer then
+        -- a name: its addresses from zedcup.resolver (no I/O here), one after
+        -- another; while it is being resolved, the other hosts
+        local addrs = resolve_peers(host.host)
+        if addrs then
+            local turn = (turns[host] or 0) % #addrs + 1
+            turns[host] = turn
+            addr = addrs[turn]
             break
         end
-        -- a name: balancer_by_lua cannot resolve it; use the other hosts
         select_release(p, host, "connect", 0)
         if not fails then
             fails = {}
             b.failed = fails
         end
         fails[host] = true
-        if not warned[plan] then
-            warned[plan] = true
+        if not warned[host] then
+            warned[host] = true
             ngx_log(ngx_WARN, "[zedcup] balance(): ", plan.name, "/", p.config.name, "/", host.name,
-                    ": host ", host.host, " is a name, not an IP address or a unix socket: skipped")
+                    ": the name ", host.host, " is not resolved yet: skipped")
         end
     end
 
@@ -143,7 +153,7 @@ function _M.balance(instance, key)
     n = n + 1
     b.n = n
     b[n * 2 - 1], b[n * 2] = p, host
-    return set_peer(b, p, host)
+    return set_peer(b, p, host, addr)
 end
 
 

@@ -103,9 +103,7 @@ function _M.compile(name, effective, version)
             if host.up then
                 up[#up + 1] = host
                 by_name[host.name] = host
-                if target.peer then
-                    npeers = npeers + 1
-                end
+                npeers = npeers + 1
             end
         end
         pools[i] = {
@@ -113,7 +111,7 @@ function _M.compile(name, effective, version)
             balancer = mod.new(up, pool),
             codes = status_set(pool.status_codes),
             by_name = by_name,  -- up hosts by name
-            npeers = npeers,    -- up hosts balancer_by_lua can use (IPs, unix sockets)
+            npeers = npeers,    -- up hosts
         }
     end
     return {
@@ -122,7 +120,7 @@ function _M.compile(name, effective, version)
         config = effective,
         pools = pools,
         npools = #pools,
-        targets = targets, -- host config -> { address =, unix =, peer =, http_connect = }
+        targets = targets, -- host config -> { address =, unix =, peer = (IP or unix: no DNS), http_connect = }
         pool_of = pool_of, -- host config -> pool index
         nhosts = nhosts,
     }
@@ -175,9 +173,8 @@ end
 
 
 --- peers_left(plan, down, failed, current) -> bool: whether next() can still
--- return a host balancer_by_lua can use (an IP or a unix socket), other than
--- `current` (the host of the try starting now). O(pools + down hosts + failed
--- hosts), not O(hosts): balance() asks on every try.
+-- return a host other than `current` (the host of the try starting now).
+-- O(pools + down hosts + failed hosts), not O(hosts): balance() asks on every try.
 function _M.peers_left(plan, down, failed, current)
     local pools = plan.pools
     local now
@@ -186,13 +183,12 @@ function _M.peers_left(plan, down, failed, current)
         local conf = p.config
         if conf.up and p.npeers > 0 then
             local left = p.npeers
-            local targets = plan.targets
             if current and plan.pool_of[current] == i and not (failed and failed[current]) then
                 left = left - 1
             end
             if failed then
                 for host in pairs(failed) do
-                    if plan.pool_of[host] == i and host.up and targets[host].peer then
+                    if plan.pool_of[host] == i and host.up then
                         left = left - 1
                     end
                 end
@@ -201,7 +197,7 @@ function _M.peers_left(plan, down, failed, current)
             if d then
                 for name, mark in pairs(d) do
                     local host = p.by_name[name]
-                    if host and host ~= current and targets[host].peer and not (failed and failed[host]) then
+                    if host and host ~= current and not (failed and failed[host]) then
                         now = now or ngx_now()
                         if mark == true or mark > now then
                             left = left - 1
