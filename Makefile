@@ -31,7 +31,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PYTEST_ARGS ?=
 
-.PHONY: deps system-deps python-deps consul test lint lint-lua lint-python bench run clean
+.PHONY: deps system-deps python-deps consul test test-docker docker-deps lint lint-lua lint-python bench run clean
 
 deps: system-deps python-deps consul
 
@@ -113,6 +113,38 @@ lint-python: python-deps
 
 test: lint
 	$(PYTEST) -q -rs -p no:cacheprovider tests/ t/ $(PYTEST_ARGS)
+
+# The Docker suite (tests/docker): Debian's docker.io, docker-compose and debootstrap when
+# missing (root or sudo; without them the suite skips and says why), then pytest, which
+# finds or starts a dockerd, makes debian:bookworm-slim when it cannot be pulled, builds the
+# image, brings docker-compose.yml up and tears everything down at the end.
+DOCKER_PKGS := docker.io docker-compose debootstrap
+
+docker-deps:
+	@installed=$$(dpkg-query -W -f='$${Package} $${db:Status-Status}\n' $(DOCKER_PKGS) 2>/dev/null || true)
+	missing=""
+	for pkg in $(DOCKER_PKGS); do
+	    grep -qx "$$pkg installed" <<<"$$installed" || missing="$$missing $$pkg"
+	done
+	[ -n "$$missing" ] || exit 0
+	if [ "$$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; then
+	    echo "make test-docker: not root and no sudo: not installing$$missing"; exit 0
+	fi
+	echo "make test-docker: installing Debian packages:$$missing"
+	# no service manager here: the suite starts its own dockerd, nothing starts at install
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+	    printf '#!/bin/sh\n# zedcup make test-docker: no service starts while installing\nexit 101\n' \
+	        | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null
+	    $(SUDO) chmod 755 /usr/sbin/policy-rc.d
+	    trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    -o Dpkg::Use-Pty=0 --no-install-recommends $$missing >/dev/null
+	echo "make test-docker: installed:$$missing"
+
+test-docker: python-deps docker-deps
+	ZEDCUP_TEST_DOCKER=1 $(PYTEST) -q -rs -s -p no:cacheprovider tests/docker $(PYTEST_ARGS)
 
 bench: deps
 	for script in bench/bench_*.py; do echo "== $$script"; $(PY) "$$script"; done
