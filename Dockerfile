@@ -26,33 +26,24 @@ FROM debian:bookworm-slim
 
 # Dependencies first, so a change to the source reuses these layers. Service starts are
 # forbidden during the install (policy-rc.d): Debian's nginx would start on port 80.
-# python3-click/-requests/-yaml/-six are zedctl's dependencies from Debian.
+# zedctl's dependencies (click, requests, PyYAML) come from Debian too; its venv sees them.
 RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d \
  && apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache lua-cjson \
         python3 python3-venv python3-setuptools python3-wheel \
-        python3-click python3-requests python3-yaml python3-six \
-        ca-certificates >/dev/null \
+        python3-click python3-requests python3-yaml >/dev/null \
  && rm -rf /var/lib/apt/lists/* /usr/sbin/policy-rc.d /etc/nginx/sites-enabled/default \
- && mkdir -p /var/lib/consul
-
-# python-consul2 is not packaged: from PyPI, into a venv that sees Debian's packages.
-# Behind a TLS-intercepting proxy, pass the CA store the build machine trusts as the
-# optional secret `ca-certificates` (make test-docker does:
-# --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt).
-RUN --mount=type=secret,id=ca-certificates \
-    if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
  && python3 -m venv --system-site-packages /opt/zedctl \
- && /opt/zedctl/bin/pip install -q --no-cache-dir --disable-pip-version-check --no-deps \
-        'python-consul2>=0.1.5,<0.2' \
- && ln -s /opt/zedctl/bin/zedctl /usr/local/bin/zedctl
+ && ln -s /opt/zedctl/bin/zedctl /usr/local/bin/zedctl \
+ && mkdir -p /var/lib/consul
 
 COPY --from=consul /consul /usr/local/bin/consul
 
 WORKDIR /opt/zedcup
 COPY lua/ lua/
 COPY controlplane/ controlplane/
+# --no-deps: the dependencies are Debian's (python-consul2 is only for zedctl's tests)
 RUN /opt/zedctl/bin/pip install -q --no-cache-dir --disable-pip-version-check \
         --no-deps --no-build-isolation ./controlplane \
  && rm -rf controlplane/build controlplane/*.egg-info \

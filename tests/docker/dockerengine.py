@@ -26,8 +26,6 @@ from pathlib import Path
 BASE_IMAGE = "debian:bookworm-slim"
 IMAGE = "zedcup"
 IMAGE_LABEL = "org.zedcup.image"
-# The CA store the build machine trusts, handed to pip in the image (TLS-intercepting proxies)
-CA_STORE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 class Unavailable(Exception):
@@ -56,26 +54,16 @@ def _client_major(cli: str) -> int | None:
 
 
 def _pick_cli() -> tuple[str, list[str], dict[str, str]]:
-    """(docker CLI, build argv prefix, build env): one that can build with BuildKit
-    (the Dockerfile mounts a secret): buildx when present, else a CLI older than 23
-    (Debian's docker.io 20.10) with DOCKER_BUILDKIT=1."""
-    seen: list[str] = []
-    for cli in (shutil.which("docker"), "/usr/bin/docker"):
-        if not cli or cli in seen or not os.access(cli, os.X_OK):
-            continue
-        seen.append(cli)
-        buildx = _run([cli, "buildx", "version"], dict(os.environ), 20, False)
-        if buildx.returncode == 0:
-            return cli, [cli, "buildx", "build", "--load"], {}
-        major = _client_major(cli)
-        if major is not None and major < 23:
-            return cli, [cli, "build"], {"DOCKER_BUILDKIT": "1"}
-    if not seen:
+    """(docker CLI, build argv prefix, build env): BuildKit (parallel stages) when the CLI
+    has it (buildx, or a CLI older than 23 such as Debian's docker.io 20.10), else the
+    classic builder."""
+    cli = shutil.which("docker") or "/usr/bin/docker"
+    if not os.access(cli, os.X_OK):
         raise Unavailable("no docker CLI (make test-docker installs Debian's docker.io as root)")
-    raise Unavailable(
-        f"no docker CLI that builds with BuildKit ({', '.join(seen)}): install buildx, "
-        "or Debian's docker.io"
-    )
+    if _run([cli, "buildx", "version"], dict(os.environ), 20, False).returncode == 0:
+        return cli, [cli, "buildx", "build", "--load"], {}
+    major = _client_major(cli)
+    return cli, [cli, "build"], {"DOCKER_BUILDKIT": "1" if major and major < 23 else "0"}
 
 
 def apt_mirror() -> str | None:
@@ -277,8 +265,6 @@ class Engine:
     def build_image(self, repo: Path) -> float:
         """Build the zedcup image from the repo's Dockerfile; returns the seconds it took."""
         argv = [*self.build_argv, "--label", f"{IMAGE_LABEL}=1", "-t", IMAGE]
-        if CA_STORE.is_file():
-            argv += ["--secret", f"id=ca-certificates,src={CA_STORE}"]
         started = time.monotonic()
         _run([*argv, str(repo)], self.env, timeout=1200)
         return time.monotonic() - started

@@ -59,7 +59,7 @@ def test_seed_readme_example_on_both_nodes(cluster: Cluster) -> None:
         assert all(line[0] == "200" for line in lines), answers
         assert {line[1] for line in lines} == {"web01", "web02"}, answers
     report("seed example", node1_s=seen["node1"], node2_s=seen["node2"])
-    cluster.zedctl("remove", "test")
+    cluster.zedctl("remove", "--yes", "test")
 
 
 def test_backend_killed_under_load(cluster: Cluster) -> None:
