@@ -8,7 +8,8 @@ five locations that fetch it, all over keepalive connections:
             the instance configured in an embedded dev-consul
 - /raw:     a hand-written cosocket GET (the floor of any Lua client)
 - /balance: proxy_pass to an upstream whose peer zedcup.balance() picks in
-            balancer_by_lua (zedcup's selection on nginx's own proxy)
+            balancer_by_lua, with zedcup.log() in log_by_lua (zedcup's selection
+            and accounting on nginx's own proxy, as the README's snippet)
 - /client:  the HTTP client zedcup's handler uses (zedcup.deps http), driven
             directly without zedcup: splits /zedcup's cost into client and handler
 
@@ -57,10 +58,11 @@ FRONT_HTTP = """
     upstream zedcup_backend {
         server 0.0.0.1;   # placeholder: balancer_by_lua picks the peer
         balancer_by_lua_block {
-            local ok, err = require("zedcup").balance("bench")
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance("bench")
             if not ok then
                 ngx.log(ngx.ERR, "bench: ", err)
-                return ngx.exit(502)
+                return ngx.exit(zedcup.NO_PEER)
             end
         }
         keepalive 64;
@@ -146,6 +148,7 @@ FRONT_CONFIG = r"""
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_pass http://zedcup_backend/backend;
+        log_by_lua_block { require("zedcup").log() }
     }
 """
 
