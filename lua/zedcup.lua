@@ -112,8 +112,8 @@ function _M.init(user)
     require("zedcup.resolver").configure(user.resolver)
 
     kv.init(o.prefix, o.consul)
-    config.init(shared[o.dicts.cache])
-    state.init(shared[o.dicts.cache])
+    require("zedcup.store").init(o.dicts)
+    config.init()
 
     session.init(o)
     require("zedcup.counters").init(shared[o.dicts.cache])
@@ -158,9 +158,6 @@ local function watch_settings()
 end
 
 
-local function update_interval()
-    return config.global().cache_update_interval
-end
 
 
 -- failures are pushed to Consul this often (s), batched
@@ -177,13 +174,15 @@ function _M.run_workers()
     local watch = require "zedcup.watch"
     local locks = shared[opts.dicts.locks]
 
-    timer.every("zedcup update", update_interval, update)
+    -- every worker acts on the node's changes within POLL_INTERVAL (zedcup.store)
+    timer.every("zedcup update", require("zedcup.store").POLL_INTERVAL, update)
     -- a failed sync retries one interval later: queued failures go out as
     -- soon as Consul is back
     timer.every("zedcup errors sync", SYNC_INTERVAL, state.sync)
-    watch.start("config", kv.config_prefix, config.apply_global, watch_settings, locks, config.global_alive)
-    watch.start("instances", kv.instances_prefix, config.apply_instances, watch_settings, locks,
-                config.instances_alive)
+    local apply = require "zedcup.config.apply"
+    watch.start("config", kv.config_prefix, apply.apply_global, watch_settings, locks, apply.global_alive)
+    watch.start("instances", kv.instances_prefix, apply.apply_instances, watch_settings, locks,
+                apply.instances_alive)
     watch.start("state", kv.state_prefix, state.apply, watch_settings, locks)
 
     session.run_workers()
@@ -202,7 +201,7 @@ end
 
 --- configure(config) -> true | nil, err
 function _M.configure(conf)
-    return config.write_global(conf)
+    return require("zedcup.config.write").global(conf)
 end
 
 
@@ -224,7 +223,7 @@ function _M.configure_instance(instance, conf)
     if err then
         return nil, err
     end
-    return config.write_instance(instance, conf)
+    return require("zedcup.config.write").instance(instance, conf)
 end
 
 
@@ -234,7 +233,7 @@ function _M.remove_instance(instance)
     if err then
         return nil, err
     end
-    return config.remove_instance(instance)
+    return require("zedcup.config.write").remove_instance(instance)
 end
 
 

@@ -133,9 +133,9 @@ nil Instance not found
                         seen[consistent(names)] = seen[consistent(names)] + 1
                     end
                     -- the node's cached copy (written by the watcher)
-                    local raw = ngx.shared.zedcup_cache:get("i:big")
-                    if raw then
-                        local conf = cjson.decode(raw:match("\n(.*)$"))
+                    local _, _, cached = require("zedcup.store").configs():peek("big")
+                    if cached and cached.conf then
+                        local conf = cached.conf
                         local names = {}
                         for i, h in ipairs(conf.pools[1].hosts) do names[i] = h.name end
                         seen[consistent(names)] = seen[consistent(names)] + 1

@@ -179,7 +179,7 @@ nothing else written: instances/.../pools/1/hosts/1/host instances/.../pools/1/h
             -- the background jobs' view (the watcher's listing) holds the same names
             local config = require "zedcup.config"
             local names = require("zedcup_t").wait_for_change(5, 0.05, function()
-                return ngx.shared.zedcup_cache:get("synced") and config.instances()
+                return require("zedcup.store").synced() and config.instances()
             end)
             local seen = {}
             for name in pairs(names or {}) do seen[#seen + 1] = name end

@@ -81,12 +81,15 @@ function _M.balance(instance, key)
     local b = ctx.zedcup_balance
     local plan, fails
     if not b then
-        plan = plan_local(instance)
+        local perr
+        plan, perr = plan_local(instance)
         if not plan then
             if type(instance) ~= "string" then
                 error("instance must be a string (got " .. type(instance) .. ")", 2)
             end
-            return nil, "Instance not found"
+            -- "Instance not found", or "Could not retrieve config: <why>"
+            -- while this node has not heard from Consul yet
+            return nil, perr
         end
         if key ~= nil and type(key) ~= "string" then
             error("key must be a string (got " .. type(key) .. ")", 2)

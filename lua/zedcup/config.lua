@@ -1,108 +1,87 @@
--- zedcup.config: loading, caching and watching the global and instance configs.
+-- zedcup.config: reading configs (the hot path and background jobs).
 --
--- Three layers:
---   worker  plans[name]: the compiled effective config (zedcup.select) and the
---           effective global config; all a cache-hit request reads.
---   node    the cache shared dict: the last good normalised config of each
---           instance ("i:<name>" = "<sig>\n<json>") and of the global config
---           ("g"), kept without TTL so that a Consul outage never expires them;
---           "cgen" is bumped on every change.
---   Consul  the source of truth, watched by one worker per node
---           (zedcup.watch) with blocking queries on <prefix>/instances/ and
---           <prefix>/config/.
--- Each worker's update timer calls refresh(), which rebuilds what changed.
--- A tree holding `_pending` is never read; a bad value is logged once per
--- node (with its key) and the last good config stays in use.
+--   worker  L1 of the config mlcache (zedcup.store): the compiled plan of each
+--           instance (zedcup.select), made by l1_serializer once per worker
+--           and change; the effective global config. All a cache-hit request
+--           reads: one lrucache lookup.
+--   node    L2 of the mlcache in the cache dict: each instance's normalised
+--           config and content signature, kept without TTL so that a Consul
+--           outage never expires it; the global config (store).
+--   Consul  the source of truth. The watcher's worker applies its answers
+--           (zedcup.config.apply); this node's own writes go through
+--           zedcup.config.write. On a cold node (no watcher answer yet) a
+--           missing instance is read from Consul by the mlcache callback,
+--           once per instance for all requests and workers (mlcache's lock),
+--           with a short timeout; a failure is remembered for FAIL_TTL s.
+-- Every worker's poll job calls refresh(): it applies the mlcache's IPC
+-- events, re-warms the plans and reloads the global config when the node's
+-- config generation moved (zedcup.store's protocol).
 
-local cjson = require "cjson.safe"
 local kv = require "zedcup.kv"
 local schema = require "zedcup.schema"
 local selection = require "zedcup.select"
-local state = require "zedcup.state"
+local store = require "zedcup.store"
 
 local ngx = ngx
 local ngx_log = ngx.log
 local ngx_ERR = ngx.ERR
-local ngx_WARN = ngx.WARN
-local next = next
-local ngx_md5 = ngx.md5
 local pairs = pairs
 local ipairs = ipairs
 local type = type
-local error = error
 local tostring = tostring
 local str_find = string.find
 local str_sub = string.sub
-local str_match = string.match
-local tonumber = tonumber
 local tab_concat = table.concat
-local tab_sort = table.sort
-local json_encode = cjson.encode
-local json_decode = cjson.decode
+local json_decode = require("cjson.safe").decode
 
 
 local _M = { _VERSION = "0.1.0" }
 
-local CGEN = "cgen"
-local NAMES = "names"
-local SYNCED = "synced"
-local GLOBAL = "g"
+-- the cold lookup's Consul read timeout (ms): a hung Consul answers quickly
+local COLD_READ_TIMEOUT = 1000
+-- s a failed cold lookup is remembered (shared by every request and worker)
+local FAIL_TTL = 2
 
-local dict
+local configs -- the mlcache
 
 -- worker-local
-local plans = {}
 local global_eff = schema.effective("global", {})
 local global_sig = nil
 local cgen = -1
 
 
-function _M.init(cache_dict)
-    dict = cache_dict
+--- valid_name(name) -> whether `name` can be an instance name (schema name rule)
+local function valid_name(name)
+    return type(name) == "string" and name ~= "" and name ~= "." and name ~= ".."
+           and not str_find(name, "/", 1, true)
 end
+_M.valid_name = valid_name
 
 
---- check_name(name): instance names are schema names (no '/', not empty)
-function _M.check_name(name, level)
-    if type(name) ~= "string" or name == "" or name == "." or name == ".." or str_find(name, "/", 1, true) then
-        error("instance must be a non-empty string without '/', not '.' or '..' (got " .. schema.show(name) .. ")",
-              (level or 1) + 1)
-    end
-end
-
-
---- signature(entries): the same signature kv.split_instances computes from a
--- Consul listing (keys in Consul's byte order)
-local function signature(entries)
-    local sorted = {}
-    for i, e in ipairs(entries) do
-        sorted[i] = e
-    end
-    tab_sort(sorted, function(a, b)
-        return a[1] < b[1]
-    end)
-    local parts = {}
-    for i, e in ipairs(sorted) do
-        parts[i] = e[1] .. "\0" .. (e[2] or "")
-    end
-    return ngx_md5(tab_concat(parts, "\0"))
-end
-
-
-local function split_raw(raw)
-    local nl = str_find(raw, "\n", 1, true)
-    return str_sub(raw, 1, nl - 1), str_sub(raw, nl + 1)
-end
-
-
+--- compile(name, normalised, sig) -> plan | nil, err
 local function compile(name, normalised, sig)
-    local eff = schema.effective("instance", normalised)
-    return selection.compile(name, eff, sig)
+    return selection.compile(name, schema.effective("instance", normalised), sig)
+end
+_M.compile = compile
+
+
+-- l1_serializer: the L2 value { name, sig, conf } (or a remembered failure
+-- { err }) -> what L1 holds: the plan (or the failure)
+local function to_plan(v)
+    if v.err then
+        return v
+    end
+    local plan, err = compile(v.name, v.conf, v.sig)
+    if not plan then
+        return { err = "Could not retrieve config: " .. err }
+    end
+    return plan
 end
 
 
-local function log_bad_once(what, sig, problems, base)
-    if not dict:add("bad:" .. what .. ":" .. sig, true, 86400) then
+--- log_bad_once(what, sig, problems, base): a config the schema refuses, once per node
+function _M.log_bad_once(what, sig, problems, base)
+    if not store.first_bad(what, sig) then
         return
     end
     local msgs = {}
@@ -114,111 +93,84 @@ local function log_bad_once(what, sig, problems, base)
 end
 
 
-local function store_instance(name, sig, normalised)
-    local json = json_encode(normalised)
-    local ok, err = dict:set("i:" .. name, sig .. "\n" .. json)
-    if not ok then
-        return nil, "storing instance " .. name .. " in the shared dict failed: " .. tostring(err)
-    end
-    return true
+function _M.init()
+    configs = store.configs_new(to_plan)
 end
 
 
-local function plan_from_raw(name, raw)
-    local sig, json = split_raw(raw)
-    local normalised = json_decode(json)
-    if type(normalised) ~= "table" then
-        return nil, "Could not retrieve config: stored config of " .. name .. " unreadable"
+-- The mlcache callback of a miss: nothing (not found) once the watcher has
+-- listed the instances; else a read of Consul (cold start).
+local function load(name)
+    if not valid_name(name) or store.synced() then
+        return nil
     end
-    local plan, err = compile(name, normalised, sig)
-    if not plan then
-        return nil, "Could not retrieve config: " .. err
-    end
-    return plan
-end
-
-
--- Loads one instance on a worker cache miss: from the node's shared dict,
--- else (no watcher has synced) straight from Consul.
-local function load_plan(name)
-    if type(name) ~= "string" or name == "" or name == "." or name == ".." or str_find(name, "/", 1, true) then
-        return nil, "Instance not found"
-    end
-    local raw = dict:get("i:" .. name)
-    if raw then
-        local plan, err = plan_from_raw(name, raw)
-        if plan then
-            plans[name] = plan
-        end
-        return plan, err
-    end
-
-    if dict:get(SYNCED) then
-        return nil, "Instance not found"
-    end
-
     local base = kv.instance_prefix(name)
-    local entries, err = kv.get_tree(base)
+    local entries, err = kv.get_tree(base, nil, nil, kv.client(COLD_READ_TIMEOUT))
     if not entries then
-        return nil, "Could not retrieve config: " .. err
+        return { err = "Could not retrieve config: " .. err }, nil, FAIL_TTL
     end
     local rel, pending, sig = kv.relative(entries, base)
     if #rel == 0 and not pending then
-        return nil, "Instance not found"
+        return nil
     end
     if pending then
-        return nil, "Could not retrieve config: instance " .. name .. " is being written"
+        return { err = "Could not retrieve config: instance " .. name .. " is being written" }, nil, FAIL_TTL
     end
     local normalised, problems = schema.unflatten("instance", rel)
     if not normalised then
-        log_bad_once("instance " .. name, sig, problems, base)
-        return nil, "Could not retrieve config: " .. kv.problem_message(problems[1], base)
+        _M.log_bad_once("instance " .. name, sig, problems, base)
+        return { err = "Could not retrieve config: " .. kv.problem_message(problems[1], base) }, nil, FAIL_TTL
     end
-    local plan
-    plan, err = compile(name, normalised, sig)
-    if not plan then
+    return { name = name, sig = sig, conf = normalised }
+end
+
+
+--- plan(name) -> plan | nil, err   (the hot path: an L1 hit is one lrucache lookup)
+function _M.plan(name)
+    if type(name) ~= "string" then
+        return nil, "Instance not found"
+    end
+    local v, err = configs:get(name, nil, load, name)
+    if v then
+        local e = v.err
+        if e == nil then
+            return v
+        end
+        return nil, e
+    end
+    if err then
         return nil, "Could not retrieve config: " .. err
     end
-    store_instance(name, sig, normalised)
-    plans[name] = plan
-    return plan
+    return nil, "Instance not found"
 end
 
 
---- plan(name) -> plan | nil, err   (the hot path: a worker-local lookup)
-function _M.plan(name)
-    local plan = plans[name]
-    if plan then
-        return plan
-    end
-    return load_plan(name)
-end
-
-
---- plan_local(name) -> plan | nil   (worker, else node; never Consul: for balancer_by_lua)
+--- plan_local(name) -> plan | nil, err: this worker or this node, never Consul
+-- and never yields (balancer_by_lua). err: "Instance not found" once the
+-- watcher listed the instances, else "Could not retrieve config: <why>".
 function _M.plan_local(name)
-    local plan = plans[name]
-    if plan then
-        return plan
+    if type(name) ~= "string" then
+        return nil, "Instance not found"
     end
-    local raw = type(name) == "string" and dict:get("i:" .. name)
-    if raw then
-        plan = plan_from_raw(name, raw)
-        plans[name] = plan
+    local v = configs:get(name)
+    if v then
+        local e = v.err
+        if e == nil then
+            return v
+        end
+        return nil, e
     end
-    return plan
-end
-
-
---- peek(name) -> plan | nil   (worker-local only, never loads)
-function _M.peek(name)
-    return plans[name]
+    if store.synced() then
+        return nil, "Instance not found"
+    end
+    local why = store.watch_error("instances")
+    return nil, "Could not retrieve config: " .. (why or "no answer from Consul yet")
 end
 
 
 --- find_host(inst, pool_name, host_name) -> pool, host (effective records) | nil
 function _M.find_host(inst, pool_name, host_name)
-    local plan = plans[inst] or load_plan(inst)
+    local plan = _M.plan(inst)
     if not plan then
         return nil
     end
@@ -241,7 +193,7 @@ end
 -- Every instance this node knows (the watcher's listing; Consul when no
 -- watcher has synced), for background jobs such as health checks.
 function _M.instances()
-    local names = dict:get(SYNCED) and json_decode(dict:get(NAMES) or "{}")
+    local names = store.synced() and store.names()
     if type(names) ~= "table" then
         local list, err = _M.list()
         if not list then
@@ -263,6 +215,13 @@ function _M.instances()
 end
 
 
+--- kept() -> nil | { since =, index =, seen =, names = { ... } }: this node
+-- serves instances that a Consul which came back empty no longer lists
+function _M.kept()
+    return store.kept()
+end
+
+
 --- global() -> the effective global config (worker-local, read-only; defaults
 -- until one is loaded)
 function _M.global()
@@ -271,7 +230,8 @@ end
 
 
 local function load_global_raw(raw)
-    local sig, json = split_raw(raw)
+    local nl = str_find(raw, "\n", 1, true)
+    local sig, json = str_sub(raw, 1, nl - 1), str_sub(raw, nl + 1)
     if sig == global_sig then
         return true
     end
@@ -288,7 +248,7 @@ end
 --- load_global() -> effective | nil, err: makes sure a global config was read
 -- once (from the node, else Consul) and returns it
 function _M.load_global()
-    local raw = dict:get(GLOBAL)
+    local raw = store.global_raw()
     if raw then
         local ok, err = load_global_raw(raw)
         if not ok then
@@ -296,16 +256,16 @@ function _M.load_global()
         end
         return global_eff
     end
-    if dict:get("g_synced") then
+    if store.global_synced() then
         return global_eff
     end
     local base = kv.config_prefix()
-    local entries, err = kv.get_tree(base)
+    local entries, err = kv.get_tree(base, nil, nil, kv.client(COLD_READ_TIMEOUT))
     if not entries then
         return nil, "Could not retrieve config: " .. err
     end
     local ok
-    ok, err = _M.apply_global(entries)
+    ok, err = require("zedcup.config.apply").apply_global(entries)
     if not ok then
         return nil, "Could not retrieve config: " .. err
     end
@@ -313,328 +273,25 @@ function _M.load_global()
 end
 
 
----------------------------------------------------------------------------
--- Worker refresh
----------------------------------------------------------------------------
-
---- refresh(): rebuilds this worker's plans and global config when the node's changed
+--- refresh() -> true: this worker acts on the node's config changes (poll job)
 function _M.refresh()
-    local g = dict:get(CGEN)
+    local g = store.config_gen()
     if g == nil or g == cgen then
         return true
     end
     cgen = g
-
-    local names
-    if dict:get(SYNCED) then
-        names = json_decode(dict:get(NAMES) or "{}")
-    end
-
-    for name, plan in pairs(plans) do
-        local raw = dict:get("i:" .. name)
-        if not raw then
-            if names then
-                plans[name] = nil
-                state.forget(name)
-            end
-        elseif type(names) == "table" and not names[name] then
-            plans[name] = nil
-            state.forget(name)
-        else
-            local sig = split_raw(raw)
-            if sig ~= plan.version then
-                local new, err = plan_from_raw(name, raw)
-                if new then
-                    plans[name] = new
-                else
-                    ngx_log(ngx_ERR, "[zedcup] keeping the last config of instance ", name, ": ", err)
-                end
-            end
-        end
-    end
-
-    local raw = dict:get(GLOBAL)
+    configs:update()
+    local raw = store.global_raw()
     if raw then
         local ok, err = load_global_raw(raw)
         if not ok then
             ngx_log(ngx_ERR, "[zedcup] keeping the last global config: ", err)
         end
     end
-    return true
-end
-
-
----------------------------------------------------------------------------
--- Watcher appliers (the node's watching worker)
----------------------------------------------------------------------------
-
--- an own write's record: index, time (0, 0 when none)
-local function own_write(key)
-    local v = dict:get(key)
-    if not v then
-        return 0, 0
+    -- compile the changed plans here, not in the next request
+    for name in pairs(store.names()) do
+        configs:get(name, nil, load, name)
     end
-    local i, t = str_match(v, "^(%d+) (.+)$")
-    return tonumber(i) or 0, tonumber(t) or 0
-end
-
-
-local function synced_ttl()
-    return global_eff.consul_wait_time + global_eff.worker_lock_ttl + 5
-end
-
-
---- instances_alive() / global_alive(): the watchers got an answer (changed
--- or not): what this node holds is still Consul's view
-function _M.instances_alive()
-    dict:set(SYNCED, true, synced_ttl())
-end
-
-function _M.global_alive()
-    dict:set("g_synced", true, synced_ttl())
-end
-
-
--- "kept": set while this node keeps serving instances that a Consul restarted
--- empty no longer lists: JSON { since =, index =, seen =, names = { ... } }
-local KEPT = "kept"
-
---- kept() -> nil | { since = unix time, index = Consul's index then, seen = the
--- index before, names = { instance names kept } }: this node serves instances
--- that Consul forgot when it came back empty (for status pages)
-function _M.kept()
-    local raw = dict:get(KEPT)
-    return raw and json_decode(raw) or nil
-end
-
-
---- apply_instances(entries, index, info) -> true | nil, err: a listing of <prefix>/instances/
--- A Consul that comes back with its index reset and nothing under the prefix
--- (a -dev agent restarted, a cluster rebuilt without a snapshot) does not wipe
--- what this node serves: the instances are kept, loudly, until anything is
--- written under <prefix>/instances/ again; from that listing on, Consul is
--- authoritative again and instances absent from it are removed.
-function _M.apply_instances(entries, index, info)
-    index = index or 0
-    local base = kv.instances_prefix()
-    local groups = kv.split_instances(entries, base)
-    local old = json_decode(dict:get(NAMES) or "{}") or {}
-
-    -- This node's own writes ("w:<name>" = "<index> <time>") hold back a listing
-    -- that was asked for before the write and is older than it. A listing asked
-    -- for after the write but older than it means Consul's index went back.
-    local sent_at = info and info.sent_at or 0
-    local reset = info and info.reset
-    for name in pairs(old) do
-        local wi, wt = own_write("w:" .. name)
-        if wi > index and wt < sent_at then
-            reset = true
-        end
-    end
-    if reset then
-        for name in pairs(old) do
-            dict:delete("w:" .. name)
-        end
-        for name in pairs(groups) do
-            dict:delete("w:" .. name)
-        end
-    end
-    local function newer_own_write(name)
-        local wi = own_write("w:" .. name)
-        return wi > index
-    end
-
-    if next(groups) == nil and next(old) ~= nil then
-        local kept = dict:get(KEPT)
-        if kept or reset then
-            if not kept then
-                local list = {}
-                for name in pairs(old) do
-                    list[#list + 1] = name
-                end
-                tab_sort(list)
-                local seen = info and info.seen or 0
-                dict:set(KEPT, json_encode({ since = ngx.time(), index = index, seen = seen,
-                                             names = list }))
-                ngx_log(ngx_ERR, "[zedcup] Consul came back empty: nothing under ", base,
-                        " and its index went back (to ", index, ")",
-                        " (restarted without its data?): keeping the ", #list,
-                        " instance(s) this node serves (", tab_concat(list, ", "),
-                        "); Consul is followed again once anything is written under ", base)
-            end
-            dict:set(SYNCED, true, synced_ttl())
-            return true
-        end
-    end
-    if next(groups) ~= nil and dict:get(KEPT) then
-        dict:delete(KEPT)
-        ngx_log(ngx_WARN, "[zedcup] ", base, " holds instances again: following Consul's listing,",
-                " instances absent from it are removed")
-    end
-    local names = {}
-    local changed = false
-
-    for name, g in pairs(groups) do
-        names[name] = true
-        if not old[name] then
-            changed = true
-        end
-        -- a listing older than this node's own last write of the instance
-        -- must not undo it
-        if not g.pending and not newer_own_write(name) then
-            local raw = dict:get("i:" .. name)
-            local cur = raw and split_raw(raw)
-            if cur ~= g.sig then
-                local ibase = base .. name .. "/"
-                local normalised, problems = schema.unflatten("instance", g)
-                local plan_ok, perr = true, nil
-                if normalised then
-                    plan_ok, perr = compile(name, normalised, g.sig)
-                end
-                if not normalised then
-                    log_bad_once("instance " .. name, g.sig, problems, ibase)
-                elseif not plan_ok then
-                    log_bad_once("instance " .. name, g.sig,
-                                 { { path = { "pools" }, value = nil, problem = perr } }, ibase)
-                else
-                    local ok, err = store_instance(name, g.sig, normalised)
-                    if not ok then
-                        return nil, err
-                    end
-                    changed = true
-                end
-            end
-        end
-    end
-
-    for name in pairs(old) do
-        if not names[name] and not newer_own_write(name) then
-            dict:delete("i:" .. name)
-            changed = true
-        end
-    end
-
-    for name in pairs(old) do
-        if not names[name] and newer_own_write(name) then
-            names[name] = true
-        end
-    end
-    dict:set(NAMES, json_encode(names))
-    dict:set(SYNCED, true, synced_ttl())
-    if changed then
-        dict:incr(CGEN, 1, 0)
-        _M.refresh()
-    end
-    return true
-end
-
-
---- apply_global(entries) -> true | nil, err: a listing of <prefix>/config/
-function _M.apply_global(entries, index, info)
-    local gwi, gwt = own_write("gw")
-    if (info and info.reset) or (index and gwi > index and gwt < (info and info.sent_at or 0)) then
-        dict:delete("gw")
-        gwi = 0
-    end
-    local base = kv.config_prefix()
-    local rel, pending, sig = kv.relative(entries, base)
-    dict:set("g_synced", true, synced_ttl())
-    if pending or (index and gwi > index) then
-        return true
-    end
-    local raw = dict:get(GLOBAL)
-    if raw and split_raw(raw) == sig then
-        return true
-    end
-    local normalised, problems = schema.unflatten("global", rel)
-    if not normalised then
-        log_bad_once("the global config", sig, problems, base)
-        return true
-    end
-    local ok, err = dict:set(GLOBAL, sig .. "\n" .. json_encode(normalised))
-    if not ok then
-        return nil, "storing the global config failed: " .. tostring(err)
-    end
-    dict:incr(CGEN, 1, 0)
-    _M.refresh()
-    return true
-end
-
-
----------------------------------------------------------------------------
--- Writers
----------------------------------------------------------------------------
-
---- write_instance(name, config) -> true | nil, err
-function _M.write_instance(name, conf)
-    local normalised, err = schema.check("instance", conf)
-    if not normalised then
-        return nil, err
-    end
-    local plan
-    plan, err = compile(name, normalised, "")
-    if not plan then
-        return nil, err
-    end
-
-    local entries = schema.flatten("instance", normalised)
-    local index
-    index, err = kv.write_tree(kv.instance_prefix(name), entries, { kv.state_prefix(name) })
-    if not index then
-        return nil, err
-    end
-    dict:set("w:" .. name, index .. " " .. ngx.now())
-
-    -- this node sees its own write at once; the watcher confirms it
-    local sig = signature(entries)
-    plan.version = sig
-    store_instance(name, sig, normalised)
-    local names = json_decode(dict:get(NAMES) or "{}") or {}
-    names[name] = true
-    dict:set(NAMES, json_encode(names))
-    dict:incr(CGEN, 1, 0)
-    plans[name] = plan
-    state.forget(name)
-    return true
-end
-
-
---- remove_instance(name) -> true | nil, err
-function _M.remove_instance(name)
-    local ok, err = kv.txn({
-        kv.delete_tree_op(kv.instance_prefix(name)),
-        kv.delete_tree_op(kv.state_prefix(name)),
-    })
-    if not ok then
-        return nil, "removing instance " .. name .. " failed: " .. tostring(err)
-    end
-    dict:delete("i:" .. name)
-    local names = json_decode(dict:get(NAMES) or "{}") or {}
-    names[name] = nil
-    dict:set(NAMES, json_encode(names))
-    dict:incr(CGEN, 1, 0)
-    plans[name] = nil
-    state.forget(name)
-    return true
-end
-
-
---- write_global(config) -> true | nil, err
-function _M.write_global(conf)
-    local normalised, err = schema.check("global", conf)
-    if not normalised then
-        return nil, err
-    end
-    local entries = schema.flatten("global", normalised)
-    local index
-    index, err = kv.write_tree(kv.config_prefix(), entries)
-    if not index then
-        return nil, err
-    end
-    dict:set("gw", index .. " " .. ngx.now())
-    dict:set(GLOBAL, signature(entries) .. "\n" .. json_encode(normalised))
-    dict:incr(CGEN, 1, 0)
-    _M.refresh()
     return true
 end
 

@@ -26,6 +26,7 @@ local deps = require "zedcup.deps"
 local schema = require "zedcup.schema"
 local session = require "zedcup.session"
 local state = require "zedcup.state"
+local store = require "zedcup.store"
 local timer = require "zedcup.timer"
 local watch = require "zedcup.watch"
 
@@ -60,30 +61,21 @@ local _M = {
 
 local LOCK = "healthcheck"          -- cluster lock and worker lock name
 local CONCURRENCY = 16              -- checks in flight at once
-local STATS_PREFIX = "zedcup:hc:"   -- counters in the locks dict
-local HOLDER_KEY = "zedcup:hc_holder" -- locks dict: the lock holder's session id, "" when free
-local KICK_KEY = "zedcup:hc_kick"     -- locks dict: this node just took the lock: check now
 
 -- worker-local: "<inst>/<pool>/<host>" -> { next_at, passes, fails }
 local hosts = {}
 local holding = false
 
 
-local function counter(name, n)
-    local d = shared[session.locks_dict()]
-    if d then
-        d:incr(STATS_PREFIX .. name, n or 1, 0)
-    end
-end
+local counter = store.count
 
 
 --- stats() -> this node's counters (all workers): passes (as the checker),
 -- checks, failed, marked_down, marked_up, revived
 function _M.stats()
-    local d = shared[session.locks_dict()]
     local out = {}
     for _, k in ipairs({ "passes", "checks", "failed", "marked_down", "marked_up", "revived" }) do
-        out[k] = d and d:get(STATS_PREFIX .. k) or 0
+        out[k] = store.counter(k)
     end
     out.holding = holding
     return out
@@ -385,8 +377,7 @@ local function elected()
         holding = false
         return false, err
     end
-    local d = locks()
-    local holder = d:get(HOLDER_KEY) -- nil until the lock watch answered
+    local holder = store.checker_holder() -- nil until the lock watch answered
     local id = session.id()
     local held
     if holder and holder ~= "" and holder == id then
@@ -396,7 +387,7 @@ local function elected()
     else
         held, err = session.acquire(LOCK)
         if held then
-            d:set(HOLDER_KEY, session.id() or "")
+            store.checker_holder(session.id() or "")
         end
     end
     if not held then
@@ -412,7 +403,7 @@ local function elected()
         hosts = {}
     end
     holding = true
-    d:delete(KICK_KEY)
+    store.checker_kick(false)
     return true
 end
 
@@ -426,8 +417,7 @@ local function lock_seen(entries)
             sid = e.Session
         end
     end
-    local d = locks()
-    d:set(HOLDER_KEY, sid)
+    store.checker_holder(sid)
     if sid ~= "" then
         return true
     end
@@ -438,8 +428,8 @@ local function lock_seen(entries)
         end
         local held, err = session.acquire(LOCK)
         if held then
-            d:set(HOLDER_KEY, session.id() or "")
-            d:set(KICK_KEY, true, 10)
+            store.checker_holder(session.id() or "")
+            store.checker_kick(true)
             return true
         end
         if held == nil then
@@ -447,7 +437,7 @@ local function lock_seen(entries)
         end
         local _, other = session.holder(LOCK)
         if other then
-            d:set(HOLDER_KEY, other)
+            store.checker_holder(other)
             return true
         end
         ngx_sleep(0.5)
@@ -585,8 +575,7 @@ end
 
 
 local function healthcheck_interval()
-    local d = locks()
-    if d and d:get(KICK_KEY) then
+    if store.locks_dict() and store.checker_kick() then
         return 0.1 -- this node just took the lock: start checking now
     end
     return session.global("healthcheck_interval")

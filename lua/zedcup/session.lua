@@ -29,6 +29,8 @@ local kv = require "zedcup.kv"
 local nodelock = require "zedcup.nodelock"
 local timer = require "zedcup.timer"
 local schema = require "zedcup.schema"
+local config = require "zedcup.config"
+local store = require "zedcup.store"
 
 local ngx = ngx
 local ngx_log = ngx.log
@@ -56,13 +58,6 @@ local _M = {
 local LOCK_DELAY = "1s"
 
 -- keys in the locks dict
-local ID_KEY = "zedcup:session:id"
-local CREATE_KEY = "zedcup:session:create"
-local RENEW_TOKEN = "zedcup:session:renew"
-local RENEWALS_KEY = "zedcup:session:renewals" -- a counter, for tests
-local WLOCK_PREFIX = "zedcup:wlock:"
-local GEN_KEY = "zedcup:gen"          -- bumped by init() on every start and reload
-local QUIT_KEY = "zedcup:quit:"       -- .. gen: one worker cleans up on quit
 
 -- worker-local: worker locks this worker holds, handed over when it exits
 local held_worker_locks = {}
@@ -129,8 +124,8 @@ function _M.init(opts)
     conf.node_name = opts.node_name
     -- in init_by_lua (the master, on start and on every reload): workers
     -- forked from here carry this generation
-    local d = shared[conf.locks]
-    conf.gen = d and d:incr(GEN_KEY, 1, 0) or 0
+    store.init({ locks = conf.locks })
+    conf.gen = shared[conf.locks] and store.bump_generation() or 0
     return true
 end
 
@@ -168,12 +163,9 @@ end
 --- global(name) -> the effective global config value `name`
 -- (Consul's `<prefix>/config/<name>` as the config module caches it, else the default)
 function _M.global(name)
-    local ok, config = pcall(require, "zedcup.config")
-    if ok and type(config) == "table" and type(config.global) == "function" then
-        local gok, g = pcall(config.global)
-        if gok and type(g) == "table" and g[name] ~= nil then
-            return g[name]
-        end
+    local v = config.global()[name]
+    if v ~= nil then
+        return v
     end
     local field = schema.records.global.fields[name]
     local v = field and field.default
@@ -251,11 +243,10 @@ local function create(d)
     local c = consul()
     -- a session's TTL is fixed when it is created: make sure the global config
     -- was read once (a worker that just started may not have it yet)
-    local zedcup = package.loaded["zedcup"]
-    if type(zedcup) == "table" and zedcup.initted and zedcup.initted() then
-        local lok, g, lerr = pcall(require("zedcup.config").load_global)
-        if not lok or not g then
-            ngx_log(ngx_WARN, "[zedcup] session: reading the global config: ", tostring(lok and lerr or g))
+    if store.cache_dict() then
+        local g, lerr = config.load_global()
+        if not g then
+            ngx_log(ngx_WARN, "[zedcup] session: reading the global config: ", tostring(lerr))
         end
     end
     local ttl = _M.global("session_ttl")
@@ -284,13 +275,13 @@ local function create(d)
     reap_registry(c)
 
     local ok
-    ok, err = d:set(ID_KEY, id)
+    ok, err = store.set_session_id(id)
     if not ok then
         destroy_remote(c, id)
         return nil, "session: storing the id in shm: " .. tostring(err)
     end
     -- creation counts as this interval's renewal
-    d:set(RENEW_TOKEN, true, _M.renew_interval() * 0.9)
+    store.renew_turn_reset(_M.renew_interval() * 0.9)
 
     ngx_log(ngx_INFO, "[zedcup] session: created ", id, " (", name, ", TTL ", ttl, "s)")
     return id
@@ -305,7 +296,7 @@ local function ensure(stale)
         return nil, err
     end
 
-    local id = d:get(ID_KEY)
+    local id = store.session_id()
     if id and id ~= stale then
         return id
     end
@@ -320,12 +311,12 @@ local function ensure(stale)
         return nil, "session: lock: " .. tostring(err)
     end
     local elapsed
-    elapsed, err = lock:lock(CREATE_KEY)
+    elapsed, err = lock:lock(store.SESSION_CREATE_LOCK)
     if not elapsed then
         return nil, "session: waiting for the create lock: " .. tostring(err)
     end
 
-    id = d:get(ID_KEY)
+    id = store.session_id()
     if stale and id == stale then
         -- left in place until the new one replaces it: no worker ever sees
         -- the node without a session id while another is being created
@@ -342,8 +333,7 @@ end
 
 --- id() -> the node's session id, or nil when there is none yet (never creates)
 function _M.id()
-    local d = dict()
-    return d and d:get(ID_KEY) or nil
+    return dict() and store.session_id() or nil
 end
 
 
@@ -371,7 +361,7 @@ function _M.renew(force)
         return nil, err
     end
 
-    local id = d:get(ID_KEY)
+    local id = store.session_id()
     if not id then
         id, err = ensure()
         if not id then
@@ -381,7 +371,7 @@ function _M.renew(force)
     end
 
     if not force then
-        local ok = d:add(RENEW_TOKEN, true, _M.renew_interval() * 0.9)
+        local ok = store.renew_turn(_M.renew_interval() * 0.9)
         if not ok then
             return false -- another worker's turn: nothing done
         end
@@ -390,13 +380,13 @@ function _M.renew(force)
     local res
     res, err = consul():put("/session/renew/" .. id, "")
     if res and res.status == 200 then
-        d:incr(RENEWALS_KEY, 1, 0)
+        store.count_renewal()
         return true
     end
 
     if res and res.status == 404 then
         ngx_log(ngx_WARN, "[zedcup] session: ", id, " is gone, creating a new one")
-        d:delete(RENEW_TOKEN)
+        store.renew_turn_reset()
         id, err = ensure(id)
         if not id then
             return nil, err
@@ -405,7 +395,7 @@ function _M.renew(force)
     end
 
     -- let the next worker that ticks try again at once
-    d:delete(RENEW_TOKEN)
+    store.renew_turn_reset()
     return nil, answer_error("session: renew " .. id, res, err)
 end
 
@@ -416,11 +406,11 @@ function _M.destroy()
     if not d then
         return nil, err
     end
-    local id = d:get(ID_KEY)
+    local id = store.session_id()
     if not id then
         return true
     end
-    d:delete(ID_KEY)
+    store.set_session_id(nil)
     return destroy_remote(consul(), id)
 end
 
@@ -533,7 +523,7 @@ function _M.worker_lock(name, ttl)
     end
 
     local ok
-    ok, err = nodelock.acquire(d, WLOCK_PREFIX .. name, ttl)
+    ok, err = nodelock.acquire(d, store.worker_lock_key(name), ttl)
     if ok == nil then
         return nil, "worker lock " .. name .. ": " .. tostring(err)
     end
@@ -548,7 +538,7 @@ function _M.worker_unlock(name)
     if not d then
         return false
     end
-    local key = WLOCK_PREFIX .. name
+    local key = store.worker_lock_key(name)
     if d:get(key) == worker_pid() then
         d:delete(key)
         return true
@@ -560,7 +550,7 @@ end
 --- worker_lock_holder(name) -> pid of the worker holding it, or nil
 function _M.worker_lock_holder(name)
     local d = dict()
-    return d and d:get(WLOCK_PREFIX .. name) or nil
+    return d and d:get(store.worker_lock_key(name)) or nil
 end
 
 
@@ -588,15 +578,15 @@ local function on_exit(premature)
     for name in pairs(held_worker_locks) do
         _M.worker_unlock(name)
     end
-    if (d:get(GEN_KEY) or 0) ~= conf.gen then
+    if store.generation() ~= conf.gen then
         return -- a reload: the new workers carry on with this node's session
     end
     -- `nginx -s quit` (or stop): the first worker out releases the node's
     -- locks and destroys its session, once
-    if not d:add(QUIT_KEY .. conf.gen, true, 60) then
+    if not store.quit_token(conf.gen) then
         return
     end
-    local id = d:get(ID_KEY)
+    local id = store.session_id()
     if not id then
         return
     end
@@ -638,9 +628,6 @@ function _M.run_workers()
     return true
 end
 
-
--- for tests
-_M._keys = { id = ID_KEY, renew = RENEW_TOKEN, create = CREATE_KEY, renewals = RENEWALS_KEY }
 
 
 return _M

@@ -11,13 +11,16 @@
 -- CAS-delete; only its winner fires host_up.
 --
 -- Every worker learns state changes from a per-node watcher on <prefix>/state/
--- (zedcup.watch) that stores a snapshot in the shared dict; each worker's
--- update timer copies it into worker-local tables (refresh()), which is all
--- that host selection reads.
+-- (zedcup.watch) that stores a snapshot in the node store; the store's
+-- generation moves only when the set of down hosts changes, and each worker's
+-- poll job then copies it into worker-local tables (refresh()), which is all
+-- that host selection reads. Shared-dict keys belong to zedcup.store.
 
 local cjson = require "cjson.safe"
-local kv = require "zedcup.kv"
+local config = require "zedcup.config"
 local events = require "zedcup.events"
+local kv = require "zedcup.kv"
+local store = require "zedcup.store"
 
 local ngx = ngx
 local ngx_log = ngx.log
@@ -36,41 +39,20 @@ local json_decode = cjson.decode
 
 local _M = { _VERSION = "0.1.0" }
 
-local QUEUE = "errq"        -- shm list of host keys with unsynced failures
-local SNAPSHOT = "state"    -- shm: JSON of the state tree
-local GEN = "state_gen"     -- shm: bumped when SNAPSHOT changes
 -- A worker's own mark bridges the time until Consul confirms. It lasts the
 -- pool's error_timeout (as nginx's fail_timeout would), so a slow state watcher
 -- cannot send traffic back to a host this node has just seen fail; a node cut off
 -- from Consul retries the host once per error_timeout. Consul bringing the host
 -- back (mark_up, revive) clears it earlier.
 
-local dict                  -- the cache shared dict
-local config                -- zedcup.config (required lazily: it requires us)
 
 -- worker-local
 local down = {}             -- inst -> pool -> host -> true (Consul) | expiry (this worker)
 local marked_at = {}        -- host key -> when this worker marked it down on its own
-local snapshot = {}         -- inst -> pool -> host -> { down=, down_at=, errors=, errors_at=, ... }
 local gen = -1
 
 
-function _M.init(cache_dict)
-    dict = cache_dict
-end
-
-
-local function get_config()
-    if not config then
-        config = require "zedcup.config"
-    end
-    return config
-end
-
-
-local function host_key(inst, pool, host)
-    return inst .. "/" .. pool .. "/" .. host
-end
+local host_key = store.host_key
 
 
 --- down_for(inst) -> { [pool] = { [host] = true | expiry } } | nil (worker-local, read-only)
@@ -79,11 +61,13 @@ function _M.down_for(inst)
 end
 
 
---- snapshot() -> the last state tree this worker saw (read-only):
+--- snapshot() -> the node's last state tree from Consul (decoded on each
+-- call: for background jobs and status pages, not the request path):
 -- inst -> pool -> host -> { down = reason, down_at = t, errors = n, errors_at = t,
---                           last_error = msg, last_error_at = t, check = "ok"|msg, check_at = t }
+--                           last_error = msg, last_error_at = t }
 function _M.snapshot()
-    return snapshot
+    local tree = json_decode(store.state_raw() or "{}")
+    return type(tree) == "table" and tree or {}
 end
 
 
@@ -123,7 +107,7 @@ local function fire(event, inst, pool_name, host_name)
     if not events.wanted(event) then
         return
     end
-    local pool, host = get_config().find_host(inst, pool_name, host_name)
+    local pool, host = config.find_host(inst, pool_name, host_name)
     events.fire(event, inst, {
         pool = pool or { name = pool_name },
         host = host or { name = host_name },
@@ -139,12 +123,7 @@ end
 -- pool, host: effective config records. Touches the shared dict (failures only).
 function _M.record_failure(inst, pool, host, err)
     local k = host_key(inst, pool.name, host.name)
-    local n = dict:incr("e:" .. k, 1, 0, pool.error_timeout)
-    dict:set("le:" .. k, tostring(err))
-    local q = dict:incr("q:" .. k, 1, 0)
-    if q == 1 then
-        dict:rpush(QUEUE, k)
-    end
+    local n = store.add_failure(k, err, pool.error_timeout)
     if n and n >= pool.max_errors then
         -- this node alone has seen enough: stop using the host here now; the
         -- sync timer makes it cluster-wide
@@ -204,8 +183,8 @@ function _M.mark_up(inst, pool_name, host_name)
         di[pool_name][host_name] = nil
     end
     local k = host_key(inst, pool_name, host_name)
-    dict:delete("e:" .. k)
-    dict:set("up:" .. k, ngx_now(), 3600)
+    store.forget_failures(k)
+    store.came_up(k, ngx_now())
     ngx_log(ngx.NOTICE, "[zedcup] host up: ", inst, "/", pool_name, "/", host_name)
     fire("host_up", inst, pool_name, host_name)
     return true
@@ -216,8 +195,7 @@ end
 -- The result stays in this node's shared dict (Consul is written only on
 -- transitions): "<unix time> ok" or "<unix time> <why it failed>".
 function _M.record_check(inst, pool_name, host_name, ok, msg)
-    dict:set("c:" .. host_key(inst, pool_name, host_name),
-             ngx_time() .. " " .. (ok and "ok" or tostring(msg or "failed")), 86400)
+    store.set_check(host_key(inst, pool_name, host_name), ok, msg)
     return true
 end
 
@@ -225,12 +203,7 @@ end
 --- last_check(inst, pool_name, host_name) -> "ok" | why, unix time | nil
 -- (the checker node's last result; other nodes have none)
 function _M.last_check(inst, pool_name, host_name)
-    local v = dict:get("c:" .. host_key(inst, pool_name, host_name))
-    if not v then
-        return nil
-    end
-    local t, what = str_match(v, "^(%d+) (.*)$")
-    return what, tonumber(t)
+    return store.check(host_key(inst, pool_name, host_name))
 end
 
 
@@ -238,7 +211,7 @@ end
 -- when the count reaches max_errors.
 local function push_errors(k, delta)
     local inst, pool_name, host_name = str_match(k, "^([^/]+)/([^/]+)/([^/]+)$")
-    local pool = get_config().find_host(inst, pool_name, host_name)
+    local pool = config.find_host(inst, pool_name, host_name)
     if not pool then
         return true -- instance, pool or host gone: nothing to account
     end
@@ -272,7 +245,7 @@ local function push_errors(k, delta)
         return nil, "errors of " .. k .. ": compare-and-set kept losing"
     end
 
-    local msg = dict:get("le:" .. k) or ""
+    local msg = store.last_error(k) or ""
     kv.put(kv.state_key(inst, pool_name, host_name, "last_error"), msg, { flags = now })
 
     if count >= pool.max_errors then
@@ -290,25 +263,16 @@ end
 function _M.sync()
     local pushed = false
     for _ = 1, 10000 do
-        local k = dict:lpop(QUEUE)
+        local k, delta = store.next_queued()
         if not k then
             -- false: nothing to push, Consul was not asked (not a recovery)
             return pushed
         end
-        local qk = "q:" .. k
-        local delta = dict:get(qk) or 0
         if delta > 0 then
-            local rest = dict:incr(qk, -delta) or 0
-            if rest > 0 then
-                dict:rpush(QUEUE, k)
-            end
             local ok, err = push_errors(k, delta)
             pushed = true
             if not ok then
-                -- put them back for the next run
-                if dict:incr(qk, delta, 0) == delta then
-                    dict:rpush(QUEUE, k)
-                end
+                store.requeue(k, delta) -- for the next run
                 return nil, "syncing errors of " .. k .. ": " .. tostring(err)
             end
         end
@@ -321,7 +285,7 @@ end
 -- State watcher (node) and refresh (worker)
 ---------------------------------------------------------------------------
 
-local FIELDS = { down = true, errors = true, last_error = true, check = true }
+local FIELDS = { down = true, errors = true, last_error = true }
 
 --- apply(entries) -> true: a listing of <prefix>/state/ into the shared dict
 function _M.apply(entries)
@@ -356,9 +320,11 @@ function _M.apply(entries)
         end
     end
     -- hosts that came back since the last snapshot: forget this node's counts
-    -- and any worker's own marks made before now
-    local prev = json_decode(dict:get(SNAPSHOT) or "{}")
-    if type(prev) == "table" then
+    -- and any worker's own marks made before now; and whether the set of
+    -- down hosts changed at all (else no worker needs to look)
+    local prev = json_decode(store.state_raw() or "{}")
+    local down_changed = type(prev) ~= "table"
+    if not down_changed then
         local now = ngx_now()
         for inst, pools in pairs(prev) do
             for pool, hosts in pairs(pools) do
@@ -366,32 +332,42 @@ function _M.apply(entries)
                     local cur = tree[inst] and tree[inst][pool] and tree[inst][pool][host]
                     if st.down and not (cur and cur.down) then
                         local k = host_key(inst, pool, host)
-                        dict:delete("e:" .. k)
-                        dict:set("up:" .. k, now, 3600)
+                        store.forget_failures(k)
+                        store.came_up(k, now)
+                        down_changed = true
+                    end
+                end
+            end
+        end
+        for inst, pools in pairs(tree) do
+            for pool, hosts in pairs(pools) do
+                for host, st in pairs(hosts) do
+                    local was = prev[inst] and prev[inst][pool] and prev[inst][pool][host]
+                    if st.down and not (was and was.down) then
+                        down_changed = true
                     end
                 end
             end
         end
     end
 
-    local json = json_encode(tree)
-    local ok, err = dict:set(SNAPSHOT, json)
+    local ok, err = store.set_state(json_encode(tree), down_changed or store.state_gen() == nil)
     if not ok then
-        return nil, "storing the state snapshot: " .. tostring(err)
+        return nil, err
     end
-    dict:incr(GEN, 1, 0)
     _M.refresh()
     return true
 end
 
 
---- refresh(): copies the node's snapshot into this worker's tables when it changed
+--- refresh(): copies the node's down hosts into this worker's tables when
+-- they changed (the poll job)
 function _M.refresh()
-    local g = dict:get(GEN)
+    local g = store.state_gen()
     if g == nil or g == gen then
         return true
     end
-    local json = dict:get(SNAPSHOT)
+    local json = store.state_raw()
     local tree = json and json_decode(json)
     if type(tree) ~= "table" then
         return nil, "state snapshot unreadable"
@@ -420,12 +396,12 @@ function _M.refresh()
             for host, v in pairs(hosts) do
                 local now_down = new[inst] and new[inst][pool] and new[inst][pool][host]
                 if v == true and not now_down then
-                    dict:delete("e:" .. host_key(inst, pool, host))
+                    store.forget_failures(host_key(inst, pool, host))
                 elseif v ~= true and not now_down then
                     -- keep this worker's own mark unless it expired or the
-                    -- host came back (up:) after it was made
+                    -- host came back after it was made
                     local k = host_key(inst, pool, host)
-                    if v > now and (dict:get("up:" .. k) or 0) < (marked_at[k] or 0) then
+                    if v > now and store.up_at(k) < (marked_at[k] or 0) then
                         local ni = new[inst] or {}
                         new[inst] = ni
                         local np = ni[pool] or {}
@@ -440,7 +416,6 @@ function _M.refresh()
     end
 
     down = new
-    snapshot = tree
     gen = g
     return true
 end
@@ -450,10 +425,6 @@ end
 function _M.forget(inst)
     down[inst] = nil
 end
-
-
--- the shared dict list of host keys with unsynced failures
-_M.QUEUE = QUEUE
 
 
 return _M

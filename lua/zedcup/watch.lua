@@ -12,6 +12,7 @@
 
 local kv = require "zedcup.kv"
 local nodelock = require "zedcup.nodelock"
+local store = require "zedcup.store"
 local timer = require "zedcup.timer"
 
 local ngx = ngx
@@ -47,7 +48,7 @@ end
 
 local function step(w)
     local s = w.settings()
-    local lock_key = "watch:" .. w.name
+    local lock_key = store.watch_lock_key(w.name)
     local ok, err = nodelock.acquire(w.dict, lock_key, s.wait + s.lock_ttl)
     if not ok then
         if err then
@@ -73,21 +74,19 @@ local function step(w)
         -- whatever Consul is now (restarted, restored, another server), the
         -- next request must not block on an index it may never reach
         w.index = 0
-        if not okq then
-            return nil, "watch " .. w.name .. ": " .. tostring(entries)
-        end
-        return nil, index
+        local err = okq and index or ("watch " .. w.name .. ": " .. tostring(entries))
+        store.watch_error(w.name, err)
+        return nil, err
     end
 
     index = index or 0
     -- the highest index this node saw (kept in the dict: it outlives a reload)
-    local seen_key = "watch:" .. w.name .. ":index"
-    local seen = w.dict:get(seen_key) or 0
+    local seen = store.watch_index(w.name)
     local info = w.info
     info.reset = index < seen
     info.resync = w.index == 0
     info.seen = seen
-    w.dict:set(seen_key, index)
+    store.watch_index(w.name, index)
 
     if index == w.index and w.applied then
         if w.alive then

@@ -1,0 +1,505 @@
+-- zedcup.store: the node store. Owns every key zedcup's core keeps in the
+-- shared dicts of a node, and the protocol by which its workers learn of
+-- changes. No other core module spells a shared-dict key.
+--
+-- Dicts (init() options `dicts`): `cache` (configs, host state), `locks`
+-- (session, worker locks, checker), `ipc` (the config cache's invalidations).
+--
+-- Configs live in an mlcache (deps.mlcache: lua-resty-mlcache when installed,
+-- else zedcup.cache), `store.configs()`: L1 = the compiled plan of each
+-- instance per worker (through l1_serializer), L2 = its normalised JSON in the
+-- cache dict, L3 = Consul behind the reader's callback (run once per instance
+-- for all requests and workers under mlcache's lock). The watcher's worker
+-- writes L2 with set(), which broadcasts the invalidation through mlcache's
+-- IPC in the ipc dict.
+--
+-- Change protocol: a writer bumps a generation after its change; every
+-- worker's poll job (every POLL_INTERVAL s, off the request path) reads the
+-- generations (one shm get each) and, when one moved, applies mlcache's IPC
+-- events / reloads the state snapshot / the global config. So every worker of
+-- a node acts on a change within about POLL_INTERVAL of the watcher's answer.
+--
+-- The API other modules (status, metrics, discovery) may use is documented
+-- in README.md, "Node store".
+
+local cjson = require "cjson.safe"
+local deps = require "zedcup.deps"
+
+local ngx = ngx
+local shared = ngx.shared
+local ngx_time = ngx.time
+local tostring = tostring
+local tonumber = tonumber
+local error = error
+local str_match = string.match
+local json_encode = cjson.encode
+local json_decode = cjson.decode
+
+
+local _M = { _VERSION = "0.1.0" }
+
+-- how often every worker looks for changes (s); see README "Propagation"
+_M.POLL_INTERVAL = 0.05
+
+local names = { cache = "zedcup_cache", locks = "zedcup_locks", ipc = "zedcup_ipc" }
+local cache, locks          -- the dict objects
+local configs               -- the mlcache of instance configs
+
+-- Keys of the cache dict ----------------------------------------------------
+local K_CONFIG_GEN = "cgen"      -- bumped by every config change
+local K_NAMES = "names"          -- JSON set of the instances the watcher listed
+local K_SYNCED = "synced"        -- the instances watcher answered recently
+local K_GSYNCED = "g_synced"     -- the config watcher answered recently
+local K_GLOBAL = "g"             -- "<sig>\n<json>" of the normalised global config
+local K_KEPT = "kept"            -- JSON: instances kept when Consul came back empty
+local K_STATE = "state"          -- JSON of Consul's state tree
+local K_STATE_GEN = "state_gen"  -- bumped when the set of down hosts changes
+local K_QUEUE = "errq"           -- list of host keys with failures not pushed yet
+local P_OWN_WRITE = "w:"         -- .. inst: "<index> <time>" of this node's last write
+local K_OWN_GLOBAL = "gw"        -- the same for the global config
+local P_BAD = "bad:"             -- .. what .. ":" .. sig: a refused config, logged once
+local P_ERRORS = "e:"            -- .. host key: failures in the window (TTL error_timeout)
+local P_LAST_ERROR = "le:"       -- .. host key: the last failure's message
+local P_QUEUED = "q:"            -- .. host key: failures queued for Consul
+local P_UP_AT = "up:"            -- .. host key: when Consul last brought it back
+local P_CHECK = "c:"             -- .. host key: "<unix time> ok|<why>" (checker node)
+local P_WATCH_ERR = "werr:"      -- .. watch name: "<unix time> <error>" of its last failure
+
+-- Keys of the locks dict ------------------------------------------------------
+local K_SESSION = "zedcup:session:id"
+local K_SESSION_CREATE = "zedcup:session:create"
+local K_SESSION_RENEW = "zedcup:session:renew"
+local K_SESSION_RENEWALS = "zedcup:session:renewals"
+local K_GEN = "zedcup:gen"               -- bumped by init() (start, reload)
+local P_QUIT = "zedcup:quit:"            -- .. gen
+local P_WORKER_LOCK = "zedcup:wlock:"    -- .. job name
+local P_WATCH_LOCK = "watch:"            -- .. watch name
+local P_WATCH_INDEX = "watch:"           -- .. watch name .. ":index"
+local K_HC_HOLDER = "zedcup:hc_holder"   -- session id holding the checker lock, "" when free
+local K_HC_KICK = "zedcup:hc_kick"       -- this node just took the checker lock
+local P_HC_STAT = "zedcup:hc:"           -- .. counter name
+local K_LOAD_LOCK = "zedcup:names"       -- resty.lock key guarding the names set
+
+
+--- init(dict_names): { cache =, locks =, ipc = } shared dict names (in
+-- init_by_lua); each given name replaces the current one
+function _M.init(dicts)
+    if dicts.cache or dicts.ipc then
+        configs = nil
+    end
+    names.cache = dicts.cache or names.cache
+    names.locks = dicts.locks or names.locks
+    names.ipc = dicts.ipc or names.ipc
+    cache, locks = shared[names.cache], shared[names.locks]
+end
+
+
+function _M.cache_dict()
+    return cache
+end
+
+
+function _M.locks_dict()
+    return locks
+end
+
+
+function _M.dict_names()
+    return names
+end
+
+
+---------------------------------------------------------------------------
+-- Configs (mlcache)
+---------------------------------------------------------------------------
+
+--- configs_new(l1_serializer) -> the config mlcache (made once per process)
+function _M.configs_new(serializer)
+    if configs then
+        return configs
+    end
+    local c, err = deps.mlcache.new("zedcup_configs", names.cache, {
+        lru_size = 1000,
+        ttl = 0,              -- a config stays until the watcher replaces it
+        neg_ttl = 1,          -- "not found": asked again after 1 s (no Consul once synced)
+        ipc_shm = names.ipc,
+        l1_serializer = serializer,
+        shm_locks = names.locks,
+        resty_lock_opts = { exptime = 10, timeout = 3 },
+    })
+    if not c then
+        error("zedcup: could not create the config cache: " .. tostring(err))
+    end
+    configs = c
+    return c
+end
+
+
+function _M.configs()
+    return configs
+end
+
+
+--- config_changed(): after a change of configs, names or the global config
+function _M.config_changed()
+    cache:incr(K_CONFIG_GEN, 1, 0)
+end
+
+
+function _M.config_gen()
+    return cache:get(K_CONFIG_GEN)
+end
+
+
+-- the names set (only the watcher applier and this node's writers change it)
+function _M.names()
+    return json_decode(cache:get(K_NAMES) or "{}") or {}
+end
+
+
+function _M.set_names(set)
+    cache:set(K_NAMES, json_encode(set))
+end
+
+
+--- update_names(fn): fn(set) changes the set in place; serialised per node
+function _M.update_names(fn)
+    local lock = deps.lock:new(names.locks, { exptime = 5, timeout = 5 })
+    local ok = lock and lock:lock(K_LOAD_LOCK)
+    local set = _M.names()
+    fn(set)
+    _M.set_names(set)
+    if ok then
+        lock:unlock()
+    end
+end
+
+
+function _M.synced(ttl)
+    if ttl then
+        cache:set(K_SYNCED, true, ttl)
+        return true
+    end
+    return cache:get(K_SYNCED) == true
+end
+
+
+function _M.global_synced(ttl)
+    if ttl then
+        cache:set(K_GSYNCED, true, ttl)
+        return true
+    end
+    return cache:get(K_GSYNCED) == true
+end
+
+
+function _M.global_raw()
+    return cache:get(K_GLOBAL)
+end
+
+
+function _M.set_global_raw(raw)
+    return cache:set(K_GLOBAL, raw)
+end
+
+
+function _M.kept()
+    local raw = cache:get(K_KEPT)
+    return raw and json_decode(raw) or nil
+end
+
+
+function _M.set_kept(v)
+    if v == nil then
+        cache:delete(K_KEPT)
+    else
+        cache:set(K_KEPT, json_encode(v))
+    end
+end
+
+
+-- own writes: index and time of this node's last write of an instance
+-- (name) or of the global config (name == nil)
+function _M.own_write(name)
+    local v = cache:get(name and (P_OWN_WRITE .. name) or K_OWN_GLOBAL)
+    if not v then
+        return 0, 0
+    end
+    local i, t = str_match(v, "^(%d+) (.+)$")
+    return tonumber(i) or 0, tonumber(t) or 0
+end
+
+
+function _M.set_own_write(name, index, at)
+    local key = name and (P_OWN_WRITE .. name) or K_OWN_GLOBAL
+    if index == nil then
+        cache:delete(key)
+    else
+        cache:set(key, index .. " " .. at)
+    end
+end
+
+
+--- first_bad(what, sig) -> true the first time a refused config is seen (a day)
+function _M.first_bad(what, sig)
+    return cache:add(P_BAD .. what .. ":" .. sig, true, 86400) == true
+end
+
+
+---------------------------------------------------------------------------
+-- Watches
+---------------------------------------------------------------------------
+
+function _M.watch_lock_key(name)
+    return P_WATCH_LOCK .. name
+end
+
+
+function _M.watch_index(name, index)
+    if index then
+        locks:set(P_WATCH_INDEX .. name .. ":index", index)
+        return index
+    end
+    return locks:get(P_WATCH_INDEX .. name .. ":index") or 0
+end
+
+
+--- watch_error(name, err?) -> the last failure of watch `name` ("<why>", unix time) | nil;
+-- with err: records it (false clears it)
+function _M.watch_error(name, err)
+    local key = P_WATCH_ERR .. name
+    if err == false then
+        cache:delete(key)
+        return nil
+    end
+    if err then
+        cache:set(key, ngx_time() .. " " .. tostring(err))
+        return nil
+    end
+    local v = cache:get(key)
+    if not v then
+        return nil
+    end
+    local t, why = str_match(v, "^(%d+) (.*)$")
+    return why, tonumber(t)
+end
+
+
+---------------------------------------------------------------------------
+-- Host state (cache dict)
+---------------------------------------------------------------------------
+
+function _M.host_key(inst, pool, host)
+    return inst .. "/" .. pool .. "/" .. host
+end
+
+
+--- add_failure(k, err, window) -> this node's count in the window
+function _M.add_failure(k, err, window)
+    local n = cache:incr(P_ERRORS .. k, 1, 0, window)
+    cache:set(P_LAST_ERROR .. k, tostring(err))
+    if cache:incr(P_QUEUED .. k, 1, 0) == 1 then
+        cache:rpush(K_QUEUE, k)
+    end
+    return n
+end
+
+
+function _M.failures(k)
+    return cache:get(P_ERRORS .. k) or 0, cache:get(P_LAST_ERROR .. k)
+end
+
+
+function _M.last_error(k)
+    return cache:get(P_LAST_ERROR .. k)
+end
+
+
+function _M.forget_failures(k)
+    cache:delete(P_ERRORS .. k)
+end
+
+
+--- next_queued() -> host key, failures to push | nil (queue empty)
+function _M.next_queued()
+    local k = cache:lpop(K_QUEUE)
+    if not k then
+        return nil
+    end
+    local qk = P_QUEUED .. k
+    local delta = cache:get(qk) or 0
+    if delta > 0 then
+        local rest = cache:incr(qk, -delta) or 0
+        if rest > 0 then
+            cache:rpush(K_QUEUE, k)
+        end
+    end
+    return k, delta
+end
+
+
+--- requeue(k, delta): failures that could not be pushed go back in the queue
+function _M.requeue(k, delta)
+    if cache:incr(P_QUEUED .. k, delta, 0) == delta then
+        cache:rpush(K_QUEUE, k)
+    end
+end
+
+
+function _M.queue_length()
+    return cache:llen(K_QUEUE) or 0
+end
+
+
+function _M.came_up(k, at)
+    cache:set(P_UP_AT .. k, at, 3600)
+end
+
+
+function _M.up_at(k)
+    return cache:get(P_UP_AT .. k) or 0
+end
+
+
+function _M.set_check(k, ok, msg)
+    cache:set(P_CHECK .. k, ngx_time() .. " " .. (ok and "ok" or tostring(msg or "failed")), 86400)
+end
+
+
+--- check(k) -> "ok" | why, unix time | nil
+function _M.check(k)
+    local v = cache:get(P_CHECK .. k)
+    if not v then
+        return nil
+    end
+    local t, what = str_match(v, "^(%d+) (.*)$")
+    return what, tonumber(t)
+end
+
+
+function _M.state_raw()
+    return cache:get(K_STATE)
+end
+
+
+--- set_state(json, down_changed): the state tree; the generation moves only
+-- when the set of down hosts changed (workers re-read nothing otherwise)
+function _M.set_state(json, down_changed)
+    local ok, err = cache:set(K_STATE, json)
+    if not ok then
+        return nil, "storing the state snapshot: " .. tostring(err)
+    end
+    if down_changed then
+        cache:incr(K_STATE_GEN, 1, 0)
+    end
+    return true
+end
+
+
+function _M.state_gen()
+    return cache:get(K_STATE_GEN)
+end
+
+
+---------------------------------------------------------------------------
+-- Session, node generation, worker locks, checker (locks dict)
+---------------------------------------------------------------------------
+
+function _M.session_id()
+    return locks:get(K_SESSION)
+end
+
+
+function _M.set_session_id(id)
+    if id == nil then
+        return locks:delete(K_SESSION)
+    end
+    return locks:set(K_SESSION, id)
+end
+
+
+_M.SESSION_CREATE_LOCK = K_SESSION_CREATE
+
+
+--- renew_turn(ttl) -> true when this worker renews the session this interval
+function _M.renew_turn(ttl)
+    return locks:add(K_SESSION_RENEW, true, ttl) == true
+end
+
+
+function _M.renew_turn_reset(ttl)
+    if ttl then
+        locks:set(K_SESSION_RENEW, true, ttl)
+    else
+        locks:delete(K_SESSION_RENEW)
+    end
+end
+
+
+function _M.count_renewal()
+    locks:incr(K_SESSION_RENEWALS, 1, 0)
+end
+
+
+function _M.renewals()
+    return locks:get(K_SESSION_RENEWALS) or 0
+end
+
+
+--- bump_generation() -> the node's new generation (init(): start and reload)
+function _M.bump_generation()
+    return locks:incr(K_GEN, 1, 0)
+end
+
+
+function _M.generation()
+    return locks:get(K_GEN) or 0
+end
+
+
+--- quit_token(gen) -> true for the one worker that cleans up on quit
+function _M.quit_token(gen)
+    return locks:add(P_QUIT .. gen, true, 60) == true
+end
+
+
+function _M.worker_lock_key(name)
+    return P_WORKER_LOCK .. name
+end
+
+
+--- checker_holder(sid?) -> the session id holding the checker lock ("" free,
+-- nil unknown); with sid: records it
+function _M.checker_holder(sid)
+    if sid then
+        locks:set(K_HC_HOLDER, sid)
+        return sid
+    end
+    return locks:get(K_HC_HOLDER)
+end
+
+
+--- checker_kick(on?) -> whether this node just took the checker lock
+function _M.checker_kick(on)
+    if on == true then
+        locks:set(K_HC_KICK, true, 10)
+    elseif on == false then
+        locks:delete(K_HC_KICK)
+    end
+    return locks:get(K_HC_KICK) == true
+end
+
+
+function _M.count(name, n)
+    if locks then
+        locks:incr(P_HC_STAT .. name, n or 1, 0)
+    end
+end
+
+
+function _M.counter(name)
+    return locks and locks:get(P_HC_STAT .. name) or 0
+end
+
+
+return _M
