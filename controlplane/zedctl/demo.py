@@ -252,7 +252,8 @@ Balancing over the primary pool:
 Failover: break web01, requests go to web02; its health check marks it down:
   curl -s localhost:9001/_break
   for i in 1 2 3 4; do curl -s localhost:{port}/; done
-  curl -s localhost:{port}/_status
+  curl -s localhost:{port}/_status?format=json     # or open {s.url}/_status in a browser
+  curl -s localhost:{port}/metrics                 # Prometheus text format
 
 Break web02 too: the secondary pool (dr01) takes over:
   curl -s localhost:9002/_break
@@ -270,12 +271,16 @@ Ctrl-C stops everything.
 
 
 def host_state(demo: Demo, pool: str, host: str) -> str | None:
-    """ "up" or "down" as nginx's /_status tells, None when it cannot tell."""
-    status, body = get(demo.settings.url + "/_status")
+    """The host's state ("up", "down", "disabled") as nginx's /_status (zedcup.status_page)
+    tells, None when it cannot tell."""
+    status, body = get(demo.settings.url + "/_status?format=json")
     if status != 200:
         return None
     try:
-        return json.loads(body)["pools"][pool][host]
+        (inst,) = [i for i in json.loads(body)["instances"] if i["name"] == INSTANCE]
+        (p,) = [p for p in inst["pools"] if p["name"] == pool]
+        (h,) = [h for h in p["hosts"] if h["name"] == host]
+        return str(h["state"])
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -299,6 +304,8 @@ def smoke(demo: Demo) -> None:
     get("http://127.0.0.1:9001/_break")
     expect("web01 broken", _seen(url, 6), {"web02"}, {"web02"})
     wait_until("web01 to be marked down", lambda: host_state(demo, "primary", "web01") == "down")
+    up = 'zedcup_host_up{instance="demo",pool="primary",host="web01"} 0\n'
+    wait_until("/metrics to show web01 down", lambda: up in get(demo.settings.url + "/metrics")[1])
 
     get("http://127.0.0.1:9002/_break")
     expect("both primaries broken", _seen(url, 6), {"dr01"}, {"dr01"})
