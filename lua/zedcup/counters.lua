@@ -42,6 +42,7 @@ local dict -- the cache shared dict
 local hosts = {}     -- host record -> { inst, pool name, host name, tries, connect, request, status }
 local insts = {}     -- instance name -> { requests, failovers, no_host, tries }
 local dirty = false
+local enabled = true -- per-request counting in this worker (enable())
 
 
 --- init(cache_dict): the shared dict the node's counters live in (init_by_lua)
@@ -66,6 +67,9 @@ end
 
 --- try(inst, pool, host, kind?): one try ended on `host` (effective records)
 function _M.try(inst, pool, host, kind)
+    if not enabled then
+        return
+    end
     local e = hosts[host] or host_entry(inst, pool, host)
     e.tries = e.tries + 1
     if kind then
@@ -84,6 +88,9 @@ end
 --- request(inst, pool_index?): a client request ended, answered by the pool
 -- at pool_index (nil: no host answered); pool_index > 1 is a failover
 function _M.request(inst, pool_index)
+    if not enabled then
+        return
+    end
     local ie = insts[inst] or instance_entry(inst)
     ie.requests = ie.requests + 1
     if not pool_index then
@@ -92,6 +99,13 @@ function _M.request(inst, pool_index)
         ie.failovers = ie.failovers + 1
     end
     dirty = true
+end
+
+
+--- enable(on): per-request counting on (the default) or off in this worker; off, try()
+-- and request() return at once (bench/bench_metrics.py compares the two)
+function _M.enable(on)
+    enabled = on and true or false
 end
 
 

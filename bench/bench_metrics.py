@@ -1,0 +1,270 @@
+"""Benchmark: what per-request counting (zedcup.counters, behind status() and metrics())
+costs the handler and the balancer path, as throughput ratios measured in one run.
+
+One front nginx (one worker) in front of one backend; /counting?on=0|1 switches
+per-request counting off and on in that worker (zedcup.counters.enable: try() and
+request() return at once when off), so both variants run in the same process. It has:
+
+- /zedcup:  create_handler + handler:request + read_body + set_keepalive
+- /balance: proxy_pass to an upstream whose peer zedcup.balance() picks (with
+            zedcup.log() in log_by_lua when the checkout has it)
+
+wrk (one thread) drives zedcup on, zedcup off, balance on, balance off, in an order that
+alternates every round (ABBA), after a warm-up; each round gives the ratio on/off per
+path, and the report shows their median. A second part times the counting calls alone
+in a Lua loop (ns per request: one try and one request counted) and relates that to the
+time of one handler request at the measured rate. Not a test: nothing is asserted.
+Usage: .venv/bin/python bench/bench_metrics.py [-d SECONDS] [-c CONNS] [-r ROUNDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from zedctl.devconsul import DevConsul
+from zedctl.testnginx import NginxServer, PortPicker
+
+REPO = Path(__file__).resolve().parent.parent
+
+BACKEND_CONFIG = """
+    location = /backend {
+        return 200 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    }
+"""
+
+FRONT_HTTP = """
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_socket_log_errors off;
+
+    upstream zedcup_backend {
+        server 0.0.0.1;   # placeholder: balancer_by_lua picks the peer
+        balancer_by_lua_block {
+            local ok, err = require("zedcup").balance("bench")
+            if not ok then
+                ngx.log(ngx.ERR, "bench: ", err)
+                return ngx.exit(502)
+            end
+        }
+        keepalive 64;
+    }
+
+    init_by_lua_block {
+        require "resty.core"
+        assert(require("zedcup").init({
+            prefix = "%(prefix)s",
+            consul = { host = "127.0.0.1", port = %(consul)d },
+        }))
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+"""
+
+FRONT_CONFIG = r"""
+    location = /setup {
+        content_by_lua_block {
+            assert(require("zedcup").configure_instance("bench", { pools = { { hosts = {
+                { host = "127.0.0.1", port = %(backend)d } } } } }))
+            ngx.say("ok")
+        }
+    }
+
+    location = /zedcup {
+        content_by_lua_block {
+            local handler, err = require("zedcup").create_handler("bench")
+            if not handler then
+                ngx.status = 500
+                return ngx.say(err)
+            end
+            local res
+            res, err = handler:request({ path = "/backend" })
+            if not res then
+                ngx.status = 502
+                return ngx.say(err)
+            end
+            ngx.print(res:read_body())
+            handler:set_keepalive()
+        }
+    }
+
+    location = /balance {
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_pass http://zedcup_backend/backend;
+        log_by_lua_block {
+            local zedcup = require "zedcup"
+            if zedcup.log then zedcup.log() end
+        }
+    }
+
+    location = /counting {
+        content_by_lua_block {
+            require("zedcup.counters").enable(ngx.var.arg_on == "1")
+            ngx.say("ok")
+        }
+    }
+
+    location = /counted {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local status = zedcup.status("bench")
+            ngx.say(status and status.instances[1].requests or -1)
+        }
+    }
+
+    location = /micro {
+        content_by_lua_block {
+            -- the counting calls alone: one try and one request per iteration
+            local counters = require "zedcup.counters"
+            local try, request = counters.try, counters.request
+            local h = assert(require("zedcup").create_handler("bench"))
+            local pool = h:config().pools[1]
+            local host = pool.hosts[1]
+            local n = tonumber(ngx.var.arg_n) or 1000000
+            for _ = 1, 10000 do try("bench", pool, host) request("bench", 1) end
+            local best = math.huge
+            for _ = 1, 5 do
+                ngx.update_time()
+                local t0 = ngx.now()
+                for _ = 1, n do
+                    try("bench", pool, host)
+                    request("bench", 1)
+                end
+                ngx.update_time()
+                best = math.min(best, ngx.now() - t0)
+            end
+            ngx.say(best / n * 1e9)
+        }
+    }
+"""
+
+PATHS = ("zedcup", "balance")
+
+
+def run_wrk(url: str, duration: int, connections: int) -> float:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
+        raise RuntimeError(f"{url}: non-2xx answers during the run:\n{out}")
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(rps.group(1)) if rps else 0.0
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read()
+
+
+def machine() -> str:
+    version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"nproc {os.cpu_count()}, {version}, front nginx 1 worker, loadavg {load}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-d", "--duration", type=int, default=3, help="seconds per run")
+    parser.add_argument("-c", "--connections", type=int, default=16, help="wrk connections")
+    parser.add_argument("-r", "--rounds", type=int, default=6, help="rounds (ABBA order)")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("bench_metrics: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 1
+
+    consul = DevConsul(host="127.0.0.1", port=0)
+    consul.start()
+    picker = PortPicker()
+    try:
+        with tempfile.TemporaryDirectory(prefix="zedcup-bench-") as tmp:
+            backend_port = picker.pick()
+            backend = NginxServer(
+                servroot=Path(tmp) / "backend",
+                config=BACKEND_CONFIG,
+                port=backend_port,
+                workers=1,
+                error_log_level="warn",
+            )
+            values = {"backend": backend_port, "consul": consul.address[1], "prefix": "bench"}
+            front = NginxServer(
+                servroot=Path(tmp) / "front",
+                http_config=FRONT_HTTP % values,
+                config=FRONT_CONFIG % values,
+                workers=1,
+                error_log_level="warn",
+            )
+            with backend, front:
+                results = measure(front.url, args)
+    finally:
+        consul.stop()
+    report(results, args)
+    return 0
+
+
+def measure(base: str, args: argparse.Namespace) -> dict[str, object]:
+    fetch(f"{base}/setup")
+    for path in PATHS:  # warm up keepalive pools, caches and the JIT
+        body = fetch(f"{base}/{path}")
+        if not body.startswith(b"0123456789abcdef"):
+            raise RuntimeError(f"{base}/{path} answered {body[:200]!r}")
+        run_wrk(f"{base}/{path}", 1, args.connections)
+    rates: dict[tuple[str, str], list[float]] = {}
+    ratios: dict[str, list[float]] = {p: [] for p in PATHS}
+    for r in range(args.rounds):
+        order = ("on", "off") if r % 2 == 0 else ("off", "on")
+        for path in PATHS:
+            got = {}
+            for name in order:
+                fetch(f"{base}/counting?on={1 if name == 'on' else 0}")
+                got[name] = run_wrk(f"{base}/{path}", args.duration, args.connections)
+                rates.setdefault((name, path), []).append(got[name])
+            ratios[path].append(got["on"] / (got["off"] or 1.0))
+    fetch(f"{base}/counting?on=1")
+    counted = int(fetch(f"{base}/counted").strip())
+    micro_ns = float(fetch(f"{base}/micro").strip())
+    return {"rates": rates, "ratios": ratios, "micro_ns": micro_ns, "counted": counted}
+
+
+def report(results: dict[str, object], args: argparse.Namespace) -> None:
+    rates = results["rates"]
+    ratios = results["ratios"]
+    assert isinstance(rates, dict) and isinstance(ratios, dict)
+    print(f"machine: {machine()}")
+    print(f"wrk -t1 -c{args.connections}, {args.rounds} rounds of {args.duration}s per run")
+    print(
+        f"{'path':<9} {'on median r/s':>14} {'off median r/s':>15} "
+        f"{'on/off (median)':>16} {'min..max':>12}"
+    )
+    for path in PATHS:
+        on, off, r = rates[("on", path)], rates[("off", path)], ratios[path]
+        print(
+            f"{path:<9} {statistics.median(on):>14.0f} {statistics.median(off):>15.0f} "
+            f"{statistics.median(r):>16.3f} {min(r):>5.2f}..{max(r):<5.2f}"
+        )
+    print(f"requests counted by status() over the runs with counting on: {results['counted']}")
+    micro = float(results["micro_ns"])  # type: ignore[arg-type]
+    handler_ns = 1e9 / (statistics.median(rates[("on", "zedcup")]) or 1.0)
+    print(
+        f"counting alone (one try + one request): {micro:.1f} ns per request = "
+        f"{100 * micro / handler_ns:.3f}% of one handler request at the median rate "
+        f"({handler_ns / 1000:.1f} us)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
