@@ -102,6 +102,7 @@ tr.down td { background: #fff5f5; }
 .reason { color: var(--muted); font-size: 12px; }
 .dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; margin-right: 4px; }
 .dot.ok { background: #2da44e; } .dot.bad { background: #fa4549; }
+#kept { display: none; background: #fff8c5; border: 1px solid #d4a72c; color: #4d2d00; padding: 8px 12px; border-radius: 6px; }
 #error { display: none; background: #ffebe9; border: 1px solid #ff8182; color: #82071e; padding: 8px 12px; border-radius: 6px; }
 .empty { color: var(--muted); }
 </style>
@@ -118,6 +119,7 @@ tr.down td { background: #fff5f5; }
 </header>
 <main>
   <div id="error"></div>
+  <div id="kept" class="warn"></div>
   <div id="instances"></div>
   <div class="card"><h2>Last transitions</h2><div id="transitions" class="empty">none seen</div></div>
 </main>
@@ -163,6 +165,14 @@ function render(st) {
   text("checker", ck.holder ? ck.holder + (ck.this_node ? " (this node)" : "") : "nobody");
   text("nodes", n.nodes === undefined || n.nodes === null ? "-" : n.nodes);
   text("updated", new Date(now * 1000).toLocaleTimeString());
+  var kept = document.getElementById("kept");
+  if (n.kept) {
+    kept.textContent = "Consul came back without " + list(n.kept.names).join(", ") +
+      "; this node keeps serving the last good config (since " + ago(n.kept.since, now) + ")";
+    kept.style.display = "block";
+  } else {
+    kept.style.display = "none";
+  }
 
   var box = document.getElementById("instances");
   var cards = [];

@@ -86,11 +86,13 @@ local function host_status(inst, pool, host, st, seen_down, transitions, now)
         end
         out.last_error = st.last_error
         out.last_error_at = st.last_error_at
-        if st.check then
-            out.check = { ok = st.check == "ok", result = st.check, at = st.check_at }
-        end
     else
         out.errors = 0
+    end
+    -- checks are kept in the checker node's memory only: other nodes show none
+    local check, check_at = state.last_check(inst, pool.name, host.name)
+    if check then
+        out.check = { ok = check == "ok", result = check, at = check_at }
     end
     local c = counters.host(inst, pool.name, host.name)
     out.requests = c.tries
@@ -164,8 +166,11 @@ function _M.status(instance)
         return a.name < b.name
     end)
 
+    local info = node.info(now)
+    -- instances this node keeps serving although Consul came back without them
+    info.kept = config.kept()
     return {
-        node = node.info(now),
+        node = info,
         instances = instances,
         transitions = node.transitions(),
         time = now,
