@@ -44,6 +44,10 @@ def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in report["nodes"]}
 
 
+def record_index(raw: RawConsul, prefix: str, name: str) -> int:
+    return int(raw.get(f"/v1/kv/{prefix}/nodes/{name}").json()[0]["ModifyIndex"])
+
+
 def session(raw: RawConsul, name: str) -> str:
     resp = raw.put("/v1/session/create", data=json.dumps({"Name": name, "TTL": "60s"}))
     return str(resp.json()["ID"])
@@ -94,7 +98,7 @@ def test_nodes_live_killed_stopped_and_a_gone_lock_holder(
         assert raw_consul.put(url, data=json.dumps(record)).json() is True
 
         for name in ("node-a", "node-b", "node-c"):
-            nodes[name] = start_node(tmp_path / name, consul, prefix, name, workers=1)
+            nodes[name] = start_node(tmp_path / name, consul, prefix, name)
 
         def all_live() -> dict[str, Any] | None:
             report = nodes_json(consul, prefix)
@@ -102,6 +106,8 @@ def test_nodes_live_killed_stopped_and_a_gone_lock_holder(
             return report if {"node-a", "node-b", "node-c", "observer-x"} <= live else None
 
         report = wait_for("every node's record", all_live, timeout=20, step=0.3)
+        written_at = time.monotonic()
+        indexes = {name: record_index(raw_consul, prefix, name) for name in nodes}
         a = by_name(report)["node-a"]
         assert a["version"] == "0.1.0" and a["configs"]["web"]["applied"] and a["down"] == []
         assert a["record_age"] is not None and a["consul"]["reachable"] is True
@@ -127,7 +133,20 @@ def test_nodes_live_killed_stopped_and_a_gone_lock_holder(
             lk = nodes_json(consul, prefix)["healthcheck_lock"]
             return lk if lk["holder"] in nodes and not lk["problem"] else None
 
-        wait_for("a real node holding the lock", real_holder, timeout=15, step=0.3)
+        holder = wait_for("a real node holding the lock", real_holder, timeout=15, step=0.3)[
+            "holder"
+        ]
+        wait_for(
+            "the holder's record to say so",
+            lambda: by_name(nodes_json(consul, prefix))[holder]["checker"],
+            timeout=12,
+            step=0.3,
+        )
+        # records are rewritten on change only: the others' are as they were, seconds later
+        assert time.monotonic() - written_at > 5
+        for name in nodes:
+            if name != holder:
+                assert record_index(raw_consul, prefix, name) == indexes[name], name
 
         # node-b dies (SIGKILL to master and worker), node-c stops cleanly (SIGQUIT)
         killed, stopped = nodes["node-b"], nodes["node-c"]
@@ -141,9 +160,11 @@ def test_nodes_live_killed_stopped_and_a_gone_lock_holder(
             n = by_name(nodes_json(consul, prefix)).get(name)
             return n is None or not n["live"]
 
-        # a live session is the liveness bound: gone within its TTL (twice that on a real Consul)
-        wait_for("node-c gone", lambda: gone("node-c"), timeout=2 * SESSION_TTL + 8, step=0.3)
+        # a clean stop destroys the session at once: its record goes with it
+        wait_for("node-c gone", lambda: gone("node-c"), timeout=3, step=0.2)
         stopped_after = time.monotonic() - t0
+        # a killed node's session is the liveness bound: gone within its TTL (up to twice
+        # that on a real Consul)
         wait_for("node-b gone", lambda: gone("node-b"), timeout=2 * SESSION_TTL + 8, step=0.3)
         killed_after = time.monotonic() - t0
         print(
