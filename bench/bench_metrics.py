@@ -6,8 +6,8 @@ per-request counting off and on in that worker (zedcup.counters.enable: try() an
 request() return at once when off), so both variants run in the same process. It has:
 
 - /zedcup:  create_handler + handler:request + read_body + set_keepalive
-- /balance: proxy_pass to an upstream whose peer zedcup.balance() picks (with
-            zedcup.log() in log_by_lua when the checkout has it)
+- /balance: proxy_pass to an upstream whose peer zedcup.balance() picks, with
+            zedcup.log() in log_by_lua (where the balancer path counts)
 
 wrk (one thread) drives zedcup on, zedcup off, balance on, balance off, in an order that
 alternates every round (ABBA), after a warm-up; each round gives the ratio on/off per
@@ -103,10 +103,7 @@ FRONT_CONFIG = r"""
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_pass http://zedcup_backend/backend;
-        log_by_lua_block {
-            local zedcup = require "zedcup"
-            if zedcup.log then zedcup.log() end
-        }
+        log_by_lua_block { require("zedcup").log() }
     }
 
     location = /counting {

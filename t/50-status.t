@@ -126,8 +126,9 @@ $
             local h = assert(require("zedcup").create_handler("web"))
             local pools = h:config().pools
             counters.try("web", pools[1], pools[1].hosts[1])
-            counters.try("web", pools[1], pools[1].hosts[2], "connect")
-            counters.try("web", pools[2], pools[2].hosts[1], "status")
+            counters.failure("web", pools[1], pools[1].hosts[2], "connect")
+            counters.try("web", pools[2], pools[2].hosts[1])
+            counters.failure("web", pools[2], pools[2].hosts[1], "status")
             counters.request("web", 2)
             counters.request("web", nil)
             ngx.say(ngx.worker.id(), " counted")

@@ -137,10 +137,18 @@ def test_host_state_follows_a_broken_and_fixed_backend(node: Node) -> None:
         wait_for(
             "web01 down in /metrics", lambda: scrape(node.node)["zedcup_host_up"][web01] == 0.0, 10
         )
-        s = scrape(node.node)
-        assert s["zedcup_host_state"][host("web", "primary", "web01", state="down")] == 1.0
-        assert s["zedcup_host_state"][host("web", "primary", "web01", state="up")] == 0.0
-        assert s["zedcup_host_up"][host("web", "primary", "web02")] == 1.0
+
+        # both workers answer /metrics: wait until the one that answers agrees too
+        def consistent() -> dict[str, dict[Labels, float]] | None:
+            s = scrape(node.node)
+            ok = (
+                s["zedcup_host_state"][host("web", "primary", "web01", state="down")] == 1.0
+                and s["zedcup_host_state"][host("web", "primary", "web01", state="up")] == 0.0
+                and s["zedcup_host_up"][host("web", "primary", "web02")] == 1.0
+            )
+            return s if ok else None
+
+        s = wait_for("web01 down in every worker", consistent, 5)
         assert s["zedcup_healthchecks_total"][(("result", "fail"),)] >= 2
         wait_for(
             "the transition counted",
@@ -165,3 +173,115 @@ def test_host_state_follows_a_broken_and_fixed_backend(node: Node) -> None:
         ),
         5,
     )
+
+
+def delta(after: dict[str, dict[Labels, float]], before: dict[str, dict[Labels, float]]):
+    """after - before of one sample (a missing one counts as 0)."""
+
+    def d(name: str, labels: Labels) -> float:
+        return after.get(name, {}).get(labels, 0.0) - before.get(name, {}).get(labels, 0.0)
+
+    return d
+
+
+def send(url: str, n: int) -> list[str]:
+    bodies = []
+    for _ in range(n):
+        code, body, _ = get(url)
+        assert code == 200, (url, code, body)
+        bodies.append(body.strip())
+    return bodies
+
+
+WEB = (("instance", "web"),)
+
+
+def test_counts_match_the_requests_sent_on_both_paths(node: Node) -> None:
+    web01, web02 = host("web", "primary", "web01"), host("web", "primary", "web02")
+    dr01 = host("web", "secondary", "dr01")
+    wait_for("web01 and web02 up", lambda: scrape(node.node)["zedcup_host_up"][web02] == 1.0)
+    wait_for("web01 and web02 up", lambda: scrape(node.node)["zedcup_host_up"][web01] == 1.0)
+
+    # all healthy: one try per request, both primaries used, nothing failed
+    before = scrape(node.node)
+    bodies = send(node.node.url + "/", 40) + send(node.node.url + "/proxy/", 40)
+    assert set(bodies) == {"web01", "web02"}
+
+    def settled(total: float) -> dict[str, dict[Labels, float]] | None:
+        s = scrape(node.node)
+        return s if delta(s, before)("zedcup_requests_total", WEB) >= total else None
+
+    after = wait_for("80 requests counted", lambda: settled(80), timeout=5)
+    d = delta(after, before)
+    assert d("zedcup_requests_total", WEB) == 80
+    assert d("zedcup_tries_total", WEB) == 80
+    assert d("zedcup_failovers_total", WEB) == 0 and d("zedcup_unanswered_total", WEB) == 0
+    assert d("zedcup_host_requests_total", web01) == bodies.count("web01")
+    assert d("zedcup_host_requests_total", web02) == bodies.count("web02")
+    for name in ("web01", "web02"):
+        for kind in ("connect", "request", "status"):
+            assert d("zedcup_host_failures_total", host("web", "primary", name, kind=kind)) == 0
+
+    # both primaries broken and marked down: every request fails over to dr01
+    node.backends.set_broken("web01", True)
+    node.backends.set_broken("web02", True)
+    try:
+        wait_for(
+            "both primaries down",
+            lambda: (
+                scrape(node.node)["zedcup_host_up"][web01]
+                + scrape(node.node)["zedcup_host_up"][web02]
+                == 0.0
+            ),
+            10,
+        )
+        before = scrape(node.node)
+        assert set(send(node.node.url + "/", 10) + send(node.node.url + "/proxy/", 10)) == {"dr01"}
+        after = wait_for("20 requests counted", lambda: settled(20), timeout=5)
+        d = delta(after, before)
+        assert d("zedcup_requests_total", WEB) == 20
+        assert d("zedcup_failovers_total", WEB) == 20
+        assert d("zedcup_host_requests_total", dr01) == 20
+        # a worker that had not yet seen a primary down tried it first: one more try each
+        primaries = sum(d("zedcup_host_requests_total", h) for h in (web01, web02))
+        status_failures = sum(
+            d("zedcup_host_failures_total", host("web", "primary", n, kind="status"))
+            for n in ("web01", "web02")
+        )
+        assert primaries == status_failures
+        assert d("zedcup_tries_total", WEB) == 20 + primaries
+    finally:
+        node.backends.set_broken("web01", False)
+        node.backends.set_broken("web02", False)
+    wait_for("web01 back up", lambda: scrape(node.node)["zedcup_host_up"][web01] == 1.0, 10)
+    wait_for("web02 back up", lambda: scrape(node.node)["zedcup_host_up"][web02] == 1.0, 10)
+
+    # a broken web01 before its health check notices: each 503 is retried on another
+    # host, counted as a status failure and one more try; every try either failed or
+    # gave the request's answer, and answers from dr01 are failovers
+    node.backends.set_broken("web01", True)
+    try:
+        before = scrape(node.node)
+        bodies = send(node.node.url + "/", 20)
+        assert "web01" not in bodies
+        after = wait_for("20 requests counted", lambda: settled(20), timeout=5)
+        d = delta(after, before)
+        hosts = (web01, web02, dr01)
+        names = (("primary", "web01"), ("primary", "web02"), ("secondary", "dr01"))
+        failures = sum(
+            d("zedcup_host_failures_total", host("web", pool, name, kind=kind))
+            for pool, name in names
+            for kind in ("connect", "request", "status")
+        )
+        assert failures == d(
+            "zedcup_host_failures_total", host("web", "primary", "web01", kind="status")
+        )
+        assert d("zedcup_requests_total", WEB) == 20
+        assert d("zedcup_tries_total", WEB) == 20 + failures
+        assert sum(d("zedcup_host_requests_total", h) for h in hosts) == 20 + failures
+        assert d("zedcup_host_requests_total", web02) == bodies.count("web02")
+        assert d("zedcup_failovers_total", WEB) == bodies.count("dr01")
+        assert d("zedcup_unanswered_total", WEB) == 0
+    finally:
+        node.backends.set_broken("web01", False)
+    wait_for("web01 back up", lambda: scrape(node.node)["zedcup_host_up"][web01] == 1.0, 10)

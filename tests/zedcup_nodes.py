@@ -89,6 +89,7 @@ NODE_CONFIG = """
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_next_upstream error timeout http_502 http_503 http_504;
+        log_by_lua_block {{ require("zedcup").log() }}
     }}
     location = /_status {{
         content_by_lua_block {{ require("zedcup").status_page() }}

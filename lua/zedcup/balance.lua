@@ -39,6 +39,7 @@ local peers_left = selection.peers_left
 local resolve_peers = resolver.peers
 local connected = report.connected
 local failed = report.failed
+local done = report.done
 
 local ngx_balancer -- required on first use: only balancer_by_lua has it
 
@@ -219,6 +220,7 @@ local function account(inst, p, host, status, connect_time, header_time, picked)
     if picked then
         select_release(p, host, kind, tonumber(header_time))
     end
+    return code ~= nil and kind == nil
 end
 
 
@@ -229,10 +231,11 @@ function _M.log()
         return
     end
     local n = b.n
+    local inst = b.plan.name
     if n == 0 then
+        done(inst, nil) -- no usable host
         return
     end
-    local inst = b.plan.name
     local status = ngx_var.upstream_status
     if not status then
         for i = 1, n do
@@ -240,6 +243,7 @@ function _M.log()
                 select_release(b[i * 2 - 1], b[i * 2], nil, nil)
             end
         end
+        done(inst, nil)
         return
     end
 
@@ -253,7 +257,8 @@ function _M.log()
         elseif p.balancer.timed then
             ht = ngx_var.upstream_header_time
         end
-        account(inst, p, b[2], status, ct, ht, true)
+        local good = account(inst, p, b[2], status, ct, ht, true)
+        done(inst, good and b.plan.pool_of[b[2]] or nil)
         return
     end
 
@@ -261,9 +266,11 @@ function _M.log()
     last_entries(ngx_var.upstream_connect_time or "", n, connect_l)
     last_entries(ngx_var.upstream_header_time or "", n, header_l)
     local repeated = b.repeated
+    local good
     for i = 1, n do
-        account(inst, b[i * 2 - 1], b[i * 2], status_l[i], connect_l[i], header_l[i], i ~= repeated)
+        good = account(inst, b[i * 2 - 1], b[i * 2], status_l[i], connect_l[i], header_l[i], i ~= repeated)
     end
+    done(inst, good and b.plan.pool_of[b[n * 2]] or nil)
 end
 
 

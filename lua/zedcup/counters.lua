@@ -1,13 +1,13 @@
 -- zedcup.counters: per-request counting, in worker memory, flushed to the
 -- node's shared dict off the request path.
 --
--- The request path (handler and balancer alike) calls:
---   counters.try(inst, pool, host, kind)  once per try that ended on a host:
---                                         kind nil (answered), "connect",
---                                         "request" or "status" (the failure)
+-- The request path (handler and balancer alike, through zedcup.report) calls:
+--   counters.try(inst, pool, host)        a try connected to the host
+--   counters.failure(inst, pool, host, kind)  a try failed: "connect" (a try that
+--                                         never connected), "request" or "status"
 --   counters.request(inst, pool_index)    once per client request, at its end:
---                                         the index of the pool that answered,
---                                         nil when no host answered
+--                                         the index of the pool whose host gave
+--                                         a good answer, nil when none did
 -- Both are a table lookup and a few increments of worker-local numbers: no
 -- shared dict, no allocation once a host has its entry. Every worker's flush
 -- timer (every FLUSH_INTERVAL s, and before a scrape in the scraping worker)
@@ -18,7 +18,6 @@
 local ngx = ngx
 local ngx_log = ngx.log
 local ngx_ERR = ngx.ERR
-local type = type
 local pairs = pairs
 local tostring = tostring
 
@@ -65,28 +64,43 @@ local function instance_entry(inst)
 end
 
 
---- try(inst, pool, host, kind?): one try ended on `host` (effective records)
-function _M.try(inst, pool, host, kind)
+--- try(inst, pool, host): a try connected to `host` (effective records)
+function _M.try(inst, pool, host)
     if not enabled then
         return
     end
     local e = hosts[host] or host_entry(inst, pool, host)
     e.tries = e.tries + 1
-    if kind then
-        local n = e[kind]
-        if type(n) ~= "number" or kind == "tries" then
-            error("kind must be nil, \"connect\", \"request\" or \"status\" (got " .. tostring(kind) .. ")", 2)
-        end
-        e[kind] = n + 1
-    end
     local ie = insts[inst] or instance_entry(inst)
     ie.tries = ie.tries + 1
     dirty = true
 end
 
 
---- request(inst, pool_index?): a client request ended, answered by the pool
--- at pool_index (nil: no host answered); pool_index > 1 is a failover
+local KINDS = { connect = true, request = true, status = true }
+
+--- failure(inst, pool, host, kind): a try on `host` failed; kind "connect" (it
+-- never connected: it counts as a try here), "request" or "status"
+function _M.failure(inst, pool, host, kind)
+    if not enabled then
+        return
+    end
+    if not KINDS[kind] then
+        error("kind must be \"connect\", \"request\" or \"status\" (got " .. tostring(kind) .. ")", 2)
+    end
+    local e = hosts[host] or host_entry(inst, pool, host)
+    e[kind] = e[kind] + 1
+    if kind == "connect" then
+        e.tries = e.tries + 1
+        local ie = insts[inst] or instance_entry(inst)
+        ie.tries = ie.tries + 1
+    end
+    dirty = true
+end
+
+
+--- request(inst, pool_index?): a client request ended, answered well by a host
+-- of the pool at pool_index (nil: no host did); pool_index > 1 is a failover
 function _M.request(inst, pool_index)
     if not enabled then
         return

@@ -29,6 +29,7 @@ local select_release = selection.release
 local down_for = state.down_for
 local report_failed = report.failed
 local report_connected = report.connected
+local report_done = report.done
 
 
 local _M = { _VERSION = "0.1.0" }
@@ -231,6 +232,7 @@ function _M.request(self, params)
         end
         local ok, err = connect(self, httpc, true)
         if not ok then
+            report_done(self.name, nil)
             if last_res then
                 self.httpc, self.pool, self.host, self.codes = last_httpc, last_pool, last_host, last_codes
                 return last_res
@@ -250,6 +252,7 @@ function _M.request(self, params)
             end_try(self, "request")
             failure(self, "request", pool, host, err or "request failed")
             if not replayable then
+                report_done(self.name, nil)
                 return nil, err
             end
         else
@@ -259,11 +262,13 @@ function _M.request(self, params)
             end
             if not self.codes[res.status] then
                 end_try(self, nil)
+                report_done(self.name, self.plan.pool_of[host])
                 return res
             end
             end_try(self, "status")
             failure(self, "status", pool, host, "Bad status code: " .. res.status)
             if not replayable then
+                report_done(self.name, nil)
                 return res
             end
             last_res, last_httpc, last_pool, last_host, last_codes = res, httpc, pool, host, self.codes
