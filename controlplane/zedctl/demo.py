@@ -35,7 +35,7 @@ from .configfile import load_config_file
 from .consulapi import ConsulKV, ConsulSettings
 from .devconsul import DevConsul
 from .layout import Layout
-from .ops import apply_plan, plan_configure
+from .ops import apply_plan, plan_apply
 from .schema import Schema
 from .testnginx.config import NginxBinary, find_nginx
 from .testnginx.runner import NginxServer, NginxStartError
@@ -141,7 +141,7 @@ def apply_config(consul_url: str, prefix: str, path: Path) -> None:
     schema = Schema.load()
     config = load_config_file(schema, str(path))
     kv = ConsulKV(ConsulSettings(address=consul_url))
-    apply_plan(kv, plan_configure(kv, Layout.for_prefix(prefix), schema, config))
+    apply_plan(kv, plan_apply(kv, Layout.for_prefix(prefix), schema, config))
 
 
 def get(url: str, timeout: float = 3.0) -> tuple[int, str]:
