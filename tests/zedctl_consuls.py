@@ -1,0 +1,280 @@
+"""Consuls for zedctl's operator tests, and the real `zedctl` binary to drive them.
+
+- `start_dev_consul`: `zedctl dev-consul` in a subprocess (optionally ACL-protected or
+  on another host address such as ::1).
+- `start_real_consul`: `.tools/bin/consul agent -dev` on free loopback ports, with a
+  unix socket next to its TCP address, and optionally ACLs (master token "root") and
+  HTTPS (a throwaway CA, a server certificate for "consul.test" only, a client
+  certificate; client certificates required on HTTPS).
+- `Zedctl`: runs the console script, never accepting a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from zedctl.devconsul.testing import free_port
+
+ZEDCTL = Path(sys.executable).with_name("zedctl")
+REPO = Path(__file__).resolve().parents[1]
+CONSUL_BINARY = Path(os.environ.get("CONSUL_BINARY") or REPO / ".tools" / "bin" / "consul")
+CONSUL_ENV = (
+    "CONSUL_HTTP_ADDR",
+    "CONSUL_HTTP_TOKEN",
+    "CONSUL_HTTP_TOKEN_FILE",
+    "CONSUL_HTTP_SSL",
+    "CONSUL_HTTP_SSL_VERIFY",
+    "CONSUL_CACERT",
+    "CONSUL_CAPATH",
+    "CONSUL_CLIENT_CERT",
+    "CONSUL_CLIENT_KEY",
+    "CONSUL_TLS_SERVER_NAME",
+    "ZEDCUP_PREFIX",
+)
+
+
+@dataclass
+class Consul:
+    """One running Consul (dev-consul or the real one) and how to reach it."""
+
+    kind: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    token: str | None = None
+    socket: str | None = None
+    https_url: str | None = None
+    tls: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+
+    def _headers(self) -> dict[str, str]:
+        return {"X-Consul-Token": self.token} if self.token else {}
+
+    def keys(self, prefix: str) -> dict[str, tuple[str | None, int]]:
+        """Every key under prefix/: (value, Flags), read straight from the HTTP API."""
+        resp = requests.get(
+            f"{self.url}/v1/kv/{prefix}/", params={"recurse": ""}, headers=self._headers(),
+            timeout=10,
+        )  # fmt: skip
+        if resp.status_code == 404:
+            return {}
+        assert resp.status_code == 200, resp.text
+        return {
+            e["Key"]: (
+                base64.b64decode(e["Value"]).decode() if e["Value"] is not None else None,
+                e["Flags"],
+            )
+            for e in resp.json()
+        }
+
+    def values(self, prefix: str) -> dict[str, str | None]:
+        return {k: v for k, (v, _) in self.keys(prefix).items()}
+
+    def put(self, key: str, value: str, flags: int = 0) -> None:
+        resp = requests.put(
+            f"{self.url}/v1/kv/{key}", data=value.encode(), params={"flags": str(flags)},
+            headers=self._headers(), timeout=10,
+        )  # fmt: skip
+        assert resp.status_code == 200 and resp.json() is True, resp.text
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def _wait_ready(consul: Consul, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if consul.proc.poll() is not None:
+            raise RuntimeError(f"{consul.kind} exited with {consul.proc.returncode}")
+        try:
+            resp = requests.get(
+                f"{consul.url}/v1/status/leader", timeout=1, headers=consul._headers()
+            )
+            if resp.status_code == 200 and resp.json():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    consul.stop()
+    raise RuntimeError(f"{consul.kind} at {consul.url} not ready within {timeout:g}s")
+
+
+def start_dev_consul(*args: str, host: str = "127.0.0.1", port: int | None = None) -> Consul:
+    port = free_port() if port is None else port
+    proc = subprocess.Popen(
+        [str(ZEDCTL), "dev-consul", "--host", host, "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    shown = f"[{host}]" if ":" in host else host
+    token = args[args.index("--acl-token") + 1] if "--acl-token" in args else None
+    consul = Consul("dev-consul", proc, f"http://{shown}:{port}", token, args=list(args))
+    _wait_ready(consul)
+    return consul
+
+
+def make_certificates(folder: Path) -> dict[str, str]:
+    """A CA, a server certificate for the name consul.test only (not 127.0.0.1), and a
+    client certificate, all signed by the CA."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=zedctl test CA")  # fmt: skip
+    uses = {"server": "serverAuth,clientAuth", "client": "clientAuth"}
+    for name, usage in uses.items():
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}.consul.test")  # fmt: skip
+        ext = folder / f"{name}.ext"
+        san = "subjectAltName=DNS:consul.test\n" if name == "server" else ""
+        ext.write_text(f"{san}extendedKeyUsage={usage}\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", str(ext))  # fmt: skip
+    return {
+        n: str(folder / n)
+        for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    }
+
+
+def start_real_consul(folder: Path, acl: bool = False, tls: bool = False) -> Consul:
+    """`consul agent -dev` on free loopback ports, plus a unix socket."""
+    if not CONSUL_BINARY.exists():
+        pytest.skip(f"no real Consul at {CONSUL_BINARY} (make deps installs one)")
+    folder.mkdir(parents=True, exist_ok=True)
+    http, lan, wan, server = (free_port() for _ in range(4))
+    sock = str(folder / "http.sock")
+    args = [
+        str(CONSUL_BINARY), "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+        "-http-port", str(http), "-serf-lan-port", str(lan), "-serf-wan-port", str(wan),
+        "-server-port", str(server), "-dns-port", "-1", "-grpc-port", "-1",
+        "-hcl", f'addresses {{ http = "127.0.0.1 unix://{sock}" }}',
+    ]  # fmt: skip
+    token = None
+    if acl:
+        token = "root"
+        args += [
+            "-hcl",
+            'acl { enabled = true, default_policy = "deny", tokens { master = "root" } }',
+        ]
+    certs: dict[str, str] = {}
+    https = None
+    if tls:
+        certs = make_certificates(folder)
+        port = free_port()
+        https = f"https://127.0.0.1:{port}"
+        args += [
+            "-hcl", f"ports {{ https = {port} }}",
+            "-hcl", f'ca_file = "{certs["ca.pem"]}"',
+            "-hcl", f'cert_file = "{certs["server.pem"]}"',
+            "-hcl", f'key_file = "{certs["server.key"]}"',
+            "-hcl", "verify_incoming_https = true",
+        ]  # fmt: skip
+    log = open(folder / "consul.log", "wb")  # noqa: SIM115 - lives as long as the agent
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    consul = Consul("consul", proc, f"http://127.0.0.1:{http}", token, sock, https, certs)
+    _wait_ready(consul)
+    return consul
+
+
+def acl_token(consul: Consul, description: str) -> str:
+    """A token with no policy: known to Consul, allowed nothing."""
+    resp = requests.put(
+        f"{consul.url}/v1/acl/token", json={"Description": description},
+        headers=consul._headers(), timeout=10,
+    )  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["SecretID"])
+
+
+@dataclass
+class Zedctl:
+    """The real zedctl console script, with an environment like an operator's shell."""
+
+    env: dict[str, str]
+    folder: Path
+
+    def run(
+        self,
+        *args: str,
+        code: int | None = 0,
+        input: str | None = None,
+        timeout: float = 60,
+        **env: str | None,
+    ) -> subprocess.CompletedProcess[str]:
+        environment = {**self.env}
+        for name, value in env.items():
+            if value is None:
+                environment.pop(name, None)
+            else:
+                environment[name] = value
+        res = subprocess.run(
+            [str(ZEDCTL), *args], env=environment, input=input if input is not None else "",
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        assert "Traceback" not in res.stderr + res.stdout, res.stderr
+        if code is not None:
+            assert res.returncode == code, (
+                f"zedctl {' '.join(args)}: exit {res.returncode}, wanted {code}\n"
+                f"{res.stdout}\n{res.stderr}"
+            )
+        return res
+
+    def __call__(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return self.run(*args, **kwargs)
+
+    def file(self, text: str, name: str | None = None) -> str:
+        """Write a file (a fresh name each time unless given) and return its path."""
+        if name is None:
+            name = f"config-{len(list(self.folder.glob('config-*')))}.yaml"
+        path = self.folder / name
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    def json(self, *args: str, **kwargs: Any) -> Any:
+        return json.loads(self.run(*args, **kwargs).stdout)
+
+
+def operator_env(
+    consul: Consul, prefix: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The process environment without any CONSUL_* of the caller's, pointed at `consul`."""
+    env = {k: v for k, v in os.environ.items() if k not in CONSUL_ENV}
+    env["CONSUL_HTTP_ADDR"] = consul.url
+    env["ZEDCUP_PREFIX"] = prefix
+    if consul.token:
+        env["CONSUL_HTTP_TOKEN"] = consul.token
+    env.update(extra or {})
+    return env
+
+
+def backends(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Iterator[Consul]:
+    """A module-wide Consul of `kind` ("dev-consul" or "consul")."""
+    if kind == "dev-consul":
+        consul = start_dev_consul()
+    else:
+        consul = start_real_consul(tmp_path_factory.mktemp("consul"))
+    try:
+        yield consul
+    finally:
+        consul.stop()
