@@ -99,7 +99,7 @@ class Consul:
                 self.proc.wait(timeout=10)
 
 
-def _wait_ready(consul: Consul, timeout: float = 30.0) -> None:
+def wait_ready(consul: Consul, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if consul.proc.poll() is not None:
@@ -127,7 +127,7 @@ def start_dev_consul(*args: str, host: str = "127.0.0.1", port: int | None = Non
     shown = f"[{host}]" if ":" in host else host
     token = args[args.index("--acl-token") + 1] if "--acl-token" in args else None
     consul = Consul("dev-consul", proc, f"http://{shown}:{port}", token, args=list(args))
-    _wait_ready(consul)
+    wait_ready(consul)
     return consul
 
 
@@ -150,7 +150,8 @@ def make_certificates(folder: Path) -> dict[str, str]:
         san = "subjectAltName=DNS:consul.test\n" if name == "server" else ""
         ext.write_text(f"{san}extendedKeyUsage={usage}\n")
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", str(ext))  # fmt: skip
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1",
+            "-extfile", str(ext))  # fmt: skip
     return {
         n: str(folder / n)
         for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
@@ -193,7 +194,7 @@ def start_real_consul(folder: Path, acl: bool = False, tls: bool = False) -> Con
     log = open(folder / "consul.log", "wb")  # noqa: SIM115 - lives as long as the agent
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     consul = Consul("consul", proc, f"http://127.0.0.1:{http}", token, sock, https, certs)
-    _wait_ready(consul)
+    wait_ready(consul)
     return consul
 
 

@@ -83,6 +83,8 @@ GLOBAL_OPTIONS = {
     "--client-key": True,
     "--tls-server-name": True,
     "--insecure": False,
+    "--version": False,
+    "-V": False,
 }
 
 

@@ -445,30 +445,30 @@ class ConsulKV:
         except requests.exceptions.RequestException as e:
             raise ConsulError(f"request to Consul at {url} failed while {what}: {e}") from None
 
+    def _denied(self, body: str, what: str) -> ConsulPermissionDenied:
+        low = body.lower()
+        source = self.settings.token_source or "the token"
+        if "acl not found" in low:
+            hint = (
+                f"Consul does not know the token given ({source}): check it, or "
+                "whether it was deleted"
+            )
+        elif self.settings.token:
+            hint = (
+                f"the token given ({source}) lacks the rights needed "
+                "(key_prefix write on the zedcup prefix)"
+            )
+        else:
+            hint = f"an ACL token is needed: --token, --token-file, {ENV_TOKEN} or {ENV_TOKEN_FILE}"
+        return ConsulPermissionDenied(
+            f"Consul at {self.address.url} denied access while {what} (403 {body}): {hint}"
+        )
+
     def _status_error(self, resp: requests.Response, what: str) -> ConsulError:
         url = self.address.url
         body = _body(resp)
         if resp.status_code == 403:
-            low = body.lower()
-            source = self.settings.token_source or "the token"
-            if "acl not found" in low:
-                hint = (
-                    f"Consul does not know the token given ({source}): check it, or "
-                    "whether it was deleted"
-                )
-            elif self.settings.token:
-                hint = (
-                    f"the token given ({source}) lacks the rights needed "
-                    "(key_prefix write on the zedcup prefix)"
-                )
-            else:
-                hint = (
-                    f"an ACL token is needed: --token, --token-file, {ENV_TOKEN} or "
-                    f"{ENV_TOKEN_FILE}"
-                )
-            return ConsulPermissionDenied(
-                f"Consul at {url} denied access while {what} (403 {body}): {hint}"
-            )
+            return self._denied(body, what)
         if resp.status_code == 400 and "https server" in body.lower():
             return ConsulTLSError(
                 f"Consul at {url} answered 400 while {what} ({body}): it serves HTTPS "
@@ -610,6 +610,13 @@ class ConsulKV:
                 errors = resp.json().get("Errors") or []
             except (ValueError, AttributeError):
                 errors = []
+            whats = {str(e.get("What")) for e in errors if isinstance(e, dict)}
+            denied = [
+                w for w in whats if "permission denied" in w.lower() or "acl not found" in w.lower()
+            ]
+            if denied:
+                # Consul answers a transaction the token may not do with 409, per operation.
+                raise self._denied(sorted(denied)[0], what)
             detail = "; ".join(f"operation {e.get('OpIndex')}: {e.get('What')}" for e in errors)
             raise TxnFailed(
                 f"Consul at {self.address.url} rolled back the transaction while {what}: "
