@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -141,7 +144,8 @@ def apply_config(consul_url: str, prefix: str, path: Path) -> None:
     schema = Schema.load()
     config = load_config_file(schema, str(path))
     kv = ConsulKV(ConsulSettings(address=consul_url))
-    apply_plan(kv, plan_apply(kv, Layout.for_prefix(prefix), schema, config))
+    layout = Layout.for_prefix(prefix)
+    apply_plan(kv, plan_apply(kv, layout, schema, config), layout)
 
 
 def get(url: str, timeout: float = 3.0) -> tuple[int, str]:
@@ -239,6 +243,7 @@ def walkthrough(demo: Demo) -> str:
     assert demo.consul is not None
     consul = demo.consul.url
     port = s.port
+    zedctl = f".venv/bin/zedctl --consul {consul} --prefix {s.prefix}"
     return f"""\
 zedcup demo is up.
   nginx       {s.url}        (error log: {demo.error_log})
@@ -249,22 +254,30 @@ Balancing over the primary pool:
   for i in 1 2 3 4; do curl -s localhost:{port}/; done
   for i in 1 2 3 4; do curl -s localhost:{port}/proxy/; done   # balancer_by_lua + proxy_pass
 
-Failover: break web01, requests go to web02; its health check marks it down:
+Break web01 (it answers 503): each request web01 fails is retried on web02 within the
+same request, so clients only see web02; after 2 failures within 10 s (max_errors,
+error_timeout) web01 is marked down cluster-wide, and its failing health checks keep it
+down:
   curl -s localhost:9001/_break
   for i in 1 2 3 4; do curl -s localhost:{port}/; done
   curl -s localhost:{port}/_status?format=json     # or open {s.url}/_status in a browser
   curl -s localhost:{port}/metrics                 # Prometheus text format
+  {zedctl} status {INSTANCE}
 
-Break web02 too: the secondary pool (dr01) takes over:
+Break web02 too: the primary pool has no usable host left, so requests fail over to the
+secondary pool (dr01):
   curl -s localhost:9002/_break
   for i in 1 2 3 4; do curl -s localhost:{port}/; done
 
-Fix them: passing health checks (rise: 2) bring them back:
+Fix them: a host with a health check comes back only through checks: 2 passing checks
+in a row (rise: 2, one a second) bring each back:
   curl -s localhost:9001/_fix; curl -s localhost:9002/_fix
   sleep 3; for i in 1 2 3 4; do curl -s localhost:{port}/; done
 
-Live state from the control plane:
-  .venv/bin/zedctl --consul {consul} status {INSTANCE}
+The control plane: live state, what happened, and what a file would change:
+  {zedctl} status {INSTANCE}
+  {zedctl} events {INSTANCE}
+  {zedctl} diff nginx/demo.yaml
 
 Ctrl-C stops everything.
 """
@@ -306,6 +319,14 @@ def smoke(demo: Demo) -> None:
     wait_until("web01 to be marked down", lambda: host_state(demo, "primary", "web01") == "down")
     up = 'zedcup_host_up{instance="demo",pool="primary",host="web01"} 0\n'
     wait_until("/metrics to show web01 down", lambda: up in get(demo.settings.url + "/metrics")[1])
+
+    # The walk-through says error counting marks web01 down: check what Consul recorded.
+    assert demo.consul is not None
+    kv = ConsulKV(ConsulSettings(address=demo.consul.url))
+    layout = Layout.for_prefix(demo.settings.prefix)
+    mark = kv.get(f"{layout.state}{INSTANCE}/primary/web01/down")
+    if mark is None or "errors within" not in (mark.value or ""):
+        raise DemoError(f"smoke: web01 marked down, but not by error counting: {mark}")
 
     get("http://127.0.0.1:9002/_break")
     expect("both primaries broken", _seen(url, 6), {"dr01"}, {"dr01"})
@@ -356,9 +377,28 @@ def main(port: int, consul_port: int, prefix: str, smoke: bool, keep: bool) -> N
                 signal.signal(sig, handler)
 
 
+def printed_commands_run(demo: Demo) -> None:
+    """Every zedctl command the walk-through prints runs as printed (its options included)
+    against the running demo, from the checkout, and exits 0."""
+    zedctl = str(Path(sys.executable).with_name("zedctl"))
+    for line in walkthrough(demo).splitlines():
+        line = line.strip()
+        if not line.startswith(".venv/bin/zedctl "):
+            continue
+        args = shlex.split(line)[1:]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "ZEDCUP_"))}
+        res = subprocess.run(
+            [zedctl, *args], cwd=demo.settings.repo, env=env, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise DemoError(f"smoke: `{line}` exited {res.returncode}: {res.stderr.strip()}")
+
+
 def _smoke_run(demo: Demo) -> None:
     smoke(demo)
-    click.echo("smoke: balancing, failover and recovery all held")
+    printed_commands_run(demo)
+    click.echo("smoke: balancing, failover and recovery all held; the printed zedctl commands ran")
 
 
 if __name__ == "__main__":
