@@ -324,7 +324,10 @@ def smoke(demo: Demo) -> None:
     assert demo.consul is not None
     kv = ConsulKV(ConsulSettings(address=demo.consul.url))
     layout = Layout.for_prefix(demo.settings.prefix)
-    mark = kv.get(f"{layout.state}{INSTANCE}/primary/web01/down")
+    key = f"{layout.state}{INSTANCE}/primary/web01/down"
+    # The node sets web01 aside at once; the cluster-wide mark follows its error sync.
+    wait_until("Consul to record web01 down", lambda: kv.get(key) is not None)
+    mark = kv.get(key)
     if mark is None or "errors within" not in (mark.value or ""):
         raise DemoError(f"smoke: web01 marked down, but not by error counting: {mark}")
 
