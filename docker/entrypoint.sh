@@ -9,7 +9,7 @@
 #   configure [FILE]   wait for a Consul leader, then `zedctl configure FILE`
 #                      (default nginx/docker-demo.yaml)
 #   health             the HEALTHCHECK of whichever role this container runs
-#   anything else      run as given (zedctl ..., sh, consul version)
+#   anything else      run as given (zedctl ..., sh)
 set -eu
 
 ROLE_FILE=/run/zedcup-role

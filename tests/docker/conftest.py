@@ -95,8 +95,8 @@ def docker_compose_project_name() -> str:
 def docker_setup(docker_engine: Engine) -> list[str]:
     # The image is built already; published ports go to free ports on 127.0.0.1 (the
     # tests talk to the containers' own addresses).
-    for var in ("ZEDCUP_CONSUL_PORT", "ZEDCUP_NODE1_PORT", "ZEDCUP_NODE2_PORT"):
-        os.environ[var] = "127.0.0.1:"
+    for var in ("CONSUL", "NODE1", "NODE2", "NODE1_SEED", "NODE2_SEED"):
+        os.environ[f"ZEDCUP_{var}_PORT"] = "127.0.0.1:"
     return ["up -d --no-build"]
 
 

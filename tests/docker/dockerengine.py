@@ -102,7 +102,10 @@ class Engine:
     def find(cls, repo: Path) -> Engine:
         state_dir = repo / ".tools" / "docker"
         config = state_dir / "config"  # a private, empty client config: no credential helpers
-        config.mkdir(parents=True, exist_ok=True)
+        try:
+            config.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            config = Path(tempfile.mkdtemp(prefix="zedcup-docker-config-"))
         cli, build_argv, build_env = _pick_cli()
         env = dict(os.environ, DOCKER_CONFIG=str(config), **build_env)
         engine = cls(cli, build_argv, env, state_dir)
