@@ -168,6 +168,17 @@ class Cluster:
         value = base64.b64decode(entry.get("Value") or "").decode()
         return value.split(":", 1)[0] or None
 
+    def checker_session_ttl(self) -> float | None:
+        """The TTL (seconds) of the session holding the health-check lock, as Consul has it."""
+        code, body = self.consul_get(f"/v1/kv/{PREFIX}/locks/healthcheck")
+        session = json.loads(body)[0].get("Session") if code == 200 else None
+        if not session:
+            return None
+        code, body = self.consul_get(f"/v1/session/info/{session}")
+        info = json.loads(body) if code == 200 else None
+        ttl = info[0].get("TTL", "") if info else ""
+        return float(ttl[:-1]) if ttl.endswith("s") and ttl[:-1] else None
+
     def zedctl(self, *args: str, timeout: float = 30) -> str:
         """zedctl in the image (a one-off container on the Consul network)."""
         server = self.live_consuls()[0]
