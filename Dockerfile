@@ -14,6 +14,8 @@
 # --- Consul: Debian bullseye's consul 1.8.7 (static), fetched by `make consul` through the
 # mirror the base image's apt sources name.
 FROM debian:bookworm-slim AS consul
+# (the classic builder keeps this stage as an untagged image: make test-docker prunes it)
+LABEL org.zedcup.build-stage=consul
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends make >/dev/null \
  && rm -rf /var/lib/apt/lists/*
@@ -34,8 +36,6 @@ RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbi
         python3 python3-venv python3-setuptools python3-wheel \
         python3-click python3-requests python3-yaml >/dev/null \
  && rm -rf /var/lib/apt/lists/* /usr/sbin/policy-rc.d /etc/nginx/sites-enabled/default \
- && python3 -m venv --system-site-packages /opt/zedctl \
- && ln -s /opt/zedctl/bin/zedctl /usr/local/bin/zedctl \
  && mkdir -p /var/lib/consul
 
 COPY --from=consul /consul /usr/local/bin/consul
@@ -43,9 +43,13 @@ COPY --from=consul /consul /usr/local/bin/consul
 WORKDIR /opt/zedcup
 COPY lua/ lua/
 COPY controlplane/ controlplane/
-# --no-deps: the dependencies are Debian's (python-consul2 is only for zedctl's tests)
-RUN /opt/zedctl/bin/pip install -q --no-cache-dir --disable-pip-version-check \
+# zedctl in a venv that sees Debian's packages; --no-deps: its dependencies are Debian's
+# (python-consul2 is only for zedctl's tests). The venv's own pip is not kept.
+RUN python3 -m venv --system-site-packages /opt/zedctl \
+ && /opt/zedctl/bin/pip install -q --no-cache-dir --disable-pip-version-check \
         --no-deps --no-build-isolation ./controlplane \
+ && /opt/zedctl/bin/pip uninstall -q -y pip \
+ && ln -s /opt/zedctl/bin/zedctl /usr/local/bin/zedctl \
  && rm -rf controlplane/build controlplane/*.egg-info \
  && zedctl --help >/dev/null
 COPY nginx/ nginx/

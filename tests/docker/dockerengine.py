@@ -26,6 +26,7 @@ from pathlib import Path
 BASE_IMAGE = "debian:bookworm-slim"
 IMAGE = "zedcup"
 IMAGE_LABEL = "org.zedcup.image"
+STAGE_LABEL = "org.zedcup.build-stage"  # the Dockerfile's build stages (classic builder)
 
 
 class Unavailable(Exception):
@@ -191,11 +192,11 @@ class Engine:
         self.dockerd = self.exec_root = None
 
     def close(self) -> None:
-        """Remove dangling zedcup images (rebuilds); stop the dockerd this started."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.docker(
-                "image", "prune", "-f", "--filter", f"label={IMAGE_LABEL}", timeout=60, check=False
-            )
+        """Remove untagged zedcup images (replaced builds, build stages); stop the dockerd
+        this started."""
+        for label in (IMAGE_LABEL, STAGE_LABEL):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.docker("image", "prune", "-f", "--filter", f"label={label}", check=False)
         self._stop_dockerd()
 
     # -- running docker ----------------------------------------------------------------
@@ -268,9 +269,18 @@ class Engine:
     def build_image(self, repo: Path) -> float:
         """Build the zedcup image from the repo's Dockerfile; returns the seconds it took."""
         argv = [*self.build_argv, "--label", f"{IMAGE_LABEL}=1", "-t", IMAGE]
+        before = self.image_id(IMAGE)
         started = time.monotonic()
         _run([*argv, str(repo)], self.env, timeout=1200)
-        return time.monotonic() - started
+        took = time.monotonic() - started
+        if before and before != self.image_id(IMAGE):
+            # the image this build replaced, unless a container still uses it
+            self.docker("image", "rm", before, check=False, timeout=60)
+        return took
+
+    def image_id(self, name: str) -> str | None:
+        proc = self.docker("image", "inspect", "-f", "{{.Id}}", name, check=False, timeout=30)
+        return proc.stdout.strip() or None if proc.returncode == 0 else None
 
     def compose_command(self) -> str:
         """`docker compose` (v2) when it works, else docker-compose (v1, Debian's)."""
