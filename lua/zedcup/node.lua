@@ -22,6 +22,7 @@ local kv = require "zedcup.kv"
 local schema = require "zedcup.schema"
 local session = require "zedcup.session"
 local state = require "zedcup.state"
+local store = require "zedcup.store"
 
 local ngx = ngx
 local ngx_now = ngx.now
@@ -148,6 +149,18 @@ function _M.info(now)
     local cluster = _M.cluster()
     local sid = session.id()
     local holder = cluster and cluster.holder or nil
+    -- who holds the lock right now (the node's lock watch), by session id
+    local holder_sid = store.checker_holder()
+    if holder_sid == "" then
+        holder = nil
+    elseif holder_sid and cluster and holder_sid ~= cluster.holder_session then
+        holder = nil -- changed since the last read of the lock's value: named on the next one
+        for _, n in ipairs(cluster.nodes) do
+            if n.session == holder_sid then
+                holder = n.name
+            end
+        end
+    end
     return {
         name = session.node_name(),
         hostname = session.hostname(),
@@ -160,7 +173,7 @@ function _M.info(now)
         },
         checker = {
             holder = holder,
-            this_node = cluster ~= nil and sid ~= nil and cluster.holder_session == sid,
+            this_node = sid ~= nil and (holder_sid or cluster and cluster.holder_session) == sid,
             seen_at = cluster and cluster.at or nil,
         },
         nodes = cluster and #cluster.nodes or nil,
@@ -271,7 +284,10 @@ local function note_configs(names)
         local plan = config.plan_local(name)
         local c = configs[name]
         if plan and (type(c) ~= "table" or c.sig ~= plan.version) then
-            configs[name] = { sig = plan.version, at = ngx_time(), index = plan.index }
+            -- the index of the instances listing this node has applied: the config
+            -- changed at or before it
+            local index = store.watch_index("instances")
+            configs[name] = { sig = plan.version, at = ngx_time(), index = index > 0 and index or nil }
             changed = true
         end
     end

@@ -15,6 +15,7 @@ local counters = require "zedcup.counters"
 local node = require "zedcup.node"
 local schema = require "zedcup.schema"
 local state = require "zedcup.state"
+local store = require "zedcup.store"
 
 local ngx = ngx
 local ngx_now = ngx.now
@@ -89,6 +90,9 @@ local function host_status(inst, pool, host, st, seen_down, transitions, now)
     else
         out.errors = 0
     end
+    -- this node's own count in its window (it marks the host down here alone at max_errors)
+    local k = store.host_key(inst, pool.name, host.name)
+    out.node_errors = store.failures(k) or 0
     -- checks are kept in the checker node's memory only: other nodes show none
     local check, check_at = state.last_check(inst, pool.name, host.name)
     if check then
