@@ -153,6 +153,8 @@ function _M.info(now)
     local holder_sid = store.checker_holder()
     if holder_sid == "" then
         holder = nil
+    elseif holder_sid and holder_sid == sid then
+        holder = session.node_name()
     elseif holder_sid and cluster and holder_sid ~= cluster.holder_session then
         holder = nil -- changed since the last read of the lock's value: named on the next one
         for _, n in ipairs(cluster.nodes) do
