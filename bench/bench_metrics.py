@@ -10,10 +10,12 @@ request() return at once when off), so both variants run in the same process. It
             zedcup.log() in log_by_lua (where the balancer path counts)
 
 wrk (one thread) drives zedcup on, zedcup off, balance on, balance off, in an order that
-alternates every round (ABBA), after a warm-up; each round gives the ratio on/off per
-path, and the report shows their median. A second part times the counting calls alone
-in a Lua loop (ns per request: one try and one request counted) and relates that to the
-time of one handler request at the measured rate. Not a test: nothing is asserted.
+alternates every round (ABBA), after a warm-up; each round gives two ratios per path:
+requests/s on/off, and the front worker's CPU time per request off/on (from
+/proc/<pid>/stat: the throughput ratio a saturated worker would see, and far less moved by
+other processes on a shared machine than requests/s); the report shows their medians.
+A second part times the counting calls alone in a Lua loop (ns per request: one try and
+one request counted) and relates that to the worker's CPU time per handler request. Not a test: nothing is asserted.
 Usage: .venv/bin/python bench/bench_metrics.py [-d SECONDS] [-c CONNS] [-r ROUNDS]
 """
 
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from zedctl.devconsul import DevConsul
@@ -150,7 +153,24 @@ FRONT_CONFIG = r"""
 PATHS = ("zedcup", "balance")
 
 
-def run_wrk(url: str, duration: int, connections: int) -> float:
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@dataclass
+class Run:
+    requests_per_s: float
+    cpu_us_per_request: float  # the front worker's CPU time per request
+
+
+def run_wrk(url: str, duration: int, connections: int, pid: int) -> Run:
+    cpu0 = cpu_seconds(pid)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", url],
         capture_output=True,
@@ -159,8 +179,11 @@ def run_wrk(url: str, duration: int, connections: int) -> float:
     ).stdout
     if re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
         raise RuntimeError(f"{url}: non-2xx answers during the run:\n{out}")
+    cpu = cpu_seconds(pid) - cpu0
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return float(rps.group(1)) if rps else 0.0
+    total = re.search(r"(\d+) requests in", out)
+    n = int(total.group(1)) if total else 0
+    return Run(float(rps.group(1)) if rps else 0.0, 1e6 * cpu / n if n else 0.0)
 
 
 def fetch(url: str) -> bytes:
@@ -206,60 +229,74 @@ def main() -> int:
                 error_log_level="warn",
             )
             with backend, front:
-                results = measure(front.url, args)
+                assert front.proc is not None  # one worker, no master: this is the worker
+                results = measure(front.url, front.proc.pid, args)
     finally:
         consul.stop()
     report(results, args)
     return 0
 
 
-def measure(base: str, args: argparse.Namespace) -> dict[str, object]:
+@dataclass
+class Results:
+    runs: dict[tuple[str, str], list[Run]]  # (on|off, path) -> runs
+    rate_ratios: dict[str, list[float]]  # path -> on/off requests/s, per round
+    cpu_ratios: dict[str, list[float]]  # path -> off/on CPU per request, per round
+    counted: int
+    micro_ns: float
+
+
+def measure(base: str, pid: int, args: argparse.Namespace) -> Results:
     fetch(f"{base}/setup")
     for path in PATHS:  # warm up keepalive pools, caches and the JIT
         body = fetch(f"{base}/{path}")
         if not body.startswith(b"0123456789abcdef"):
             raise RuntimeError(f"{base}/{path} answered {body[:200]!r}")
-        run_wrk(f"{base}/{path}", 1, args.connections)
-    rates: dict[tuple[str, str], list[float]] = {}
-    ratios: dict[str, list[float]] = {p: [] for p in PATHS}
+        run_wrk(f"{base}/{path}", 1, args.connections, pid)
+    res = Results({}, {p: [] for p in PATHS}, {p: [] for p in PATHS}, 0, 0.0)
     for r in range(args.rounds):
         order = ("on", "off") if r % 2 == 0 else ("off", "on")
         for path in PATHS:
             got = {}
             for name in order:
                 fetch(f"{base}/counting?on={1 if name == 'on' else 0}")
-                got[name] = run_wrk(f"{base}/{path}", args.duration, args.connections)
-                rates.setdefault((name, path), []).append(got[name])
-            ratios[path].append(got["on"] / (got["off"] or 1.0))
+                got[name] = run_wrk(f"{base}/{path}", args.duration, args.connections, pid)
+                res.runs.setdefault((name, path), []).append(got[name])
+            res.rate_ratios[path].append(
+                got["on"].requests_per_s / (got["off"].requests_per_s or 1)
+            )
+            res.cpu_ratios[path].append(
+                got["off"].cpu_us_per_request / (got["on"].cpu_us_per_request or 1)
+            )
     fetch(f"{base}/counting?on=1")
-    counted = int(fetch(f"{base}/counted").strip())
-    micro_ns = float(fetch(f"{base}/micro").strip())
-    return {"rates": rates, "ratios": ratios, "micro_ns": micro_ns, "counted": counted}
+    res.counted = int(fetch(f"{base}/counted").strip())
+    res.micro_ns = float(fetch(f"{base}/micro").strip())
+    return res
 
 
-def report(results: dict[str, object], args: argparse.Namespace) -> None:
-    rates = results["rates"]
-    ratios = results["ratios"]
-    assert isinstance(rates, dict) and isinstance(ratios, dict)
+def report(res: Results, args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
-    print(f"wrk -t1 -c{args.connections}, {args.rounds} rounds of {args.duration}s per run")
+    print(f"wrk -t1 -c{args.connections}, {args.rounds} rounds (ABBA) of {args.duration}s per run")
     print(
-        f"{'path':<9} {'on median r/s':>14} {'off median r/s':>15} "
-        f"{'on/off (median)':>16} {'min..max':>12}"
+        f"{'path':<8} {'r/s on':>8} {'r/s off':>8} {'on/off r/s':>11} {'min..max':>11}   "
+        f"{'CPU us/req on':>13} {'off':>6} {'off/on CPU':>11} {'min..max':>11}"
     )
     for path in PATHS:
-        on, off, r = rates[("on", path)], rates[("off", path)], ratios[path]
+        on, off = res.runs[("on", path)], res.runs[("off", path)]
+        rr, cr = res.rate_ratios[path], res.cpu_ratios[path]
         print(
-            f"{path:<9} {statistics.median(on):>14.0f} {statistics.median(off):>15.0f} "
-            f"{statistics.median(r):>16.3f} {min(r):>5.2f}..{max(r):<5.2f}"
+            f"{path:<8} {statistics.median(x.requests_per_s for x in on):>8.0f} "
+            f"{statistics.median(x.requests_per_s for x in off):>8.0f} "
+            f"{statistics.median(rr):>11.3f} {min(rr):>5.2f}..{max(rr):<5.2f}   "
+            f"{statistics.median(x.cpu_us_per_request for x in on):>13.2f} "
+            f"{statistics.median(x.cpu_us_per_request for x in off):>6.2f} "
+            f"{statistics.median(cr):>11.3f} {min(cr):>5.2f}..{max(cr):<5.2f}"
         )
-    print(f"requests counted by status() over the runs with counting on: {results['counted']}")
-    micro = float(results["micro_ns"])  # type: ignore[arg-type]
-    handler_ns = 1e9 / (statistics.median(rates[("on", "zedcup")]) or 1.0)
+    print(f"requests counted by status() over the runs with counting on: {res.counted}")
+    cpu_ns = 1000 * statistics.median(x.cpu_us_per_request for x in res.runs[("on", "zedcup")])
     print(
-        f"counting alone (one try + one request): {micro:.1f} ns per request = "
-        f"{100 * micro / handler_ns:.3f}% of one handler request at the median rate "
-        f"({handler_ns / 1000:.1f} us)"
+        f"counting alone (one try + one request, a Lua loop): {res.micro_ns:.1f} ns per request "
+        f"= {100 * res.micro_ns / cpu_ns:.3f}% of the front worker's CPU per handler request"
     )
 
 

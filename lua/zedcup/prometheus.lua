@@ -60,7 +60,7 @@ local function number(v)
     elseif v == math_floor(v) and v > -1e15 and v < 1e15 then
         return str_format("%d", v)
     end
-    return str_format("%.17g", v)
+    return str_format("%.15g", v)
 end
 _M.number = number
 
