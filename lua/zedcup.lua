@@ -209,7 +209,7 @@ local function bad_name(instance)
     if type(instance) ~= "string" then
         error("instance must be a string (got " .. type(instance) .. ")", 3)
     end
-    if instance == "" or instance == "." or instance == ".." or str_find(instance, "/", 1, true) then
+    if not config.valid_name(instance) then
         return "instance: must be a non-empty name without '/', not '.' or '..' (got "
                .. schema.show(instance) .. ")"
     end

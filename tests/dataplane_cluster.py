@@ -119,6 +119,10 @@ class ConsulProc:
         r = requests.put(self.url + "/v1/kv/" + key, data=value.encode(), timeout=5)
         r.raise_for_status()
 
+    def delete(self, key: str, recurse: bool = False) -> None:
+        url = self.url + "/v1/kv/" + key + ("?recurse" if recurse else "")
+        requests.delete(url, timeout=5).raise_for_status()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGCONT)
@@ -169,6 +173,8 @@ NODE_CONFIG = r"""
         }
     }
     location = /configure {
+        client_body_buffer_size 1m;
+        client_max_body_size 1m;
         content_by_lua_block {
             ngx.req.read_body()
             local cjson = require "cjson.safe"

@@ -23,7 +23,7 @@
 -- through `rise`.
 
 local deps = require "zedcup.deps"
-local schema = require "zedcup.schema"
+local selection = require "zedcup.select"
 local session = require "zedcup.session"
 local state = require "zedcup.state"
 local store = require "zedcup.store"
@@ -48,8 +48,6 @@ local tostring = tostring
 local math_max = math.max
 local math_min = math.min
 local ngx_sleep = ngx.sleep
-local str_sub = string.sub
-local str_byte = string.byte
 local str_find = string.find
 local str_lower = string.lower
 local str_gsub = string.gsub
@@ -59,6 +57,7 @@ local _M = {
     _VERSION = "0.1.0",
 }
 
+local EMPTY = {}
 local LOCK = "healthcheck"          -- cluster lock and worker lock name
 local CONCURRENCY = 16              -- checks in flight at once
 
@@ -86,53 +85,11 @@ end
 -- Effective healthcheck of a host
 ---------------------------------------------------------------------------
 
-local HC_FIELDS = schema.records.healthcheck.fields
-
-local function default_of(field)
-    local v = HC_FIELDS[field].default
-    if type(v) == "string" then
-        return (str_gsub(v, "{version}", schema.VERSION))
-    end
-    if type(v) == "table" then
-        local out = {}
-        for k, x in pairs(v) do
-            out[k] = type(x) == "string" and (str_gsub(x, "{version}", schema.VERSION)) or x
-        end
-        return out
-    end
-    return v
-end
-
-
--- hc: true | table (normalised or effective) -> a table with every default
-local function with_defaults(hc)
-    if hc == true then
-        hc = {}
-    end
-    local out = {}
-    for field, spec in pairs(HC_FIELDS) do
-        if not spec.alias_of then
-            local v = hc[field]
-            if v == nil and spec.default ~= nil then
-                v = default_of(field)
-            elseif field == "headers" and type(v) == "table" then
-                -- a map default is merged key by key under the user's entries
-                local merged = default_of("headers")
-                for k, x in pairs(v) do
-                    merged[k] = x
-                end
-                v = merged
-            end
-            out[field] = v
-        end
-    end
-    return out
-end
-
-
 --- effective(inst_conf, pool, host) -> the host's healthcheck with defaults, or nil
--- Host level beats pool level beats instance level; `false` at a level means
--- "none" there; status_codes default to the pool's.
+-- inst_conf, pool, host: effective records (zedcup.schema applied every
+-- healthcheck default at every level). Host level beats pool level beats
+-- instance level; `false` at a level means "none" there; status_codes default
+-- to the pool's.
 function _M.effective(inst_conf, pool, host)
     local hc = host.healthcheck
     if hc == nil then
@@ -144,11 +101,14 @@ function _M.effective(inst_conf, pool, host)
     if not hc then
         return nil
     end
-    local out = with_defaults(hc)
-    if out.status_codes == nil then
-        out.status_codes = pool.status_codes or default_of("status_codes")
-            or schema.records.pool.fields.status_codes.default
+    if hc.status_codes ~= nil then
+        return hc
     end
+    local out = {}
+    for k, v in pairs(hc) do
+        out[k] = v
+    end
+    out.status_codes = pool.status_codes
     return out
 end
 
@@ -157,27 +117,18 @@ end
 -- One check
 ---------------------------------------------------------------------------
 
--- "5xx", "50x", "503" against a status
-local function status_matches(codes, status)
-    local s = tostring(status)
-    for _, code in ipairs(codes) do
-        local match = #code == #s
-        if match then
-            for i = 1, #code do
-                local c = str_byte(code, i)
-                if c ~= 120 and c ~= 88 and c ~= str_byte(s, i) then -- 'x', 'X'
-                    match = false
-                    break
-                end
-            end
-        end
-        if match then
-            return true
-        end
+-- status-code sets of the checks' patterns, made once per pattern list
+-- (zedcup.select.status_set is the one reading of "500", "50x", "5xx")
+local code_sets = setmetatable({}, { __mode = "k" })
+
+local function bad_status(codes, status)
+    local set = code_sets[codes]
+    if not set then
+        set = selection.status_set(codes)
+        code_sets[codes] = set
     end
-    return false
+    return set[status] == true
 end
-_M.status_matches = status_matches
 
 
 local function is_ip(host)
@@ -211,19 +162,14 @@ function _M.check(inst_conf, pool, host, hc)
     local verify, sni = true, nil
     if type(ssl) == "table" then
         if ssl.verify ~= nil then
-            verify = ssl.verify
-        elseif ssl.ssl_verify ~= nil then
-            verify = ssl.ssl_verify
+            verify = ssl.verify -- (the schema stores the ssl_verify spelling as verify)
         end
         sni = ssl.sni_name
     end
     local headers = hc.headers or {}
 
-    local addr, port = host.host, host.port
-    if str_sub(addr, 1, 1) == "/" then
-        addr = "unix:" .. addr
-    end
-    local unix = str_sub(addr, 1, 5) == "unix:"
+    local port = host.port
+    local addr, unix = selection.address(host.host)
     if ssl and not sni then
         local h = header(headers, "Host")
         if h then
@@ -267,7 +213,7 @@ function _M.check(inst_conf, pool, host, hc)
         return false, "reading the body failed: " .. tostring(berr)
     end
 
-    if status_matches(hc.status_codes or {}, res.status) then
+    if bad_status(hc.status_codes or EMPTY, res.status) then
         return false, "Bad status code: " .. tostring(res.status)
     end
     return true
@@ -604,14 +550,17 @@ end
 --- run_workers(): starts the checker and reviver timers in this worker
 -- (init_worker_by_lua, every worker; the locks elect one of them).
 function _M.run_workers()
-    local ok, err = timer.every("healthcheck", healthcheck_interval, _M.pass)
-    if ok or str_find(tostring(err), "already running", 1, true) then
+    local ok, err = true, nil
+    if not timer.running("healthcheck") then
+        ok, err = timer.every("healthcheck", healthcheck_interval, _M.pass)
+    end
+    if ok and not timer.running("revive") then
         ok, err = timer.every("revive", revive_interval, _M.revive)
     end
-    if ok or str_find(tostring(err), "already running", 1, true) then
+    if ok and not watch.running("healthcheck lock") then
         ok, err = watch.start("healthcheck lock", lock_path, lock_seen, lock_watch_settings, locks())
     end
-    if not ok and not str_find(tostring(err), "already running", 1, true) then
+    if not ok then
         ngx_log(ngx.ERR, "[zedcup] healthcheck: ", err)
         return nil, err
     end

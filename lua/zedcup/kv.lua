@@ -18,6 +18,11 @@ local tonumber = tonumber
 local str_sub = string.sub
 local tab_concat = table.concat
 local tab_insert = table.insert
+local tab_sort = table.sort
+
+local function by_key(a, b)
+    return a[1] < b[1]
+end
 local error = error
 
 
@@ -122,6 +127,16 @@ local function status_error(what, res)
     end
     return what .. ": Consul answered " .. tostring(res.status)
            .. (body ~= "" and (" " .. tostring(body)) or "")
+end
+
+
+--- answer_error(what, res, err) -> "<what>: <why>" for a call that gave no
+-- answer (res nil: err) or not the expected one (Consul's status and message)
+function _M.answer_error(what, res, err)
+    if not res then
+        return what .. ": " .. tostring(err)
+    end
+    return status_error(what, res)
 end
 
 
@@ -336,13 +351,30 @@ function _M.write_tree(base, entries, extra_deletes)
 end
 
 
+--- signature(list) -> the content signature of a tree: list = { { rel, value }, ... }
+-- in any order (sorted here by key, as Consul lists them). The one definition:
+-- listings (split_instances, relative) and this node's writes compare equal.
+local function signature(list)
+    local sorted = {}
+    for i, e in ipairs(list) do
+        sorted[i] = e
+    end
+    tab_sort(sorted, by_key)
+    local parts = {}
+    for i, e in ipairs(sorted) do
+        parts[i] = e[1] .. "\0" .. (e[2] or "")
+    end
+    return ngx.md5(tab_concat(parts, "\0"))
+end
+_M.signature = signature
+
+
 --- split(entries, base) -> { ["<inst>"] = { { rel, value }, ..., pending = bool, sig = "..." } }
 -- Groups a listing of <prefix>/instances/ by instance. `sig` identifies the
 -- content (keys and values), so an unchanged instance is not rebuilt.
 function _M.split_instances(entries, base)
     local groups = {}
     local blen = #base
-    local parts = {}
     for _, e in ipairs(entries) do
         local key = e.Key
         local rest = str_sub(key, blen + 1)
@@ -352,19 +384,16 @@ function _M.split_instances(entries, base)
             if not g then
                 g = {}
                 groups[name] = g
-                parts[name] = {}
             end
             if rel == _M.PENDING then
                 g.pending = true
             else
                 g[#g + 1] = { rel, e.Value }
-                local p = parts[name]
-                p[#p + 1] = rel .. "\0" .. (e.Value or "")
             end
         end
     end
-    for name, g in pairs(groups) do
-        g.sig = ngx.md5(tab_concat(parts[name], "\0"))
+    for _, g in pairs(groups) do
+        g.sig = signature(g)
     end
     return groups
 end
@@ -372,7 +401,7 @@ end
 
 --- entries_of(entries, base) -> { { rel, value }, ... }, pending, sig (one tree)
 function _M.relative(entries, base)
-    local out, parts = {}, {}
+    local out = {}
     local pending = false
     local blen = #base
     for _, e in ipairs(entries) do
@@ -381,10 +410,9 @@ function _M.relative(entries, base)
             pending = true
         elseif rel ~= "" and str_sub(rel, -1) ~= "/" then
             out[#out + 1] = { rel, e.Value }
-            parts[#parts + 1] = rel .. "\0" .. (e.Value or "")
         end
     end
-    return out, pending, ngx.md5(tab_concat(parts, "\0"))
+    return out, pending, signature(out)
 end
 
 

@@ -60,6 +60,17 @@ local function is_ip(h)
 end
 
 
+--- address(host) -> the address to connect to, whether it is a unix socket:
+-- "unix:/path" and "/path" are unix sockets (the one reading of a host's
+-- `host` field)
+function _M.address(h)
+    if str_byte(h, 1) == 47 then -- "/"
+        return "unix:" .. h, true
+    end
+    return h, str_sub(h, 1, 5) == "unix:"
+end
+
+
 --- compile(name, effective, version) -> plan | nil, err
 function _M.compile(name, effective, version)
     local pools = {}
@@ -76,14 +87,8 @@ function _M.compile(name, effective, version)
         local npeers = 0
         for _, host in ipairs(pool.hosts) do
             -- how to reach the host, kept apart from its config (which users see)
-            local h = host.host
-            local address = h
-            local unix = str_sub(h, 1, 5) == "unix:"
-            if str_byte(h, 1) == 47 then -- "/"
-                address = "unix:" .. h
-                unix = true
-            end
-            local target = { address = address, unix = unix, peer = unix or is_ip(h) }
+            local address, unix = _M.address(host.host)
+            local target = { address = address, unix = unix, peer = unix or is_ip(host.host) }
             -- lua-resty-http connect() options, built once per config version;
             -- none when TLS takes its SNI from each request's Host
             local ssl = effective.ssl

@@ -190,17 +190,7 @@ local function consul()
 end
 
 
--- "what failed: why" from an answer that is not the expected one
-local function answer_error(what, res, err)
-    if not res then
-        return what .. ": " .. tostring(err)
-    end
-    local body = res.body
-    if type(body) ~= "string" then
-        body = ""
-    end
-    return what .. ": status " .. tostring(res.status) .. (body ~= "" and (" " .. body) or "")
-end
+local answer_error = kv.answer_error
 
 
 local function registry_key(id)
@@ -613,8 +603,11 @@ end
 -- Every worker runs it; the shm token lets one of them renew per interval.
 function _M.run_workers()
     -- no back-off beyond the interval: a session lapses if renewals stop
-    local ok, err = timer.every("session renewal", _M.renew_interval, renew_job)
-    if not ok and not str_find(tostring(err), "already running", 1, true) then
+    local ok, err = true, nil
+    if not timer.running("session renewal") then
+        ok, err = timer.every("session renewal", _M.renew_interval, renew_job)
+    end
+    if not ok then
         ngx_log(ngx_ERR, "[zedcup] session: ", err)
         return nil, err
     end

@@ -73,7 +73,6 @@ local K_SESSION_RENEWALS = "zedcup:session:renewals"
 local K_GEN = "zedcup:gen"               -- bumped by init() (start, reload)
 local P_QUIT = "zedcup:quit:"            -- .. gen
 local P_WORKER_LOCK = "zedcup:wlock:"    -- .. job name
-local P_WATCH_LOCK = "watch:"            -- .. watch name
 local P_WATCH_INDEX = "watch:"           -- .. watch name .. ":index"
 local K_HC_HOLDER = "zedcup:hc_holder"   -- session id holding the checker lock, "" when free
 local K_HC_KICK = "zedcup:hc_kick"       -- this node just took the checker lock
@@ -249,11 +248,6 @@ end
 ---------------------------------------------------------------------------
 -- Watches
 ---------------------------------------------------------------------------
-
-function _M.watch_lock_key(name)
-    return P_WATCH_LOCK .. name
-end
-
 
 function _M.watch_index(name, index)
     if index then

@@ -11,7 +11,7 @@
 -- up to the settings' backoff_cap and recover by themselves.
 
 local kv = require "zedcup.kv"
-local nodelock = require "zedcup.nodelock"
+local session = require "zedcup.session"
 local store = require "zedcup.store"
 local timer = require "zedcup.timer"
 
@@ -48,8 +48,9 @@ end
 
 local function step(w)
     local s = w.settings()
-    local lock_key = store.watch_lock_key(w.name)
-    local ok, err = nodelock.acquire(w.dict, lock_key, s.wait + s.lock_ttl)
+    -- one worker of the node watches (session's worker election)
+    local lock_name = "watch " .. w.name
+    local ok, err = session.worker_lock(lock_name, s.wait + s.lock_ttl)
     if not ok then
         if err then
             return nil, err
@@ -67,7 +68,7 @@ local function step(w)
     kill(q)
     kill(e)
     if entries == "exiting" then
-        nodelock.release(w.dict, lock_key)
+        session.worker_unlock(lock_name)
         return false
     end
     if not okq or not entries then
@@ -106,6 +107,12 @@ local function step(w)
         w.alive()
     end
     return true
+end
+
+
+--- running(name) -> whether this worker runs watch `name`
+function _M.running(name)
+    return timer.running("zedcup watch " .. name)
 end
 
 

@@ -13,34 +13,15 @@ local state = require "zedcup.state"
 local store = require "zedcup.store"
 
 local ngx = ngx
-local ngx_md5 = ngx.md5
 local ngx_now = ngx.now
-local ipairs = ipairs
 local tostring = tostring
-local tab_concat = table.concat
-local tab_sort = table.sort
 local json_encode = require("cjson.safe").encode
 
 
 local _M = { _VERSION = "0.1.0" }
 
 
---- signature(entries): the signature kv.split_instances / kv.relative compute
--- from a Consul listing (keys in Consul's byte order)
-local function signature(entries)
-    local sorted = {}
-    for i, e in ipairs(entries) do
-        sorted[i] = e
-    end
-    tab_sort(sorted, function(a, b)
-        return a[1] < b[1]
-    end)
-    local parts = {}
-    for i, e in ipairs(sorted) do
-        parts[i] = e[1] .. "\0" .. (e[2] or "")
-    end
-    return ngx_md5(tab_concat(parts, "\0"))
-end
+local signature = kv.signature
 
 
 --- instance(name, config) -> true | nil, err
