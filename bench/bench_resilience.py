@@ -285,7 +285,10 @@ def bench_writes(tmp: Path, consul: ConsulProc, hosts: int, seconds: float) -> N
 
         def counts() -> dict[str, int]:
             body = http_request(server.port, "GET", "/writes").body.decode()
-            return {k: int(v) for k, v in (line.rsplit("=", 1) for line in body.splitlines() if "=" in line)}
+            return {
+                k: int(v)
+                for k, v in (line.rsplit("=", 1) for line in body.splitlines() if "=" in line)
+            }
 
         c0, h0 = counts(), hc_checks(node)
         time.sleep(seconds)
