@@ -37,6 +37,7 @@ import click
 from .configfile import load_config_file
 from .consulapi import ConsulKV, ConsulSettings
 from .devconsul import DevConsul
+from .errors import ZedctlError
 from .layout import Layout
 from .ops import apply_plan, plan_apply
 from .schema import Schema
@@ -49,7 +50,7 @@ INSTANCE = "demo"
 READY_TIMEOUT = 15.0
 
 
-class DemoError(click.ClickException):
+class DemoError(ZedctlError):
     """The demo could not start or a smoke check failed: the message says what to fix."""
 
 
@@ -356,6 +357,13 @@ def smoke(demo: Demo) -> None:
 @click.option("--keep", is_flag=True, help="Keep the servroot (config and logs) on exit.")
 def main(port: int, consul_port: int, prefix: str, smoke: bool, keep: bool) -> None:
     """Run the zedcup demo until Ctrl-C (or SIGTERM)."""
+    try:
+        run(port, consul_port, prefix, smoke, keep)
+    except ZedctlError as e:  # the library's errors become click's here, and only here
+        raise click.ClickException(e.message) from None
+
+
+def run(port: int, consul_port: int, prefix: str, smoke: bool, keep: bool) -> None:
     settings = DemoSettings(repo=repo_root(), port=port, consul_port=consul_port, prefix=prefix)
     stop = threading.Event()
 
