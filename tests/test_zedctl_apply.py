@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from zedctl_consuls import ZEDCTL, Consul, Zedctl, backends, operator_env
+from zedctl_consuls import ZEDCTL, Consul, Lines, Zedctl, backends, operator_env
 
 FILE = """\
 instances:
@@ -246,13 +246,9 @@ def test_events_record_operator_actions_and_follow_with_blocking_queries(
                         "pool": "primary", "host": "web02", "reason": "3 errors within 60s"}),
         )  # fmt: skip
         zed("host", "up", "web", "primary", "web01")
-        got: list[dict[str, object]] = []
-        assert follower.stdout is not None
+        lines = Lines(follower.stdout)
         deadline = time.monotonic() + 30
-        while len(got) < 3 and time.monotonic() < deadline:
-            ready, _, _ = select.select([follower.stdout], [], [], 1)
-            if ready:
-                got.append(json.loads(follower.stdout.readline()))
+        got = [json.loads(lines.next(deadline)) for _ in range(3)]
         kinds = [(e["event"], e["host"]) for e in got]
         assert kinds == [
             ("admin_host_down", "web01"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import socket
 import subprocess
 import threading
@@ -26,6 +25,7 @@ from zedctl.devconsul.testing import free_port
 from zedctl_consuls import (
     ZEDCTL,
     Consul,
+    Lines,
     Zedctl,
     acl_token,
     backends,
@@ -346,19 +346,6 @@ def test_shell_completion_names_instances_pools_and_hosts(zed: Zedctl, consul: C
     assert res.stdout.strip() == ""
 
 
-def _read_until(stream: object, wanted: str, deadline: float) -> str:
-    seen = ""
-    while wanted not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], 0.5)
-        if ready:
-            line = stream.readline()  # type: ignore[attr-defined]
-            if not line:
-                break
-            seen += line
-    assert wanted in seen, seen
-    return seen
-
-
 def test_watch_survives_consul_going_away_and_timestamps_frames(
     consul: Consul, tmp_path: Path
 ) -> None:
@@ -386,20 +373,19 @@ def test_watch_survives_consul_going_away_and_timestamps_frames(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     current = own
+    out, err = Lines(watch.stdout), Lines(watch.stderr)
     try:
         deadline = time.monotonic() + 60
-        first = json.loads(_read_until(watch.stdout, "\n", deadline))
+        first = json.loads(out.next(deadline))
         assert first["instances"][0]["name"] == "web" and first["time"].endswith("Z")
         current.stop()
-        _read_until(watch.stderr, "retrying until it answers", deadline)
+        err.until("retrying until it answers", deadline)
         assert watch.poll() is None, "the watch must not exit when Consul goes away"
         current = restart()
-        _read_until(watch.stderr, "Consul is back; resuming", deadline)
+        err.until("Consul is back; resuming", deadline)
         zed("apply", zed.file(FILE.replace("web01", "web09")))
-        frame = ""
-        while '"web09"' not in frame and time.monotonic() < deadline:
-            frame = _read_until(watch.stdout, "\n", deadline)
-        assert '"web09"' in frame and json.loads(frame)["time"] >= first["time"]
+        frame = out.until('"web09"', deadline).splitlines()[-1]
+        assert json.loads(frame)["time"] >= first["time"]
     finally:
         watch.terminate()
         watch.wait(timeout=10)

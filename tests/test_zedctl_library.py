@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import zedctl
-from zedctl.cli import exit_code_of
+from zedctl.cli import exit_code_of, hoist_globals
 from zedctl.configfile import check_document, load_config_file, load_document, parse_text
-from zedctl.consulapi import TXN_LIMIT, ConsulSettings, KVEntry, parse_address
+from zedctl.consulapi import TXN_LIMIT, ConsulSettings, KVEntry, parse_address, resolve_settings
 from zedctl.errors import ConfigSyntaxError, InvalidConfig, UsageProblem
 from zedctl.kvmap import flatten, read_config
 from zedctl.layout import Layout
@@ -435,3 +435,43 @@ def test_a_byte_order_mark_is_skipped(tmp_path: Any, name: str) -> None:
     path = tmp_path / name
     path.write_bytes(b'\xef\xbb\xbf{"instances": {}}\n')
     assert load_document(str(path)) == ({"instances": {}}, str(path))
+
+
+def test_settings_resolve_like_the_consul_cli(tmp_path: Any) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    env = {
+        "CONSUL_HTTP_ADDR": "unix:///run/consul.sock",
+        "CONSUL_HTTP_TOKEN_FILE": str(token_file),
+        "CONSUL_HTTP_SSL_VERIFY": "0",
+        "CONSUL_CLIENT_CERT": "c.pem",
+        "CONSUL_CLIENT_KEY": "c.key",
+        "CONSUL_TLS_SERVER_NAME": "consul.test",
+    }
+    settings = resolve_settings(env)
+    assert settings.url == "unix:///run/consul.sock"
+    assert (settings.token, settings.token_source) == ("from-file", "CONSUL_HTTP_TOKEN_FILE")
+    assert settings.verify is False
+    assert (settings.client_cert, settings.client_key) == ("c.pem", "c.key")
+    assert settings.tls_server_name == "consul.test"
+    # Flags beat the environment; CONSUL_HTTP_TOKEN beats CONSUL_HTTP_TOKEN_FILE.
+    flags = resolve_settings(env, address="10.0.0.1:8501", token="flag", tls_server_name="x")
+    assert (flags.url, flags.token, flags.tls_server_name) == ("http://10.0.0.1:8501", "flag", "x")
+    assert resolve_settings({**env, "CONSUL_HTTP_TOKEN": "env"}).token == "env"
+    assert resolve_settings(
+        {**env, "CONSUL_HTTP_TOKEN": "env"}, token_file=str(token_file)
+    ).token == ("from-file")
+    assert resolve_settings({"CONSUL_HTTP_SSL": "TRUE"}).url == "https://127.0.0.1:8500"
+    with pytest.raises(UsageProblem, match="CONSUL_HTTP_SSL_VERIFY='no': expected true or false"):
+        resolve_settings({"CONSUL_HTTP_SSL_VERIFY": "no"})
+    with pytest.raises(UsageProblem, match="cannot read the token file"):
+        resolve_settings({"CONSUL_HTTP_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_global_options_are_hoisted_before_the_command() -> None:
+    assert hoist_globals(["list", "--consul", "x:1", "-o", "json", "--insecure"]) == [
+        "--consul", "x:1", "--insecure", "list", "-o", "json",
+    ]  # fmt: skip
+    assert hoist_globals(["host", "down", "w", "1", "1", "--prefix=p", "--", "--token"]) == [
+        "--prefix=p", "host", "down", "w", "1", "1", "--", "--token",
+    ]  # fmt: skip

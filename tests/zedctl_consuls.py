@@ -14,10 +14,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -279,3 +281,36 @@ def backends(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Iterator[Co
         yield consul
     finally:
         consul.stop()
+
+
+class Lines:
+    """The lines a long-running process writes to one stream, read by a thread (select()
+    on a buffered pipe misses lines already buffered)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for line in iter(stream.readline, ""):
+            self.queue.put(line)
+        self.queue.put("")  # EOF
+
+    def next(self, deadline: float) -> str:
+        """The next line; AssertionError at the deadline or at EOF."""
+        try:
+            line = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no line in time; seen: {self.seen}") from None
+        if line == "":
+            raise AssertionError(f"the stream ended; seen: {self.seen}")
+        self.seen.append(line)
+        return line
+
+    def until(self, wanted: str, deadline: float) -> str:
+        """Lines up to and including the first that holds `wanted`."""
+        text = ""
+        while wanted not in text:
+            text += self.next(deadline)
+        return text
