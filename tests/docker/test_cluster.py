@@ -221,6 +221,35 @@ def test_checker_node_killed(cluster: Cluster) -> None:
     assert takeover_s <= 2 * ttl + LOCK_DELAY + HEALTHCHECK_INTERVAL + 5
 
 
+def test_checker_node_stopped_cleanly(cluster: Cluster) -> None:
+    """The node holding the health-check lock stopped cleanly (`docker stop`: SIGQUIT,
+    nginx's graceful stop): it releases the lock and the other node takes the checks over
+    within 2 s (issue 9), serving without errors; started again, it serves."""
+    wait_for("a checker", cluster.checker, 60)
+    victim = cluster.checker()
+    other = next(n for n in NODES if n != victim)
+    urls = [cluster.node_url(other, p) for p in ("/proxy/", "/")]
+    with Load(urls, backend_name, threads=2, rate=40) as load:
+        stopping = time.monotonic()
+        cluster.docker("stop", "-t", "20", cluster.container(victim), timeout=60)
+        stopped_s = time.monotonic() - stopping
+        takeover_s = wait_for(
+            f"{other} takes the health checks over", lambda: cluster.checker() == other, 60, 0.1
+        )
+    assert not load.errors, load.errors[:10]
+    cluster.start(victim)
+    serves = lambda: backend_name(http_get(cluster.node_url(victim))[1])  # noqa: E731
+    wait_for(f"{victim} serves again", serves, 60)
+    report(
+        "checker node stopped cleanly",
+        node=victim,
+        load_on_other_node=load.summary(),
+        stop_took_s=stopped_s,
+        takeover_after_stop_s=takeover_s,
+    )
+    assert takeover_s <= 2
+
+
 def test_consul_leader_killed_under_load(cluster: Cluster) -> None:
     """The Consul leader's container killed while both nodes serve: 0 client errors; the
     remaining servers elect a leader; a change written afterwards reaches both nodes; the
