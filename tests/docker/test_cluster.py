@@ -98,10 +98,10 @@ def test_backend_killed_under_load(cluster: Cluster) -> None:
 
 
 def set_weight(cluster: Cluster, weight: int) -> float:
-    """`zedctl host weight demo primary web01 N`; the seconds until both nodes serve with
-    it (their /_status shows the weight of the config in use)."""
-    written = time.monotonic()
+    """`zedctl host weight demo primary web01 N`; the seconds from zedctl's return until
+    both nodes serve with it (their /_status shows the weight of the config in use)."""
     cluster.zedctl("host", "weight", "demo", "primary", "web01", str(weight))
+    written = time.monotonic()
     wait_for(
         f"web01's weight {weight} on both nodes",
         lambda: all(cluster.weight(n, "primary", "web01") == weight for n in NODES),
@@ -253,9 +253,11 @@ def test_checker_node_stopped_cleanly(cluster: Cluster) -> None:
 def test_consul_leader_killed_under_load(cluster: Cluster) -> None:
     """The Consul leader's container killed while both nodes serve: 0 client errors; the
     remaining servers elect a leader; a change written afterwards reaches both nodes; the
-    health-check lock has a holder; the server started again rejoins the cluster."""
+    health-check lock has a holder and checks go on (a broken backend goes down); the
+    server started again rejoins the cluster."""
     wait_for("one leader", cluster.leader, 30)
     leader = cluster.leader()
+    checker = cluster.checker()
     remaining = tuple(s for s in CONSULS if s != leader)
     urls = [cluster.node_url(n, p) for n in NODES for p in ("/proxy/", "/")]
     with Load(urls, backend_name) as load:
@@ -269,7 +271,18 @@ def test_consul_leader_killed_under_load(cluster: Cluster) -> None:
         finally:
             set_weight(cluster, 1)
         lock_s = wait_for("a health-check lock holder", cluster.checker, 60)
-        time.sleep(1)
+        # health checks go on: web02 broken goes down on both nodes, fixed comes back
+        web02 = cluster.ip("web02", "backends")
+        http_get(f"http://{web02}/_break")
+        try:
+            check_s = wait_for(
+                "web02 down on both nodes",
+                lambda: all(cluster.host_state(n, "primary", "web02") == "down" for n in NODES),
+                15,
+            )
+        finally:
+            http_get(f"http://{web02}/_fix")
+        wait_for("web02 up on both nodes", lambda: all_up(cluster), 15)
     assert not load.errors, load.errors[:10]
 
     def peers() -> int:
@@ -285,6 +298,8 @@ def test_consul_leader_killed_under_load(cluster: Cluster) -> None:
         new_leader_s=elect_s,
         change_reached_both_nodes_s=change_s,
         lock_holder_after_s=lock_s,
+        checker_before_after=f"{checker}/{cluster.checker()}",
+        broken_host_down_s=check_s,
         server_rejoined_s=rejoin_s,
     )
 
