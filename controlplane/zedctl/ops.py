@@ -312,7 +312,10 @@ def plan_apply(
         write = TreeWrite(f"instance {name}", tree, [tree], keys, instance=name, config=new)
         before = _readable(schema, "instance", tree, current_instances)
         if _subtree(current_instances, tree) != keys:
-            write.state_deletes = state_deletes(layout, name, before or None, new, state())
+            # The state belongs to what the nodes serve: the stored config, or when that
+            # cannot be read, the last one applied (the nodes keep serving it).
+            served = before if before is not False else applied_config(kv, layout, schema, name)[0]
+            write.state_deletes = state_deletes(layout, name, served or None, new, state())
         schedule(write, current_instances)
         if write.transactions:
             if before is False:
@@ -347,6 +350,23 @@ def plan_apply(
         plan = ApplyPlan(writes, changes, stored, removes_all=bool(stored) and removed == stored)
         return plan
     return ApplyPlan(writes, changes, stored)
+
+
+def applied_config(
+    kv: ConsulKV, layout: Layout, schema: Schema, name: str
+) -> tuple[dict[str, Any] | None, float | None]:
+    """The last config zedctl applied to `name` (normalised) and when; (None, None) when
+    there is none or it does not pass the schema."""
+    entry = kv.get(layout.applied_copy(name))
+    if entry is None or not entry.value:
+        return None, None
+    try:
+        doc = json.loads(entry.value)
+        normalised, problems = schema.validate("instance", doc["config"])
+        when = float(doc["time"])
+    except (ValueError, KeyError, TypeError):
+        return None, None
+    return (None, None) if problems else (normalised, when)
 
 
 def _own_pending_index(results: Sequence[dict[str, Any]], pending_key: str) -> int:

@@ -15,7 +15,6 @@ and which node holds the health-check lock; read from the state keys of README.m
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -26,7 +25,13 @@ from .errors import NotFound, ZedctlError
 from .kvmap import PENDING_KEY
 from .layout import ADMIN_DOWN, Layout
 from .nodes import read_nodes, seen_differently
-from .ops import StoredConfigInvalid, check_stored, instance_names, relative_keys
+from .ops import (
+    StoredConfigInvalid,
+    applied_config,
+    check_stored,
+    instance_names,
+    relative_keys,
+)
 from .schema import Schema
 
 HEALTHCHECK_LOCK = "healthcheck"
@@ -237,17 +242,10 @@ def _applied(
     kv: ConsulKV, layout: Layout, schema: Schema, name: str
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The last config zedctl applied to `name` (effective), and a label saying so."""
-    entry = kv.get(layout.applied_copy(name))
-    if entry is None or not entry.value:
+    normalised, when = applied_config(kv, layout, schema, name)
+    if normalised is None or when is None:
         return None, None
-    try:
-        doc = json.loads(entry.value)
-        normalised, problems = schema.validate("instance", doc["config"])
-        stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(float(doc["time"])))
-    except (ValueError, KeyError, TypeError):
-        return None, None
-    if problems:
-        return None, None
+    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(when))
     return (
         schema.effective("instance", normalised),
         f"the last config zedctl applied ({stamp}, {layout.applied_copy(name)})",
