@@ -249,6 +249,14 @@ function _M.bind(event, callback)
 end
 
 
+--- register_check(name, fn) -> true: a check for healthcheck.type "custom",
+-- custom = name; fn(host, hc) -> ok, err runs in the health checker's timer
+-- (see zedcup.check.custom). Call it in init_by_lua.
+function _M.register_check(name, fn)
+    return require("zedcup.check.custom").register(name, fn)
+end
+
+
 --- create_handler(instance, opts?) -> handler | nil, err
 -- opts.key: the request's key for hashing methods (default: the pool's hash_key)
 function _M.create_handler(instance, o)

@@ -1,4 +1,6 @@
--- zedcup.healthcheck: active HTTP(S) health checks and the revival of hosts.
+-- zedcup.healthcheck: active health checks and the revival of hosts. The
+-- check kinds (healthcheck.type): http and https here, tcp, agent and custom
+-- in lua/zedcup/check/<type>.lua (run_check dispatches).
 --
 -- One node of the cluster checks at a time: the holder of the cluster lock
 -- `healthcheck` (zedcup.session), and within it one worker (a worker lock).
@@ -23,6 +25,7 @@
 -- through `rise`.
 
 local deps = require "zedcup.deps"
+local resolver = require "zedcup.resolver"
 local selection = require "zedcup.select"
 local session = require "zedcup.session"
 local state = require "zedcup.state"
@@ -179,6 +182,25 @@ function _M.check(inst_conf, pool, host, hc)
         end
     end
 
+    if not unix and not is_ip(addr) then
+        -- a name: its first address from zedcup.resolver, the name as Host
+        local addrs, rerr = resolver.resolve(addr)
+        if not addrs then
+            return false, "could not resolve " .. addr .. ": " .. tostring(rerr)
+        end
+        if not header(headers, "Host") then
+            local with_host = { Host = addr }
+            for k, v in pairs(headers) do
+                with_host[k] = v
+            end
+            if port and port ~= (ssl and 443 or 80) then
+                with_host.Host = addr .. ":" .. port
+            end
+            headers = with_host
+        end
+        addr = addrs[1]
+    end
+
     local copts = {
         scheme = "http",
         host = addr,
@@ -217,6 +239,41 @@ function _M.check(inst_conf, pool, host, hc)
         return false, "Bad status code: " .. tostring(res.status)
     end
     return true
+end
+
+
+-- healthcheck.type -> the module of that kind (lua/zedcup/check/<type>.lua)
+local KINDS = {
+    tcp = "zedcup.check.tcp",
+    agent = "zedcup.check.agent",
+    custom = "zedcup.check.custom",
+}
+
+
+--- run_check(inst_conf, pool, host, hc) -> true | false, why: the check of
+-- hc.type (http when absent; https is http with TLS on)
+function _M.run_check(inst_conf, pool, host, hc)
+    local kind = hc.type
+    if kind == nil or kind == "http" then
+        return _M.check(inst_conf, pool, host, hc)
+    end
+    if kind == "https" then
+        if not hc.ssl then
+            local tls = { ssl = (inst_conf.ssl ~= false and inst_conf.ssl) or true }
+            for k, v in pairs(hc) do
+                if k ~= "ssl" then
+                    tls[k] = v
+                end
+            end
+            hc = tls
+        end
+        return _M.check(inst_conf, pool, host, hc)
+    end
+    local mod = KINDS[kind]
+    if not mod then
+        return false, "unknown healthcheck type " .. tostring(kind)
+    end
+    return require(mod).check(host, hc, pool)
 end
 
 
@@ -294,7 +351,7 @@ end
 
 
 local function run_one(job)
-    local ok, pok, why = pcall(_M.check, job.inst_conf, job.pool, job.host, job.hc)
+    local ok, pok, why = pcall(_M.run_check, job.inst_conf, job.pool, job.host, job.hc)
     if not ok then
         pok, why = false, "check raised: " .. tostring(pok)
     end
@@ -428,8 +485,14 @@ function _M.pass()
                         hs = { next_at = 0, passes = 0, fails = 0 }
                     end
                     seen[key] = hs
+                    -- a host that is down is checked every unhealthy_interval (also
+                    -- when it went down after its next check was scheduled)
+                    local sick = hc.unhealthy_interval and host_down(inst, pool.name, host.name)
+                    if sick and hs.next_at > now + hc.unhealthy_interval then
+                        hs.next_at = now + hc.unhealthy_interval
+                    end
                     if now >= hs.next_at then
-                        hs.next_at = now + hc.interval
+                        hs.next_at = now + (sick and hc.unhealthy_interval or hc.interval)
                         due[#due + 1] = {
                             key = key, inst = inst, inst_conf = conf,
                             pool = pool, host = host, hc = hc, hs = hs,

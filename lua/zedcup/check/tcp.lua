@@ -8,10 +8,10 @@
 -- connect to the socket.
 
 local resolver = require "zedcup.resolver"
+local address = require("zedcup.select").address
 
 local ngx = ngx
 local tcp = ngx.socket.tcp
-local sub = string.sub
 local tostring = tostring
 
 
@@ -20,11 +20,8 @@ local _M = { _VERSION = "0.1.0" }
 
 --- target(host, hc) -> address, port | nil, why   (yields on an unknown name)
 function _M.target(host, hc)
-    local addr = host.host
-    if sub(addr, 1, 1) == "/" then
-        return "unix:" .. addr
-    end
-    if sub(addr, 1, 5) == "unix:" then
+    local addr, unix = address(host.host)
+    if unix then
         return addr
     end
     local addrs, err = resolver.resolve(addr)
