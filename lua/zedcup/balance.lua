@@ -95,7 +95,8 @@ function _M.balance(instance, key)
         if key ~= nil and type(key) ~= "string" then
             error("key must be a string (got " .. type(key) .. ")", 2)
         end
-        b = tab_new(0, 8)
+        -- tries as pairs in the array part: b[2k - 1] = pool entry, b[2k] = host
+        b = tab_new(4, 4)
         b.plan, b.key, b.n = plan, key, 0
         ctx.zedcup_balance = b
     else
