@@ -142,8 +142,9 @@ CONFIG = r"""
                     local h = create_handler(INSTANCE)
                     local p, host = select_next(h.plan, down_for(INSTANCE), h.failed)
                     h.httpc = true
-                    h.pool, h.host, h.codes = p.config, host, p.codes
+                    h.p, h.pool, h.host = p, p.config, host
                     h.used = true
+                    h.open = true
                     return h
                 end,
             }

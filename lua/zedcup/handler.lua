@@ -40,11 +40,11 @@ local NO_HOSTS = "No available upstream hosts"
 
 --- new(plan, key?) -> handler
 -- key: the request's key for hashing methods (default: the pool's hash_key).
--- The table is sized for the fields a successful request sets (plan, name,
--- key, p, pool, host, codes, httpc, used, open, t0), so it is never resized on
--- the common path: nil fields in a constructor reserve no room.
+-- The table is sized for the fields a successful request sets (plan, name, p,
+-- pool, host, httpc, used, open), so it is never resized on the common path
+-- (a key or an ewma pool's t0 add one): nil fields in a constructor reserve no room.
 function _M.new(plan, key)
-    local self = tab_new(0, 16)
+    local self = tab_new(0, 8)
     self.plan = plan
     self.name = plan.name
     self.key = key
@@ -186,7 +186,7 @@ local function connect(self, sock, is_http)
         local t0 = timed and ngx_now()
         local ok, err = connect_host(self, s, is_http, pool, host)
         if ok then
-            self.p, self.pool, self.host, self.codes = p, pool, host, p.codes
+            self.p, self.pool, self.host = p, pool, host
             self.open, self.t0 = true, t0
             report_connected(self.name, pool, host, self.listeners)
             return s
@@ -216,7 +216,7 @@ end
 -- streamed body (a function) cannot be replayed, so it gets one attempt.
 function _M.request(self, params)
     local replayable = type(params) ~= "table" or type(params.body) ~= "function"
-    local last_res, last_httpc, last_pool, last_host, last_codes
+    local last_res, last_httpc, last_p, last_pool, last_host
     local last_err
 
     while true do
@@ -234,7 +234,7 @@ function _M.request(self, params)
         if not ok then
             report_done(self.name, nil)
             if last_res then
-                self.httpc, self.pool, self.host, self.codes = last_httpc, last_pool, last_host, last_codes
+                self.httpc, self.p, self.pool, self.host = last_httpc, last_p, last_pool, last_host
                 return last_res
             end
             return nil, last_err or err
@@ -260,7 +260,7 @@ function _M.request(self, params)
             if last_httpc then
                 last_httpc:close()
             end
-            if not self.codes[res.status] then
+            if not self.p.codes[res.status] then
                 end_try(self, nil)
                 report_done(self.name, self.plan.pool_of[host])
                 return res
@@ -271,7 +271,7 @@ function _M.request(self, params)
                 report_done(self.name, nil)
                 return res
             end
-            last_res, last_httpc, last_pool, last_host, last_codes = res, httpc, pool, host, self.codes
+            last_res, last_httpc, last_p, last_pool, last_host = res, httpc, self.p, pool, host
             self.httpc = nil
         end
     end
