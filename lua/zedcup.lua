@@ -249,6 +249,19 @@ function _M.bind(event, callback)
 end
 
 
+--- set_host_state(instance, pool, host, "down" | "up", reason?) -> true | nil, err
+--- set_host_weight(instance, pool, host, weight) -> true | nil, err
+-- cluster-wide through Consul, the keys zedctl host down|up|weight writes
+-- (see zedcup.hostops)
+function _M.set_host_state(instance, pool, host, state, reason)
+    return require("zedcup.hostops").set_host_state(instance, pool, host, state, reason)
+end
+
+function _M.set_host_weight(instance, pool, host, weight)
+    return require("zedcup.hostops").set_host_weight(instance, pool, host, weight)
+end
+
+
 --- register_check(name, fn) -> true: a check for healthcheck.type "custom",
 -- custom = name; fn(host, hc) -> ok, err runs in the health checker's timer
 -- (see zedcup.check.custom). Call it in init_by_lua.
