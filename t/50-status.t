@@ -206,3 +206,78 @@ has zedcup_host_failures_total{instance="web",pool="b",host="h3",kind="connect"}
 has # TYPE zedcup_host_requests_total counter
 --- no_error_log
 [error]
+
+
+
+=== TEST 3: Consul answering errors: status() and metrics() keep answering from memory and say Consul is unreachable
+--- timeout: 30
+--- http_config
+    lua_shared_dict zedcup_cache 1m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+    init_by_lua_block {
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX", node_name = "node-c",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+        location / {
+            access_by_lua_block { require("zedcup_t").consul_proxy_access("$TEST_ZEDCUP_PREFIX") }
+            header_filter_by_lua_block { require("zedcup_t").consul_proxy_header_filter() }
+            log_by_lua_block { require("zedcup_t").consul_proxy_log() }
+            proxy_pass http://127.0.0.1:$TEST_NGINX_CONSUL_PORT;
+        }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "web01"; }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local T = require "zedcup_t"
+            assert(zedcup.configure_instance("web", { pools = { { name = "p", hosts = {
+                { name = "web01", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
+            assert(T.wait_for(10, 0.1, function()
+                local st = zedcup.status()
+                return st.node.consul.reachable and st.instances[1] and st.instances[1].name == "web"
+            end), "never reachable")
+            ngx.shared.flags:set("status", 500)
+            local st
+            assert(T.wait_for(12, 0.1, function()
+                st = zedcup.status()
+                return st.node.consul.reachable == false
+            end), "never said unreachable")
+            local h = st.instances[1].pools[1].hosts[1]
+            ngx.say("unreachable; still serving ", st.instances[1].name, ": ", h.name, " ", h.state,
+                    "; last contact known: ", type(st.node.consul.last_contact))
+            local text = require("zedcup.metrics").render()
+            ngx.say(text:find("\nzedcup_consul_up 0\n", 1, true) and "zedcup_consul_up 0" or "MISSING")
+            ngx.say(text:find('zedcup_host_up{instance="web",pool="p",host="web01"} 1', 1, true)
+                    and "host up in /metrics" or "MISSING")
+            local handler = assert(zedcup.create_handler("web"))
+            local res = assert(handler:request({ path = "/" }))
+            ngx.say("request: ", res:read_body())
+            ngx.shared.flags:delete("status")
+            assert(T.wait_for(12, 0.1, function()
+                return zedcup.status().node.consul.reachable == true
+            end), "never reachable again")
+            ngx.say("reachable again")
+        }
+    }
+--- request
+GET /t
+--- response_body
+unreachable; still serving web: web01 up; last contact known: number
+zedcup_consul_up 0
+host up in /metrics
+request: web01
+reachable again

@@ -33,6 +33,7 @@ local ngx_md5 = ngx.md5
 local worker_exiting = ngx.worker.exiting
 local type = type
 local pairs = pairs
+local next = next
 local ipairs = ipairs
 local tostring = tostring
 local tab_sort = table.sort
@@ -307,12 +308,18 @@ end
 
 
 local function known_names()
-    local all, err = config.instances()
-    if not all then
-        return nil, err
+    -- the node's listing (no Consul call); until the first listing, the instances
+    -- config knows (which may ask Consul once)
+    local set = store.synced() and store.names()
+    if type(set) ~= "table" or next(set) == nil then
+        local all, err = config.instances()
+        if not all then
+            return nil, err
+        end
+        set = all
     end
     local names = {}
-    for name in pairs(all) do
+    for name in pairs(set) do
         names[#names + 1] = name
     end
     tab_sort(names)
