@@ -15,10 +15,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from zedctl.devconsul.testing import RawConsul
 from zedctl.pytest_plugin import ConsulEndpoint
 from zedctl.testnginx.runner import PortPicker
-from zedcup_nodes import Backends, configure, start_node, wait_for
+from zedcup_nodes import KINDS, Backends, configure, consul_of_kind, start_node, wait_for
 
 ZEDCTL = Path(sys.executable).with_name("zedctl")
 SESSION_TTL = 10  # the shortest Consul allows
@@ -53,9 +54,15 @@ def session(raw: RawConsul, name: str) -> str:
     return str(resp.json()["ID"])
 
 
+@pytest.mark.parametrize("kind", KINDS)
 def test_nodes_live_killed_stopped_and_a_gone_lock_holder(
-    consul: ConsulEndpoint, raw_consul: RawConsul, tmp_path: Path
+    kind: str, consul: ConsulEndpoint, tmp_path: Path
 ) -> None:
+    with consul_of_kind(kind, consul, tmp_path / "consul") as endpoint:
+        run_nodes_scenario(endpoint, RawConsul(endpoint.url, endpoint.token), tmp_path)
+
+
+def run_nodes_scenario(consul: ConsulEndpoint, raw_consul: RawConsul, tmp_path: Path) -> None:
     prefix = f"obs-{uuid.uuid4().hex[:12]}"
     backends = Backends(tmp_path / "backends", ["web01"], PortPicker()).start()
     phantom = session(raw_consul, "phantom")
