@@ -3,6 +3,8 @@ from a real node (2 workers) in front of real backends, one of them broken and f
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -293,3 +295,16 @@ def test_counts_match_the_requests_sent_on_both_paths(node: Node) -> None:
     finally:
         node.backends.set_broken("web01", False)
     wait_for("web01 back up", lambda: scrape(node.node)["zedcup_host_up"][web01] == 1.0, 10)
+
+
+def test_a_reload_keeps_the_counts_of_its_last_second(node: Node) -> None:
+    before = scrape(node.node)
+    send(node.node.url + "/", 50)
+    # at once, before the workers' next flush: the old workers flush as they exit
+    assert node.node.proc is not None
+    os.kill(node.node.proc.pid, signal.SIGHUP)
+
+    def counted() -> float:
+        return delta(scrape(node.node), before)("zedcup_requests_total", WEB)
+
+    wait_for("the 50 requests counted after the reload", lambda: counted() == 50, timeout=10)

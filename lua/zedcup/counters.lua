@@ -226,13 +226,39 @@ function _M.pending()
 end
 
 
+-- A timer left pending: nginx runs it (premature) when the worker exits, so a
+-- reload or a clean stop keeps the counts of its last second.
+local EXIT_WAIT = 3600
+
+local function on_exit(premature)
+    if premature then
+        local ok, err = _M.flush()
+        if not ok then
+            ngx_log(ngx_ERR, "[zedcup] counters: flushing at exit: ", err)
+        end
+        return
+    end
+    local ok, err = ngx.timer.at(EXIT_WAIT, on_exit)
+    if not ok then
+        ngx_log(ngx_ERR, "[zedcup] counters: ", err)
+    end
+end
+
+
 --- run_workers(): starts this worker's flush timer (init_worker_by_lua)
 function _M.run_workers()
     local timer = require "zedcup.timer"
     local ok, err = timer.every("zedcup counters flush", FLUSH_INTERVAL, _M.flush)
-    if not ok and not tostring(err):find("already running", 1, true) then
+    if not ok then
+        if not tostring(err):find("already running", 1, true) then
+            ngx_log(ngx_ERR, "[zedcup] counters: ", err)
+            return nil, err
+        end
+        return true
+    end
+    ok, err = ngx.timer.at(EXIT_WAIT, on_exit)
+    if not ok then
         ngx_log(ngx_ERR, "[zedcup] counters: ", err)
-        return nil, err
     end
     return true
 end
