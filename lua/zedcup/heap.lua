@@ -121,6 +121,9 @@ end
 --- sift_down(i): restores the order after the key at heap position i grew
 _M.sift_down = down
 
+--- sift_up(i): restores the order after the key at heap position i shrank
+_M.sift_up = up
+
 
 --- fix(id): restores the order after key[id] or tie[id] changed
 function _M.fix(self, id)

@@ -77,7 +77,7 @@ function _M.next(self, filter, a, b)
             self.seq = seq
             self.tie[id] = seq
             self.key[id] = (n + 1) / host.weight
-            h:fix(id)
+            h:sift_down(1) -- the top's key grew
             break
         end
         h:pop()
@@ -113,7 +113,11 @@ function _M.release(self, host)
     end
     active[id] = n
     self.key[id] = (n + 1) / host.weight
-    self.heap:fix(id)
+    local h = self.heap
+    local i = h.pos[id]
+    if i then
+        h:sift_up(i) -- the key shrank (parked hosts are not in the heap)
+    end
 end
 
 

@@ -207,7 +207,7 @@ local function next_scheduled(self, filter, a, b)
     end
     local id = self.sched[cursor]
     local host = self.hosts[id]
-    if pk.n == 0 and filter(host, a, b) then
+    if not pk.pos[id] and filter(host, a, b) then
         self.cursor = cursor
         return host, id
     end
