@@ -134,7 +134,9 @@ end
 
 -- filter for balancers: a = the pool's down table (or nil), b = failed set (or
 -- nil). A down host is refused with its mark (true or expiry): the balancer
--- sets it aside; a failed one only for this pick.
+-- sets it aside; a failed one only for this pick. Balancers hold only the
+-- hosts that are up in the config, so with nothing down or failed this reads
+-- nothing of the host (a pool of 10,000 hosts stays out of the CPU's caches).
 local function usable(host, down, failed)
     if failed and failed[host] then
         return false
@@ -145,7 +147,7 @@ local function usable(host, down, failed)
             return false, d
         end
     end
-    return host.up
+    return true
 end
 _M.usable = usable
 
@@ -228,7 +230,7 @@ function _M.usable_count(plan, down, failed)
         if conf.up then
             local d = down and down[conf.name]
             for _, host in ipairs(conf.hosts) do
-                if usable(host, d, failed) then
+                if host.up and usable(host, d, failed) then
                     n = n + 1
                 end
             end

@@ -35,6 +35,7 @@ function _M.new(hosts, pool)
         avg = tab_new(n, 0),
         stamp = tab_new(n, 0),
         active = tab_new(n, 0),
+        weight = tab_new(n, 0), -- packed, as the scores read them
         set = tab_new(n, 0),    -- the hosts not parked, in any order
         pos = tab_new(n, 0),    -- id -> position in set
         nset = n,
@@ -45,6 +46,7 @@ function _M.new(hosts, pool)
     local now = ngx_now()
     for i = 1, n do
         self.index[hosts[i]] = i
+        self.weight[i] = hosts[i].weight
         self.avg[i], self.stamp[i], self.active[i] = -1, now, 0
         self.set[i], self.pos[i] = i, i
     end
@@ -59,7 +61,7 @@ local function score(self, id, now)
         return self.active[id] == 0 and 0 or UNKNOWN
     end
     avg = avg * math_exp((self.stamp[id] - now) / self.decay)
-    return avg * (self.active[id] + 1) / self.hosts[id].weight
+    return avg * (self.active[id] + 1) / self.weight[id]
 end
 
 

@@ -21,7 +21,7 @@ local mt = { __index = _M }
 
 function _M.new(hosts)
     local n = #hosts
-    local key, tie, active = tab_new(n, 0), tab_new(n, 0), tab_new(n, 0)
+    local key, tie, active, weight = tab_new(n, 0), tab_new(n, 0), tab_new(n, 0), tab_new(n, 0)
     local index = tab_new(0, n)
     local self = setmetatable({
         hosts = hosts,
@@ -29,6 +29,7 @@ function _M.new(hosts)
         key = key,
         tie = tie,
         active = active,
+        weight = weight,    -- the hosts' weights, packed (no host table read per pick)
         seq = 0,
         aside = {},
         parking = parking.new(),
@@ -39,6 +40,7 @@ function _M.new(hosts)
         local host = hosts[i]
         index[host] = i
         active[i] = 0
+        weight[i] = host.weight
         tie[i] = i - n
         key[i] = 1 / host.weight
         h:push(i)
@@ -76,7 +78,7 @@ function _M.next(self, filter, a, b)
             local seq = self.seq + 1
             self.seq = seq
             self.tie[id] = seq
-            self.key[id] = (n + 1) / host.weight
+            self.key[id] = (n + 1) / self.weight[id]
             h:sift_down(1) -- the top's key grew
             break
         end
@@ -112,7 +114,7 @@ function _M.release(self, host)
         n = 0
     end
     active[id] = n
-    self.key[id] = (n + 1) / host.weight
+    self.key[id] = (n + 1) / self.weight[id]
     local h = self.heap
     local i = h.pos[id]
     if i then
