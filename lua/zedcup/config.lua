@@ -33,6 +33,7 @@ local str_find = string.find
 local str_sub = string.sub
 local tab_concat = table.concat
 local json_decode = require("cjson.safe").decode
+local json_encode = require("cjson.safe").encode
 
 
 local _M = { _VERSION = "0.1.0" }
@@ -264,12 +265,38 @@ function _M.load_global()
     if not entries then
         return nil, "Could not retrieve config: " .. err
     end
-    local ok
-    ok, err = require("zedcup.config.apply").apply_global(entries)
-    if not ok then
-        return nil, "Could not retrieve config: " .. err
+    local rel, pending, sig = kv.relative(entries, base)
+    if not pending then
+        local ok
+        ok, err = _M.accept_global(rel, sig, base)
+        if not ok then
+            return nil, "Could not retrieve config: " .. err
+        end
     end
     return global_eff
+end
+
+
+--- accept_global(rel, sig, base) -> true | nil, err: a listing of
+-- <prefix>/config/ (relative keys, signature) into the store, unless the schema
+-- refuses it (logged once; the last good one stays)
+function _M.accept_global(rel, sig, base)
+    local raw = store.global_raw()
+    if raw and str_sub(raw, 1, #sig + 1) == sig .. "\n" then
+        return true
+    end
+    local normalised, problems = schema.unflatten("global", rel)
+    if not normalised then
+        _M.log_bad_once("the global config", sig, problems, base)
+        return true
+    end
+    local ok, err = store.set_global_raw(sig .. "\n" .. json_encode(normalised))
+    if not ok then
+        return nil, "storing the global config failed: " .. tostring(err)
+    end
+    store.config_changed()
+    _M.refresh()
+    return true
 end
 
 

@@ -24,6 +24,7 @@
 -- passed since their last error. Hosts with a healthcheck come back only
 -- through `rise`.
 
+local config = require "zedcup.config"
 local deps = require "zedcup.deps"
 local resolver = require "zedcup.resolver"
 local selection = require "zedcup.select"
@@ -283,7 +284,7 @@ end
 
 -- The effective configs of every instance: { [name] = config } | nil, err
 local function instances()
-    return require("zedcup.config").instances()
+    return config.instances()
 end
 
 

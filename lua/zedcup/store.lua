@@ -103,11 +103,6 @@ function _M.locks_dict()
 end
 
 
-function _M.dict_names()
-    return names
-end
-
-
 ---------------------------------------------------------------------------
 -- Configs (mlcache)
 ---------------------------------------------------------------------------
@@ -156,7 +151,7 @@ function _M.names()
 end
 
 
-function _M.set_names(set)
+local function set_names(set)
     cache:set(K_NAMES, json_encode(set))
 end
 
@@ -167,7 +162,7 @@ function _M.update_names(fn)
     local ok = lock and lock:lock(K_LOAD_LOCK)
     local set = _M.names()
     fn(set)
-    _M.set_names(set)
+    set_names(set)
     if ok then
         lock:unlock()
     end
@@ -337,11 +332,6 @@ function _M.requeue(k, delta)
     if cache:incr(P_QUEUED .. k, delta, 0) == delta then
         cache:rpush(K_QUEUE, k)
     end
-end
-
-
-function _M.queue_length()
-    return cache:llen(K_QUEUE) or 0
 end
 
 

@@ -28,7 +28,6 @@ local next = next
 local tostring = tostring
 local tab_concat = table.concat
 local tab_sort = table.sort
-local json_encode = require("cjson.safe").encode
 
 
 local _M = { _VERSION = "0.1.0" }
@@ -189,22 +188,7 @@ function _M.apply_global(entries, index, info)
     if pending or (index and gwi > index) then
         return true
     end
-    local raw = store.global_raw()
-    if raw and raw:sub(1, #sig + 1) == sig .. "\n" then
-        return true
-    end
-    local normalised, problems = schema.unflatten("global", rel)
-    if not normalised then
-        config.log_bad_once("the global config", sig, problems, base)
-        return true
-    end
-    local ok, err = store.set_global_raw(sig .. "\n" .. json_encode(normalised))
-    if not ok then
-        return nil, "storing the global config failed: " .. tostring(err)
-    end
-    store.config_changed()
-    config.refresh()
-    return true
+    return config.accept_global(rel, sig, base)
 end
 
 
