@@ -208,17 +208,35 @@ def bench_outage(tmp: Path, consul: ConsulProc, outage: float) -> None:
         time.sleep(outage)
         checks_before = hc_checks(node)
         consul.resume()
-        # health checks "back": the checker node's pass counter moves and it holds the lock
+        # health checks "back": the checker node's check counter moves on
         _, took = wait_for(lambda: hc_checks(node) > checks_before + 1, 30, step=0.05)
         time.sleep(1)
+        print(
+            f"outage: Consul hung (SIGSTOP) {outage:.0f} s under load: {results['ok']} requests "
+            f"served, {results['bad']} client errors; health checks kept running during it "
+            f"({checks_before} so far) and ran again {took * 1000:.0f} ms after SIGCONT"
+        )
+        results["ok"] = results["bad"] = 0
+        consul.kill()
+        time.sleep(outage)
+        consul.start()  # a -dev agent / dev-consul without --data: back empty, index reset
+        t0 = time.monotonic()
+        checks_before = hc_checks(node)
+        _, took = wait_for(lambda: hc_checks(node) > checks_before + 1, 30, step=0.05)
+        held, took_lock = wait_for(
+            lambda: (consul.get(f"{node.prefix}/locks/healthcheck") or {}).get("Session"), 30
+        )
+        time.sleep(2)
         stop.set()
         for t in threads:
             t.join()
         print(
-            f"outage: Consul hung {outage:.0f} s under load: {results['ok']} requests served, "
-            f"{results['bad']} client errors; health checks kept running during it "
-            f"({checks_before} so far) and ran again {took * 1000:.0f} ms after SIGCONT"
+            f"outage: Consul killed (SIGKILL) {outage:.0f} s, then back empty, under load: "
+            f"{results['ok']} requests served, {results['bad']} client errors; checks ran "
+            f"{took * 1000:.0f} ms after Consul was back, the checker lock was held again after "
+            f"{(time.monotonic() - t0 if held else float('nan')) * 1000:.0f} ms"
         )
+        del took_lock
     finally:
         node.server.stop()
 

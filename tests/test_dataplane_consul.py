@@ -85,18 +85,24 @@ def test_consul_back_empty_keeps_the_instances_and_says_so(
     a, b = free_port(), free_port()
     node = start_node(tmp_path, consul.port, new_prefix(), {"A": a, "B": b})
     nodes.append(node)
+    assert node.configure({"healthcheck_interval": 1}) == "ok"
     for _ in range(3):
         assert node.configure_instance("inst", instance(a)) == "ok"
     assert node.until_all("A", 10) is not None
     mark = node.server.error_log.mark()
 
     consul.restart_empty()
-    _, _ = wait_for(lambda: "Consul came back empty" in node.server.error_log.read(mark), 10)
+    wanted = "keeping the 1 instance(s) this node serves (inst)"
+    wait_for(lambda: wanted in node.server.error_log.read(mark), 10)
     log = node.server.error_log.read(mark)
     assert (
         "Consul came back empty" in log
         and "keeping the 1 instance(s) this node serves (inst)" in log
     )
+    # the global config (its intervals) is kept too, not reset to the defaults
+    kept = "keeping this node's global config"
+    wait_for(lambda: kept in node.server.error_log.read(mark), 5)
+    assert kept in node.server.error_log.read(mark)
     # still served, on every worker, for a while
     for _ in range(40):
         assert node.ask()[1] == "A"

@@ -52,6 +52,7 @@ local K_SYNCED = "synced"        -- the instances watcher answered recently
 local K_GSYNCED = "g_synced"     -- the config watcher answered recently
 local K_GLOBAL = "g"             -- "<sig>\n<json>" of the normalised global config
 local K_KEPT = "kept"            -- JSON: instances kept when Consul came back empty
+local K_KEPT_GLOBAL = "kept_g"   -- the global config kept when Consul came back empty
 local K_STATE = "state"          -- JSON of Consul's state tree
 local K_STATE_GEN = "state_gen"  -- bumped when the set of down hosts changes
 local K_QUEUE = "errq"           -- list of host keys with failures not pushed yet
@@ -74,6 +75,8 @@ local K_GEN = "zedcup:gen"               -- bumped by init() (start, reload)
 local P_QUIT = "zedcup:quit:"            -- .. gen
 local P_WORKER_LOCK = "zedcup:wlock:"    -- .. job name
 local P_WATCH_INDEX = "watch:"           -- .. watch name .. ":index"
+local K_MAX_INDEX = "zedcup:max_index"   -- the highest Consul index the node's watches saw
+local K_RESET_AT = "zedcup:reset_at"     -- when a watch last saw Consul's index go back
 local K_HC_HOLDER = "zedcup:hc_holder"   -- session id holding the checker lock, "" when free
 local K_HC_KICK = "zedcup:hc_kick"       -- this node just took the checker lock
 local P_HC_STAT = "zedcup:hc:"           -- .. counter name
@@ -212,6 +215,18 @@ function _M.set_kept(v)
 end
 
 
+--- global_kept(on?) -> whether this node keeps its global config because a
+-- Consul that came back empty has none
+function _M.global_kept(on)
+    if on == true then
+        cache:set(K_KEPT_GLOBAL, true)
+    elseif on == false then
+        cache:delete(K_KEPT_GLOBAL)
+    end
+    return cache:get(K_KEPT_GLOBAL) == true
+end
+
+
 -- own writes: index and time of this node's last write of an instance
 -- (name) or of the global config (name == nil)
 function _M.own_write(name)
@@ -250,6 +265,28 @@ function _M.watch_index(name, index)
         return index
     end
     return locks:get(P_WATCH_INDEX .. name .. ":index") or 0
+end
+
+
+--- max_index(index?) -> the highest Consul index any watch of the node saw
+-- (with index: records it when higher; reset: Consul's index went back, start
+-- from this one)
+function _M.max_index(index, reset)
+    local cur = locks:get(K_MAX_INDEX) or 0
+    if reset then
+        locks:set(K_RESET_AT, ngx_time())
+    end
+    if index and (reset or index > cur) then
+        locks:set(K_MAX_INDEX, index)
+        return index
+    end
+    return cur
+end
+
+
+--- reset_at() -> unix time a watch of this node last saw Consul's index go back (0: never)
+function _M.reset_at()
+    return locks:get(K_RESET_AT) or 0
 end
 
 

@@ -83,11 +83,15 @@ local function step(w)
     index = index or 0
     -- the highest index this node saw (kept in the dict: it outlives a reload)
     local seen = store.watch_index(w.name)
+    local node_max = store.max_index()
     local info = w.info
-    info.reset = index < seen
+    -- Consul's index went back: this prefix's, or (for an empty listing, whose
+    -- index is Consul's whole KV index) the highest any watch of the node saw
+    info.reset = index < seen or (#entries == 0 and index < node_max)
     info.resync = w.index == 0
     info.seen = seen
     store.watch_index(w.name, index)
+    store.max_index(index, info.reset)
 
     if index == w.index and w.applied then
         if w.alive then

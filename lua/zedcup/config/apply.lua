@@ -26,11 +26,16 @@ local ngx_time = ngx.time
 local pairs = pairs
 local next = next
 local tostring = tostring
+local str_sub = string.sub
 local tab_concat = table.concat
 local tab_sort = table.sort
 
 
 local _M = { _VERSION = "0.1.0" }
+
+-- s after a watch saw Consul's index go back during which an empty global
+-- config counts as Consul having come back empty
+local RESET_WINDOW = 60
 
 
 local function synced_ttl()
@@ -178,7 +183,8 @@ end
 --- apply_global(entries, index?, info?) -> true | nil, err: a listing of <prefix>/config/
 function _M.apply_global(entries, index, info)
     local gwi, gwt = store.own_write(nil)
-    if (info and info.reset) or (index and gwi > index and gwt < (info and info.sent_at or 0)) then
+    local reset_by_own_write = index and gwi > index and gwt < (info and info.sent_at or 0)
+    if (info and info.reset) or reset_by_own_write then
         store.set_own_write(nil, nil)
         gwi = 0
     end
@@ -187,6 +193,27 @@ function _M.apply_global(entries, index, info)
     _M.global_alive()
     if pending or (index and gwi > index) then
         return true
+    end
+    -- a Consul that came back empty does not reset the intervals either:
+    -- the global config is kept until anything is written under <prefix>/config/
+    local raw = store.global_raw()
+    if #rel == 0 and raw and str_sub(raw, -3) ~= "\n{}" then
+        if store.global_kept() then
+            return true
+        end
+        -- (so does an empty config found on the first answer after a failure,
+        -- or soon after another watch saw Consul's index go back: an empty
+        -- global config is rarely meant)
+        if (info and (info.reset or info.resync)) or reset_by_own_write
+           or ngx_time() - store.reset_at() < RESET_WINDOW then
+            store.global_kept(true)
+            ngx_log(ngx_ERR, "[zedcup] Consul came back empty: nothing under ", base,
+                    " after a restart: keeping this node's global config;",
+                    " Consul is followed again once anything is written under ", base)
+            return true
+        end
+    elseif #rel > 0 and store.global_kept() then
+        store.global_kept(false)
     end
     return config.accept_global(rel, sig, base)
 end
