@@ -167,6 +167,14 @@ def test_dashboard_in_chromium_shows_a_host_going_down(cluster: Cluster, tmp_pat
                 "Array.from(document.querySelectorAll('[data-pool]')).map(e => e.dataset.pool)"
             )
             assert pools == ["primary", "secondary"]
+            wait_for(
+                "the cluster card to list this node",
+                lambda: (
+                    "node-a (this node)"
+                    in (browser.evaluate("document.getElementById('cluster').innerText") or "")
+                ),
+                timeout=10,
+            )
 
             backends.set_broken("web01", True)
             broken_at = time.monotonic()

@@ -26,7 +26,7 @@ local REFRESH = 1000 -- ms between two fetches of the page
 
 -- cjson writes an empty table as {}: the lists of status() are lists
 local EMPTY = "\1zedcup empty list\1"
-local LISTS = { instances = true, pools = true, hosts = true, transitions = true, down = true }
+local LISTS = { instances = true, pools = true, hosts = true, transitions = true, down = true, nodes = true }
 
 local function mark_empty(t, depth)
     if depth > 8 then
@@ -93,6 +93,7 @@ table { border-collapse: collapse; width: 100%; table-layout: fixed; }
 th:nth-child(1) { width: 15%; } th:nth-child(2) { width: 22%; } th:nth-child(3) { width: 8%; }
 th:nth-child(4), th:nth-child(5), th:nth-child(6), th:nth-child(7) { width: 6%; }
 td { overflow-wrap: anywhere; }
+#cluster table { table-layout: auto; } #cluster th { width: auto; }
 th, td { text-align: left; padding: 4px 8px; border-top: 1px solid #eaeef2; vertical-align: top; }
 th { font-size: 12px; color: var(--muted); font-weight: 600; border-top: none; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -122,6 +123,7 @@ tr.down td { background: #fff5f5; }
   <div id="kept" class="warn"></div>
   <div id="instances"></div>
   <div class="card"><h2>Last transitions</h2><div id="transitions" class="empty">none seen</div></div>
+  <div class="card"><h2>Cluster</h2><div class="meta" id="cluster-meta"></div><div id="cluster"></div></div>
 </main>
 <script>
 "use strict";
@@ -231,6 +233,26 @@ function render(st) {
   tr.className = items.length ? "" : "empty";
   tr.replaceChildren.apply(tr, items.length ? items : [document.createTextNode("none seen")]);
   prev = { time: now, values: values };
+
+  // the cluster's nodes, from their records; a node whose down list differs from this node's view is marked
+  var mine = {};
+  list(st.instances).forEach(function (inst) { list(inst.pools).forEach(function (pool) { list(pool.hosts).forEach(function (h) {
+    if (h.state === "down") mine[inst.name + "/" + pool.name + "/" + h.name] = true; }); }); });
+  var cl = st.cluster || {};
+  text("cluster-meta", cl.read_at ? "records read " + ago(cl.read_at, now) : "not read yet");
+  var rows = list(cl.nodes).map(function (nd) {
+    var down = list(nd.down), differs = down.length !== Object.keys(mine).length || down.some(function (k) { return !mine[k]; });
+    return el("tr", { "data-node": nd.name, "class": differs ? "down" : "" },
+      el("td", null, nd.name + (nd.this_node ? " (this node)" : "")), el("td", null, nd.version || "-"),
+      el("td", null, nd.checker ? "checker" : "-"), el("td", null, ago(nd.started, now)),
+      el("td", null, down.length ? down.join(", ") : "none"), el("td", null, ago(nd.written, now)));
+  });
+  var ctable = el("table", null, el("thead", null, el("tr", null, el("th", null, "node"), el("th", null, "version"),
+    el("th", null, "role"), el("th", null, "started"), el("th", null, "sees down"), el("th", null, "record written"))),
+    el("tbody", null));
+  rows.forEach(function (r) { ctable.tBodies[0].appendChild(r); });
+  var cbox = document.getElementById("cluster");
+  cbox.replaceChildren(rows.length ? ctable : el("div", { "class": "empty" }, "no node records read yet"));
 }
 
 function poll() {

@@ -173,8 +173,25 @@ function _M.status(instance)
     local info = node.info(now)
     -- instances this node keeps serving although Consul came back without them
     info.kept = config.kept()
+    -- the cluster's live nodes as this node last read their records (every 5 s)
+    local cluster = node.cluster()
+    local nodes = {}
+    if cluster then
+        for i, rec in ipairs(cluster.nodes) do
+            nodes[i] = {
+                name = rec.name,
+                version = rec.version,
+                started = rec.started,
+                written = rec.written,
+                checker = rec.checker,
+                down = type(rec.down) == "table" and rec.down or {},
+                this_node = rec.name == info.name or nil,
+            }
+        end
+    end
     return {
         node = info,
+        cluster = { nodes = nodes, read_at = cluster and cluster.at or nil },
         instances = instances,
         transitions = node.transitions(),
         time = now,
