@@ -232,11 +232,13 @@ def test_events_record_operator_actions_and_follow_with_blocking_queries(
     p = prefix(zed)
     zed("apply", zed.file(FILE))
     follower = subprocess.Popen(
-        [str(ZEDCTL), "events", "web", "--follow", "-o", "json", "-n", "0"],
+        [str(ZEDCTL), "events", "web", "--follow", "-o", "json", "-n", "1"],
         env=zed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    lines = Lines(follower.stdout)
     try:
-        time.sleep(0.5)  # the follower's first query (a lost race only shows it as past)
+        # The follower has read the log once it shows the last past event (the apply).
+        assert json.loads(lines.next(time.monotonic() + 30))["event"] == "apply"
         zed("host", "down", "web", "primary", "web01", "--reason", "flapping")
         # What the data plane's compare-and-set winner writes on a transition.
         now = time.time()
@@ -246,7 +248,6 @@ def test_events_record_operator_actions_and_follow_with_blocking_queries(
                         "pool": "primary", "host": "web02", "reason": "3 errors within 60s"}),
         )  # fmt: skip
         zed("host", "up", "web", "primary", "web01")
-        lines = Lines(follower.stdout)
         deadline = time.monotonic() + 30
         got = [json.loads(lines.next(deadline)) for _ in range(3)]
         kinds = [(e["event"], e["host"]) for e in got]

@@ -15,6 +15,15 @@
 -- generation moves only when the set of down hosts changes, and each worker's
 -- poll job then copies it into worker-local tables (refresh()), which is all
 -- that host selection reads. Shared-dict keys belong to zedcup.store.
+--
+-- Operator holds (`zedctl host down|pool down`, zedcup.set_host_state) are
+-- <prefix>/state/<inst>/<pool>/<host>/admin_down and <prefix>/state/<inst>/<pool>/admin_down:
+-- a held host, or every host of a held pool, reads as down to selection until the
+-- key is deleted; health checks and revives never lift a hold (it is not `down`).
+-- The snapshot keeps a pool's hold as the entry "" of its hosts (no host is named "").
+--
+-- Transitions are also written to the event log <prefix>/events/<inst>/<id>
+-- (README, "Consul key layout") by the winner that fires host_down / host_up.
 
 local cjson = require "cjson.safe"
 local config = require "zedcup.config"
@@ -33,6 +42,11 @@ local tostring = tostring
 local tonumber = tonumber
 local str_match = string.match
 local str_sub = string.sub
+local str_format = string.format
+local math_floor = math.floor
+local math_random = math.random
+local tab_sort = table.sort
+local setmetatable = setmetatable
 local json_encode = cjson.encode
 local json_decode = cjson.decode
 
@@ -138,6 +152,49 @@ end
 -- Consul writes
 ---------------------------------------------------------------------------
 
+local EVENTS_KEEP = 100
+local EVENTS_SLACK = 10
+
+local function by_key(a, b)
+    return a.Key < b.Key
+end
+
+-- Best effort: a transition is never held up or undone by its event.
+local function record_event(event, inst, pool_name, host_name, reason)
+    local now = ngx_now()
+    local ms = math_floor(now * 1000)
+    local base = kv.prefix() .. "/events/" .. inst .. "/"
+    local id = str_format("%013d-%04x%04x", ms, ngx.worker.pid() % 65536, math_random(0, 65535))
+    local ok, session = pcall(require, "zedcup.session")
+    local node = ok and session.node_name() or "?"
+    local res, err = kv.put(base .. id, json_encode({
+        time = ms / 1000, node = node, event = event,
+        pool = pool_name, host = host_name, reason = reason,
+    }))
+    if not res then
+        ngx_log(ngx_WARN, "[zedcup] event ", event, " of ", inst, "/", pool_name, "/", host_name,
+                " not recorded: ", tostring(err))
+        return
+    end
+    local entries = kv.get_tree(base)
+    if not entries or #entries <= EVENTS_KEEP + EVENTS_SLACK then
+        return
+    end
+    tab_sort(entries, by_key)
+    local ops = {}
+    for i = 1, #entries - EVENTS_KEEP do
+        ops[#ops + 1] = { KV = { Verb = "delete", Key = entries[i].Key } }
+        if #ops == 64 then
+            kv.txn(ops)
+            ops = {}
+        end
+    end
+    if #ops > 0 then
+        kv.txn(ops)
+    end
+end
+
+
 --- mark_down(inst, pool_name, host_name, reason) -> true (won: host_down fired) | false | nil, err
 function _M.mark_down(inst, pool_name, host_name, reason)
     local now = ngx_time()
@@ -152,13 +209,14 @@ function _M.mark_down(inst, pool_name, host_name, reason)
     set_local(inst, pool_name, host_name, true)
     ngx_log(ngx_WARN, "[zedcup] host down: ", inst, "/", pool_name, "/", host_name, ": ", tostring(reason))
     fire("host_down", inst, pool_name, host_name)
+    record_event("host_down", inst, pool_name, host_name, reason and tostring(reason) or nil)
     return true
 end
 
 
---- mark_up(inst, pool_name, host_name) -> true (won: host_up fired) | false | nil, err
+--- mark_up(inst, pool_name, host_name, reason?) -> true (won: host_up fired) | false | nil, err
 -- Deletes `down` (CAS on its ModifyIndex) and the error count in one transaction.
-function _M.mark_up(inst, pool_name, host_name)
+function _M.mark_up(inst, pool_name, host_name, reason)
     local down_key = kv.state_key(inst, pool_name, host_name, "down")
     local e, err = kv.get(down_key)
     if e == nil then
@@ -187,6 +245,7 @@ function _M.mark_up(inst, pool_name, host_name)
     store.came_up(k, ngx_now())
     ngx_log(ngx.NOTICE, "[zedcup] host up: ", inst, "/", pool_name, "/", host_name)
     fire("host_up", inst, pool_name, host_name)
+    record_event("host_up", inst, pool_name, host_name, reason)
     return true
 end
 
@@ -285,7 +344,16 @@ end
 -- State watcher (node) and refresh (worker)
 ---------------------------------------------------------------------------
 
-local FIELDS = { down = true, errors = true, last_error = true }
+local FIELDS = { down = true, errors = true, last_error = true, admin_down = true }
+local POOL = ""  -- the snapshot entry of a pool's own state (its hold): no host is named ""
+
+-- a held pool: every host of it reads as down
+local HELD = { __index = function() return true end }
+
+local function held(tree, inst, pool, host)
+    local st = tree[inst] and tree[inst][pool] and tree[inst][pool][host]
+    return st and st.admin_down ~= nil or false
+end
 
 --- apply(entries) -> true: a listing of <prefix>/state/ into the shared dict
 function _M.apply(entries)
@@ -293,7 +361,12 @@ function _M.apply(entries)
     local blen = #base
     local tree = {}
     for _, e in ipairs(entries) do
-        local inst, pool, host, field = str_match(str_sub(e.Key, blen + 1), "^([^/]+)/([^/]+)/([^/]+)/([^/]+)$")
+        local rel = str_sub(e.Key, blen + 1)
+        local inst, pool, host, field = str_match(rel, "^([^/]+)/([^/]+)/([^/]+)/([^/]+)$")
+        if not inst then
+            inst, pool, field = str_match(rel, "^([^/]+)/([^/]+)/(admin_down)$")
+            host = POOL
+        end
         if inst and FIELDS[field] then
             local ti = tree[inst]
             if not ti then
@@ -336,6 +409,9 @@ function _M.apply(entries)
                         store.came_up(k, now)
                         down_changed = true
                     end
+                    if st.admin_down and not held(tree, inst, pool, host) then
+                        down_changed = true
+                    end
                 end
             end
         end
@@ -343,7 +419,8 @@ function _M.apply(entries)
             for pool, hosts in pairs(pools) do
                 for host, st in pairs(hosts) do
                     local was = prev[inst] and prev[inst][pool] and prev[inst][pool][host]
-                    if st.down and not (was and was.down) then
+                    if (st.down and not (was and was.down))
+                       or (st.admin_down and not held(prev, inst, pool, host)) then
                         down_changed = true
                     end
                 end
@@ -378,12 +455,16 @@ function _M.refresh()
     for inst, pools in pairs(tree) do
         for pool, hosts in pairs(pools) do
             for host, st in pairs(hosts) do
-                if st.down then
+                if st.down or st.admin_down then
                     local ni = new[inst] or {}
                     new[inst] = ni
                     local np = ni[pool] or {}
                     ni[pool] = np
-                    np[host] = true
+                    if host == POOL then
+                        setmetatable(np, HELD)
+                    else
+                        np[host] = true
+                    end
                 end
             end
         end
