@@ -31,7 +31,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PYTEST_ARGS ?=
 
-.PHONY: deps system-deps python-deps consul test test-docker docker-deps lint lint-lua lint-python bench run clean
+.PHONY: deps system-deps python-deps consul test test-dev test-real test-docker docker-deps lint lint-lua lint-python bench run clean
 
 deps: system-deps python-deps consul
 
@@ -111,8 +111,24 @@ lint-python: python-deps
 	$(RUFF) check controlplane/ tests/ bench/
 	$(RUFF) format --check controlplane/ tests/ bench/
 
-test: lint
+# The whole suite against dev-consul, then every test that talks to the session's Consul
+# again against a real `consul agent -dev` (started and stopped by the tests). Both runs
+# always run; the target fails when either did.
+test: lint consul
+	@rc=0
+	echo "== make test: tests/ and t/ against dev-consul"
+	$(PYTEST) -q -rs -p no:cacheprovider tests/ t/ $(PYTEST_ARGS) || rc=$$?
+	echo "== make test: the tests that talk to Consul, against a real Consul ($$($(CONSUL_LINK) version | head -1))"
+	$(PYTEST) -q -rs -p no:cacheprovider --consul=real --consul-only tests/ t/ $(PYTEST_ARGS) || rc=$$?
+	exit $$rc
+
+# One Consul only: `make test-dev` (dev-consul, everything), `make test-real` (the real
+# Consul, only the tests that talk to Consul).
+test-dev: lint
 	$(PYTEST) -q -rs -p no:cacheprovider tests/ t/ $(PYTEST_ARGS)
+
+test-real: lint consul
+	$(PYTEST) -q -rs -p no:cacheprovider --consul=real --consul-only tests/ t/ $(PYTEST_ARGS)
 
 # The Docker suite (tests/docker): Debian's docker.io, docker-compose and debootstrap when
 # missing (root or sudo; without them the suite skips and says why), then pytest, which

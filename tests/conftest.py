@@ -1,8 +1,10 @@
 """Shared fixtures for the Python tests.
 
-The `consul` session fixture (a ConsulEndpoint) comes from zedctl's pytest plugin: the
-embedded dev-consul by default, a real Consul with `--consul-url URL`. Every fixture here
-works against either. Plain helpers live in zedctl.devconsul.testing.
+The `consul` session fixture (a ConsulEndpoint) comes from the t/ harness's pytest plugin
+(zedctl.testnginx.plugin, loaded by the root conftest.py): the embedded dev-consul by
+default, a real `consul agent -dev` with `--consul=real`, the Consul at URL with
+`--consul=URL`. Every fixture here works against each. Plain helpers live in
+zedctl.devconsul.testing.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
-from zedctl.devconsul.testing import RawConsul, consul_client, free_port
-from zedctl.pytest_plugin import ConsulEndpoint
+from zedctl.devconsul.testing import ConsulForms, RawConsul, consul_client, free_port
+from zedctl.testnginx.consul import ConsulEndpoint
 
 ZEDCTL = Path(sys.executable).with_name("zedctl")
 
@@ -30,6 +32,15 @@ ZEDCTL = Path(sys.executable).with_name("zedctl")
 settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(scope="session")
+def consul_forms(consul: ConsulEndpoint) -> ConsulForms:
+    return ConsulForms(
+        kind=consul.kind,
+        version=consul.version(),
+        indents=consul.kind != "dev" and consul.dev_mode(),
+    )
 
 
 @pytest.fixture

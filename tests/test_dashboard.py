@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from headless import Browser, find_chromium
-from zedctl.pytest_plugin import ConsulEndpoint
+from zedctl.testnginx.consul import ConsulEndpoint
 from zedctl.testnginx.runner import NginxServer, PortPicker
 from zedcup_nodes import Backends, configure, get, host_of, start_node, status_json, wait_for
 

@@ -10,6 +10,8 @@ import pytest
 from zedctl.devconsul import DevConsul
 from zedctl.devconsul.testing import RawConsul, consul_client
 
+pytestmark = pytest.mark.devconsul_only("ACL enforcement with a token it is started with")
+
 TOKEN = "s3cr3t-t0ken"
 
 

@@ -234,7 +234,12 @@ def test_session_info_and_node_block_until_a_session_changes(
 
 # ------------------------------------------------------------------ embedded only
 
+EMBEDDED = pytest.mark.devconsul_only(
+    "dev-consul's own server (its watch count, keep-alive framing, an empty store)"
+)
 
+
+@EMBEDDED
 def test_index_is_never_zero_on_an_empty_store() -> None:
     with DevConsul(port=0) as server:
         raw = RawConsul(server.url)
@@ -249,6 +254,7 @@ def test_index_is_never_zero_on_an_empty_store() -> None:
         raw.close()
 
 
+@EMBEDDED
 def test_hundreds_of_blocking_queries_are_held_at_once() -> None:
     count = 300
     with DevConsul(port=0) as server:
@@ -287,6 +293,7 @@ def test_hundreds_of_blocking_queries_are_held_at_once() -> None:
         raw.close()
 
 
+@EMBEDDED
 def test_keep_alive_and_connection_close() -> None:
     with DevConsul(port=0) as server:
         host, port = server.address
@@ -320,6 +327,7 @@ def test_keep_alive_and_connection_close() -> None:
         conn.close()
 
 
+@EMBEDDED
 def test_a_blocked_query_whose_client_left_frees_its_watch() -> None:
     with DevConsul(port=0) as server:
         raw = RawConsul(server.url)

@@ -6,6 +6,8 @@ import pytest
 from zedctl.devconsul.durations import DurationError, format_duration, parse_duration
 from zedctl.devconsul.http import HTTPError, blocking_params
 
+pytestmark = pytest.mark.devconsul_only("its Go-duration parsing, tested without a server")
+
 MS = 1_000_000
 S = 1000 * MS
 
@@ -83,7 +85,7 @@ def test_bad_index_and_wait_raise_400() -> None:
     for query, message in (
         ({"wait": "10"}, "Invalid wait time"),
         ({"index": "-1"}, "Invalid index"),
-        ({"stale": "", "consistent": ""}, "conflicting consistency modes"),
+        ({"stale": "", "consistent": ""}, "conflicting semantics"),
     ):
         with pytest.raises(HTTPError) as err:
             blocking_params(query)

@@ -8,7 +8,7 @@ import http.client
 from urllib.parse import urlsplit
 
 import pytest
-from zedctl.devconsul.testing import RawConsul
+from zedctl.devconsul.testing import ConsulForms, RawConsul
 
 
 def no_traceback(text: str) -> bool:
@@ -62,7 +62,7 @@ def test_unparsable_numbers_are_refused_without_traceback(
 def test_stale_with_consistent_is_400(raw_consul: RawConsul, kv_prefix: str) -> None:
     resp = raw_consul.get(f"/v1/kv/{kv_prefix}k?stale&consistent")
     assert resp.status_code == 400
-    assert "conflicting consistency modes" in resp.text
+    assert resp.text == "Cannot specify ?stale with ?consistent, conflicting semantics."
 
 
 def test_stale_alone_and_consistent_alone_are_fine(raw_consul: RawConsul, kv_prefix: str) -> None:
@@ -105,7 +105,10 @@ def test_txn_body_over_512kib_is_413_even_with_small_values(
     ops = [{"KV": {"Verb": "set", "Key": f"{kv_prefix}{i}", "Value": value}} for i in range(3)]
     resp = raw_consul.put("/v1/txn", json=ops)
     assert resp.status_code == 413
-    assert resp.text == "Request body too large, max size: 524288 bytes"
+    size = len(resp.request.body or b"")
+    # then ". See <Consul's documentation of txn_max_req_len>." (the link moved in 1.9)
+    expected = f"Request body({size} bytes) too large, max size: 524288 bytes. See "
+    assert resp.text.startswith(expected)
     assert raw_consul.get(f"/v1/kv/{kv_prefix}?recurse").status_code == 404
     assert raw_consul.put("/v1/txn", json=ops[:2]).status_code == 200
 
@@ -148,12 +151,13 @@ def test_options_answers_the_allowed_methods(raw_consul: RawConsul) -> None:
     assert resp.content == b""
 
 
-def test_unknown_endpoint_is_404(raw_consul: RawConsul) -> None:
+def test_unknown_endpoint_is_404(raw_consul: RawConsul, consul_forms: ConsulForms) -> None:
     resp = raw_consul.get("/v1/no/such/endpoint")
-    assert resp.status_code == 404
-    assert resp.text == "Invalid URL path: not a recognized HTTP API endpoint\n"
     outside = raw_consul.get("/nope")
-    assert outside.status_code == 404
+    assert resp.status_code == outside.status_code == 404
+    if consul_forms.older_forms and resp.text == outside.text == "":
+        return  # Consul 1.8 answers both with an empty body
+    assert resp.text == "Invalid URL path: not a recognized HTTP API endpoint\n"
     assert outside.text.startswith("Invalid URL path: if attempting to use the HTTP API")
 
 
@@ -201,8 +205,14 @@ def test_a_path_with_a_broken_escape_is_400(raw_consul: RawConsul, kv_prefix: st
 
 
 @pytest.mark.parametrize("query", ["recurse;keys", "flags=%zz", "a=%4"])
-def test_a_query_go_cannot_parse_is_500(raw_consul: RawConsul, kv_prefix: str, query: str) -> None:
+def test_a_query_go_cannot_parse_is_500(
+    raw_consul: RawConsul, kv_prefix: str, query: str, consul_forms: ConsulForms
+) -> None:
     resp = send_verbatim(raw_consul, "PUT", f"/v1/kv/{kv_prefix}k?{query}")
+    if ";" in query and consul_forms.older_forms and resp.status == 200:
+        # Go before 1.17 (Consul 1.10 and older) splits a query at `;` as at `&`
+        assert raw_consul.get(f"/v1/kv/{kv_prefix}k?raw").content == b"v"
+        return
     assert resp.status == 500
     assert raw_consul.get(f"/v1/kv/{kv_prefix}?recurse").status_code == 404
 

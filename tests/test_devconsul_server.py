@@ -20,6 +20,8 @@ import requests
 from zedctl.devconsul import DataFileError, DevConsul
 from zedctl.devconsul.testing import RawConsul, wait_for
 
+pytestmark = pytest.mark.devconsul_only("its lifecycle, CLI, --data persistence and HTTP server")
+
 # ------------------------------------------------------------------ lifecycle
 
 

@@ -11,6 +11,8 @@ from zedctl.devconsul.durations import SECOND
 from zedctl.devconsul.store import Store, TxnConflict, TxnOp
 from zedctl.devconsul.testing import wait_for
 
+pytestmark = pytest.mark.devconsul_only("its store, tested without HTTP")
+
 
 @pytest.fixture
 def store() -> Iterator[Store]:

@@ -150,8 +150,15 @@ class Run:
     outcomes: dict[str, Outcome]
 
 
+PLUGIN = "zedctl.testnginx.plugin"
+
+
 def run_pytest(
-    tmp_path: Path, files: dict[str, str], *args: str, env: dict[str, str] | None = None
+    tmp_path: Path,
+    files: dict[str, str],
+    *args: str,
+    env: dict[str, str] | None = None,
+    plugin: bool = True,
 ) -> Run:
     for name, text in files.items():
         path = tmp_path / name
@@ -165,6 +172,7 @@ def run_pytest(
             "pytest",
             "-p",
             "no:cacheprovider",
+            *(["-p", PLUGIN] if plugin else []),
             f"--basetemp={tmp_path / 'basetemp'}",
             f"--junitxml={junit}",
             "--rootdir",
@@ -322,6 +330,22 @@ def test_undefined_variable_is_a_collection_error(tmp_path: Path) -> None:
     assert "block 'TEST 1: x', section 'request'" in run.output
 
 
+def test_the_plugin_is_opt_in(tmp_path: Path) -> None:
+    # installing zedctl registers no pytest plugin: without `-p`, .t files are not
+    # collected and the harness's options do not exist
+    run = run_pytest(tmp_path, {"t/x.t": "__DATA__\n=== TEST 1: x\n--- bogus\n"}, plugin=False)
+    assert run.returncode == 5, run.output  # no tests collected (no collection error either)
+    run = run_pytest(tmp_path, {}, "--consul=real", plugin=False)
+    assert run.returncode == 4, run.output  # usage error: unknown option
+    assert "unrecognized arguments: --consul=real" in run.output
+
+
+def test_a_bad_consul_option_is_a_usage_error(tmp_path: Path) -> None:
+    run = run_pytest(tmp_path, {}, "--consul=nowhere")
+    assert run.returncode == 4, run.output
+    assert "--consul: expected dev, real or a URL, got 'nowhere'" in run.output
+
+
 def test_t_files_outside_a_t_directory_are_not_collected(tmp_path: Path) -> None:
     run = run_pytest(tmp_path, {"other/x.t": "__DATA__\n=== TEST 1: x\n--- bogus\n"}, "other")
     assert run.returncode == 5, run.output  # no tests collected
@@ -374,6 +398,8 @@ def test_sigterm_stops_the_nginx_of_the_block_in_progress(
             "pytest",
             "-p",
             "no:cacheprovider",
+            "-p",
+            PLUGIN,
             f"--basetemp={basetemp}",
             "--rootdir",
             str(tmp_path),

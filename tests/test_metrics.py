@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from zedctl.pytest_plugin import ConsulEndpoint
+from zedctl.testnginx.consul import ConsulEndpoint
 from zedctl.testnginx.runner import NginxServer, PortPicker
 from zedcup_nodes import KINDS, Backends, configure, consul_of_kind, get, start_node, wait_for
 

@@ -15,8 +15,8 @@ from zedctl.consulapi import ConsulKV, ConsulSettings
 from zedctl.kvmap import flatten, key_of, read_config, unflatten
 from zedctl.layout import Layout
 from zedctl.ops import apply_plan, export, load_global, load_instance, plan_apply
-from zedctl.pytest_plugin import ConsulEndpoint
 from zedctl.schema import Schema, parse_number
+from zedctl.testnginx.consul import ConsulEndpoint
 
 SCHEMA = Schema.load()
 

@@ -34,8 +34,8 @@ from zedctl.devconsul.testing import RawConsul, free_port
 from zedctl.errors import Conflict, ConsulError
 from zedctl.layout import Layout
 from zedctl.ops import set_host_field
-from zedctl.pytest_plugin import ConsulEndpoint
 from zedctl.schema import Schema
+from zedctl.testnginx.consul import ConsulEndpoint
 
 SCHEMA = Schema.load()
 ZEDCTL = Path(sys.executable).with_name("zedctl")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from zedctl.devconsul.testing import RawConsul
-from zedctl.pytest_plugin import ConsulEndpoint
+from zedctl.testnginx.consul import ConsulEndpoint
 from zedctl.testnginx.runner import PortPicker
 from zedcup_nodes import KINDS, Backends, configure, consul_of_kind, start_node, wait_for
 

@@ -27,8 +27,8 @@ from zedctl.configfile import load_config_file
 from zedctl.consulapi import ConsulKV, ConsulSettings
 from zedctl.layout import Layout
 from zedctl.ops import apply_plan, plan_apply
-from zedctl.pytest_plugin import ConsulEndpoint
 from zedctl.schema import Schema
+from zedctl.testnginx.consul import ConsulEndpoint
 from zedctl.testnginx.runner import NginxServer, PortPicker
 from zedctl_consuls import start_real_consul
 

@@ -182,7 +182,7 @@ class Api:
             if oversized:
                 req.body = b""
                 if req.path == "/v1/txn":
-                    raise HTTPError(413, txn_too_large())
+                    raise HTTPError(413, txn_too_large(oversized))
                 if req.path.startswith("/v1/kv/"):
                     self._kv_put_checks(req, req.path[len("/v1/kv/") :])
                 raise HTTPError(413, too_large(oversized))
@@ -575,9 +575,7 @@ def blocking_params(
     gets up to wait/16 of random jitter. Raises HTTPError 400 on bad values.
     """
     if "stale" in query and "consistent" in query:
-        raise HTTPError(
-            400, "Cannot specify ?stale with ?consistent, conflicting consistency modes"
-        )
+        raise HTTPError(400, "Cannot specify ?stale with ?consistent, conflicting semantics.")
     wait = DEFAULT_WAIT
     if query.get("wait"):
         try:
@@ -663,8 +661,14 @@ def bearer_token(header: str) -> str:
     return value.split(" ")[0].strip()
 
 
-def txn_too_large() -> str:
-    return f"Request body too large, max size: {MAX_TXN_BODY} bytes"
+TXN_LIMIT_DOC = "https://www.consul.io/docs/agent/config/config-files#txn_max_req_len"
+
+
+def txn_too_large(size: int | None = None) -> str:
+    """Consul's 413 text for a txn body over txn_max_req_len: with the size when the
+    request said it (Content-Length), without for a chunked body."""
+    body = "Request body" if size is None else f"Request body({size} bytes)"
+    return f"{body} too large, max size: {MAX_TXN_BODY} bytes. See {TXN_LIMIT_DOC}."
 
 
 def too_large(size: int) -> str:

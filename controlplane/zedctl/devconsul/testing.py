@@ -46,6 +46,26 @@ class RawConsul:
         self.session.close()
 
 
+@dataclass(frozen=True)
+class ConsulForms:
+    """How the Consul in use words what Consul versions word differently (the README's
+    list). dev-consul answers exactly as current Consul does; a real Consul may answer
+    in its own version's form, which a test then accepts too."""
+
+    kind: str  # dev, real or url (see ConsulEndpoint)
+    version: tuple[int, ...]
+    indents: bool  # a real `consul agent -dev` indents every JSON answer, "\n" at the end
+
+    @property
+    def older_forms(self) -> bool:
+        """Whether answers may come in an older Consul's form (not dev-consul)."""
+        return self.kind != "dev"
+
+    def scalar(self, text: str) -> str:
+        """The body of a JSON scalar answer (`true`) as this Consul writes it."""
+        return text + "\n" if self.indents else text
+
+
 def consul_client(host: str, port: int, token: str | None = None, scheme: str = "http") -> Any:
     """A python-consul2 client that sends exactly `token` (the library on its own prefers
     CONSUL_HTTP_TOKEN from the environment)."""

@@ -1,6 +1,23 @@
-"""pytest glue: `t/**/*.t` files become collectors, blocks become test items.
+"""The pytest plugin of the t/ harness: `t/**/*.t` files become collectors, blocks become
+test items; the session's Consul; the `nginx_server` fixture.
 
-Wired in by `zedctl.pytest_plugin` (the `zedcup` pytest11 entry point).
+Opt-in: the repository's root `conftest.py` loads it (`pytest_plugins`); elsewhere
+`pytest -p zedctl.testnginx.plugin`. Installing zedctl registers nothing with pytest.
+
+Options:
+    --consul=dev|real|URL  the Consul of the run: the embedded dev-consul (default), a
+                           real `consul agent -dev` started for the run (binary from
+                           $CONSUL_BINARY, .tools/bin/consul or PATH), or the Consul at
+                           URL (ACL token from CONSUL_HTTP_TOKEN)
+    --consul-url URL       the same as --consul=URL
+    --consul-only          run only the tests that talk to the session's Consul (the
+                           `consul` fixture, t/ blocks that use $TEST_NGINX_CONSUL_*):
+                           a second run against another Consul skips what the first
+                           already proved
+
+Markers:
+    devconsul_only(reason)  the test checks dev-consul itself (its CLI, --data, ACL
+                            setup...): skipped, with the reason, when --consul is not dev
 """
 
 from __future__ import annotations
@@ -17,6 +34,7 @@ import pytest
 
 from .block import BlockFailure, BlockRun, Consul
 from .config import NginxBinary, NginxNotFound, find_nginx
+from .consul import ConsulAgent, ConsulEndpoint, ConsulNotFound, ConsulStartError
 from .parser import Block, ParseError, parse_file
 from .runner import NginxServer, PortPicker, default_repo
 
@@ -30,7 +48,49 @@ def keyword_for(number: int) -> str:
     return f"TEST_{number}:"
 
 
-def configure(config: pytest.Config) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("zedcup")
+    group.addoption(
+        "--consul",
+        default="dev",
+        metavar="dev|real|URL",
+        help="The Consul of the run: dev (the embedded dev-consul, default), real (a "
+        "`consul agent -dev` started for the run) or a URL (ACL token from CONSUL_HTTP_TOKEN).",
+    )
+    group.addoption(
+        "--consul-url",
+        default=None,
+        metavar="URL",
+        help="The same as --consul=URL.",
+    )
+    group.addoption(
+        "--consul-only",
+        action="store_true",
+        help="Run only the tests that talk to the session's Consul.",
+    )
+
+
+def consul_choice(config: pytest.Config) -> tuple[str, str | None]:
+    """(kind, url) of the run's Consul: ("dev", None), ("real", None) or ("url", URL)."""
+    url = config.getoption("--consul-url")
+    choice = str(config.getoption("--consul") or "dev")
+    if url:
+        if choice not in ("dev", url):
+            raise pytest.UsageError(f"--consul={choice} and --consul-url={url}: give one")
+        return "url", url
+    if choice in ("dev", "real"):
+        return choice, None
+    if "://" in choice or ":" in choice:
+        return "url", choice
+    raise pytest.UsageError(f"--consul: expected dev, real or a URL, got {choice!r}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    consul_choice(config)  # a bad --consul is a usage error before anything runs
+    config.addinivalue_line(
+        "markers",
+        "devconsul_only(reason): checks dev-consul itself; skipped when --consul is not dev",
+    )
     # `-k "TEST 3"` is not a valid -k expression (two words): rewrite `TEST <n>` to
     # the keyword every block `TEST <n>: ...` carries.
     keyword = getattr(config.option, "keyword", "")
@@ -81,10 +141,89 @@ def port_picker(config: pytest.Config) -> PortPicker:
     return picker
 
 
-def collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if file_path.suffix == ".t" and "t" in file_path.parent.parts:
         return TFile.from_parent(parent, path=file_path)
     return None
+
+
+def talks_to_consul(item: pytest.Item) -> bool:
+    """Whether a test uses the session's Consul."""
+    if isinstance(item, BlockItem):
+        return item.block.needs_consul
+    return "consul" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kind, _url = consul_choice(config)
+    if kind != "dev":
+        for item in items:
+            mark = item.get_closest_marker("devconsul_only")
+            if mark is not None:
+                why = mark.args[0] if mark.args else mark.kwargs.get("reason", "")
+                item.add_marker(pytest.mark.skip(reason=f"dev-consul only: {why}"))
+    if config.getoption("--consul-only"):
+        keep = [
+            i for i in items if talks_to_consul(i) and not i.get_closest_marker("devconsul_only")
+        ]
+        dropped = [i for i in items if i not in keep]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    kind, url = consul_choice(config)
+    text = {"dev": "the embedded dev-consul", "real": "a real `consul agent -dev`"}.get(
+        kind, f"the Consul at {url}"
+    )
+    only = ""
+    if config.getoption("--consul-only"):
+        only = " (--consul-only: only the tests that talk to it)"
+    return f"zedcup: Consul is {text}{only}"
+
+
+@pytest.fixture
+def nginx_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Factory `nginx_server(config=..., http_config=..., workers=..., name=...)`: a started
+    NginxServer, stopped at teardown (skips the test when there is no nginx with Lua)."""
+    yield from server_factory(request, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def consul(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ConsulEndpoint]:
+    """The session's Consul (a ConsulEndpoint): see --consul."""
+    kind, url = consul_choice(request.config)
+    if kind == "url":
+        yield ConsulEndpoint.from_url(str(url), token=os.environ.get("CONSUL_HTTP_TOKEN") or None)
+        return
+    if kind == "real":
+        try:
+            agent = ConsulAgent(tmp_path_factory.mktemp("consul-agent"), node="zedcup-test")
+        except ConsulNotFound as err:
+            pytest.fail(f"--consul=real: {err}", pytrace=False)
+        try:
+            agent.start()
+        except ConsulStartError as err:
+            agent.stop()
+            pytest.fail(f"--consul=real: {err}", pytrace=False)
+        try:
+            yield agent.endpoint()
+        finally:
+            agent.stop()
+        return
+
+    from ..devconsul import DevConsul
+
+    server = DevConsul(host="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.address
+        yield ConsulEndpoint(url=f"http://{host}:{port}", host=host, port=port)
+    finally:
+        server.stop()
 
 
 class TFile(pytest.File):
