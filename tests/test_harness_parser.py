@@ -145,6 +145,53 @@ def test_blocks_without_consul_variables_do_not_need_consul() -> None:
     assert block.rand_ports() == 0
 
 
+PREAMBLE = (
+    "# the blocks below share this http_config\n"
+    "--- http_config\n"
+    "    lua_shared_dict shared 1m;\n"
+    "    init_by_lua_block { require('x').init($TEST_NGINX_CONSUL_PORT) }\n"
+    "--- config\n"
+    "    location = /shared { return 200; }\n"
+    "__DATA__\n"
+)
+
+
+def test_the_preamble_goes_in_front_of_each_block_section() -> None:
+    first, second, third = parse_text(
+        PREAMBLE + "=== TEST 1: own extra\n--- http_config\n    lua_shared_dict mine 1m;\n"
+        "=== TEST 2: none\n--- request\nGET /shared\n"
+        "=== TEST 3: replaced\n--- http_config own\n    lua_shared_dict alone 1m;\n"
+        "--- config own\n    location = /t { return 200; }\n",
+        "t/x.t",
+    )
+    shared = (
+        "    lua_shared_dict shared 1m;\n"
+        "    init_by_lua_block { require('x').init($TEST_NGINX_CONSUL_PORT) }\n"
+    )
+    assert first.get("http_config") == shared + "    lua_shared_dict mine 1m;\n"
+    assert first.get("config") == second.get("config") == "    location = /shared { return 200; }\n"
+    assert second.get("http_config") == shared
+    assert first.needs_consul and second.needs_consul  # the preamble's variables count
+    assert third.get("http_config") == "    lua_shared_dict alone 1m;\n"
+    assert third.get("config") == "    location = /t { return 200; }\n"
+    assert not third.needs_consul
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("--- request\nGET /\n__DATA__\n", "a preamble (before __DATA__) may only give"),
+        ("--- config\n--- config\n__DATA__\n", "duplicate preamble section"),
+        ("__DATA__\n=== TEST 1: x\n--- config own\n", "filter 'own' needs a preamble section"),
+    ],
+)
+def test_bad_preambles_are_rejected(text: str, fragment: str) -> None:
+    with pytest.raises(ParseError) as err:
+        parse_text(text, "t/x.t")
+    assert fragment in str(err.value)
+    assert "t/x.t:" in str(err.value)
+
+
 def test_substitute_bare_and_braced_longest_name() -> None:
     variables = {"TEST_NGINX_RAND_PORT_1": "1001", "TEST_NGINX_RAND_PORT_12": "1012"}
     text = "a $TEST_NGINX_RAND_PORT_1 b $TEST_NGINX_RAND_PORT_12 c ${TEST_NGINX_RAND_PORT_1}2 $x"

@@ -1,10 +1,13 @@
 """Test::Nginx-style tests for zedcup, run by pytest, and nginx for Python code.
 
-The `zedcup` pytest plugin (zedctl.pytest_plugin) collects every `t/**/*.t` file; each
-block is one test item named after its title, so `pytest t -k "TEST 3"` runs block
+The harness's pytest plugin (zedctl.testnginx.plugin) collects every `t/**/*.t` file;
+each block is one test item named after its title, so `pytest t -k "TEST 3"` runs block
 `TEST 3: ...` (the plugin rewrites `TEST <n>` in -k to that block's keyword). Blocks
 run in file order, each against its own freshly started nginx in its own servroot
-(a pytest tmp_path), and stand alone.
+(a pytest tmp_path), and stand alone. The plugin is opt-in: the zedcup checkout's root
+conftest.py loads it; elsewhere `pytest -p zedctl.testnginx.plugin`. It also gives the
+session's Consul (`--consul=dev|real|URL`, see zedctl.testnginx.plugin) and the
+`nginx_server` fixture.
 
 Block format::
 
@@ -23,7 +26,27 @@ Block format::
 Values: CRLF normalised, leading/trailing blank lines dropped, one final newline kept;
 `--- name: value` is the one-line form (no final newline). Filter words after the
 section name: `chomp` (drop the final newline), `re` (error_log, no_error_log and
-grep_error_log lines are Python regexes, searched per line / multiline).
+grep_error_log lines are Python regexes, searched per line / multiline), `own` (see
+the preamble).
+
+The preamble (what Test::Nginx files do with add_block_preprocessor and
+`$::HttpConfig`): `--- main_config`, `--- http_config` and `--- config` sections before
+`__DATA__` go in front of the same section of every block of the file (or stand for it
+when the block has none), so blocks give only what is their own; a block section with
+the filter `own` (`--- http_config own`) replaces the preamble's instead. Variables are
+substituted after the merge, per block. Header lines before the first `---` are
+comments::
+
+    # zedcup with its dicts, against the session's Consul
+    --- http_config
+        lua_shared_dict zedcup_cache 1m;
+        init_by_lua_block { ... $TEST_NGINX_CONSUL_PORT ... }
+    __DATA__
+
+    === TEST 1: a backend of its own
+    --- http_config
+        server { listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1; return 200 "one"; }
+
 Unknown sections or filters, duplicate sections or titles, bad numbers, bad regexes
 and undefined variables are collection errors naming file, line, block and section.
 
@@ -71,8 +94,10 @@ Variables, substituted in every section as `$NAME` or `${NAME}`:
     TEST_NGINX_REPO          the zedcup checkout (lua/ is on lua_package_path)
     TEST_ZEDCUP_PREFIX       a fresh Consul key prefix per block, `zt/<8 hex>`
     TEST_NGINX_CONSUL_HOST, TEST_NGINX_CONSUL_PORT, TEST_NGINX_CONSUL_TOKEN
-                             the session's Consul (embedded dev-consul, or --consul-url);
-                             using one of these is what starts it
+                             the session's Consul (--consul: dev-consul, a real
+                             `consul agent -dev`, or a URL); using one of these (the
+                             preamble's count) is what starts it, and what keeps the
+                             block in a --consul-only run
     TEST_NGINX_DNS_PORT, TEST_NGINX_DNS_DIR
                              a DNS server on 127.0.0.1 for this block (zedctl.testdns):
                              one records file per name in the directory (`A 1.2.3.4`,
@@ -116,7 +141,7 @@ NginxStartError with the log otherwise), `.stop()`, `.port`, `.url`, `.render()`
 `wait_for(predicate, deadline, start)`), `.error_log_text()`, `.worker_pids()`.
 With `conf_text` the config is used as given (port required; log to
 <servroot>/logs/error.log and write the pid to <servroot>/logs/nginx.pid).
-The pytest fixture `nginx_server` (zedctl.pytest_plugin) is a factory of started
+The pytest fixture `nginx_server` (zedctl.testnginx.plugin) is a factory of started
 NginxServers, stopped at teardown.
 `find_nginx()` returns an NginxBinary (path, version, modules) or raises NginxNotFound.
 `parse_file(path)` / `parse_text(text)` return the Blocks of a .t file, and

@@ -2,7 +2,9 @@
 
 The file format (see the package docstring for the whole contract):
 
-    # header lines, ignored
+    # header lines, ignored, then the file's preamble (optional):
+    --- http_config
+        lua_shared_dict cache 1m;
     __DATA__
 
     === TEST 1: title
@@ -16,7 +18,13 @@ The file format (see the package docstring for the whole contract):
 Values are CRLF-normalised, leading and trailing blank lines are dropped and one final
 newline is kept; `--- name: value` is the one-line form (no final newline). Filter
 words after the section name: `chomp` drops the final newline, `re` makes the lines of
-`error_log`, `no_error_log` and `grep_error_log` Python regular expressions.
+`error_log`, `no_error_log` and `grep_error_log` Python regular expressions, `own` makes
+a block's main_config, http_config or config replace the preamble's.
+
+The preamble (Test::Nginx's add_block_preprocessor / `$::HttpConfig`): `main_config`,
+`http_config` and `config` sections before `__DATA__` are put in front of the same
+section of every block (or stand for it in a block without one), unless the block's
+section says `own`. Header lines before the first `---` are comments.
 """
 
 from __future__ import annotations
@@ -56,8 +64,10 @@ SECTIONS: frozenset[str] = frozenset(
 )
 
 #: Filter words allowed after a section name, and the sections `re` applies to.
-FILTERS: frozenset[str] = frozenset({"chomp", "re"})
+FILTERS: frozenset[str] = frozenset({"chomp", "re", "own"})
 REGEX_SECTIONS: frozenset[str] = frozenset({"error_log", "no_error_log", "grep_error_log"})
+#: Sections a file's preamble may give (and `own` applies to).
+PREAMBLE_SECTIONS: frozenset[str] = frozenset({"main_config", "http_config", "config"})
 
 #: Variables the harness defines for every block (besides the numbered ones).
 FIXED_VARIABLES: frozenset[str] = frozenset(
@@ -306,6 +316,7 @@ def parse_text(text: str, path: str | os.PathLike[str] = "<string>") -> list[Blo
         if line.strip() == "__DATA__":
             start = i + 1
             break
+    preamble = parse_preamble(lines[: max(start - 1, 0)], path)
 
     blocks: list[Block] = []
     titles: dict[str, int] = {}
@@ -387,6 +398,14 @@ def parse_text(text: str, path: str | os.PathLike[str] = "<string>") -> list[Blo
                         block=block.title,
                         section=name,
                     )
+                if word == "own" and name not in preamble:
+                    raise ParseError(
+                        "filter 'own' needs a preamble section of that name before __DATA__",
+                        path=path,
+                        line=lineno,
+                        block=block.title,
+                        section=name,
+                    )
             if sep:
                 block.sections[name] = Section(name, rest.strip(), filters, lineno)
                 oneline = name
@@ -405,7 +424,59 @@ def parse_text(text: str, path: str | os.PathLike[str] = "<string>") -> list[Blo
             )
         # lines between a block title and its first section are ignored (a description)
     close_section()
+    for block in blocks:
+        apply_preamble(block, preamble)
     return blocks
+
+
+def parse_preamble(lines: list[str], path: str) -> dict[str, Section]:
+    """The sections before `__DATA__` (main_config, http_config, config); the lines
+    before the first one are comments."""
+    sections: dict[str, Section] = {}
+    pending: tuple[str, int, list[str]] | None = None
+
+    def close() -> None:
+        if pending is not None:
+            name, lineno, body = pending
+            sections[name] = Section(name, _normalise(body, ()), (), lineno)
+
+    for i, line in enumerate(lines):
+        m = _SECTION_RE.match(line)
+        if m is None:
+            if pending is not None:
+                pending[2].append(line)
+            continue
+        close()
+        name = m.group(1)
+        if name not in PREAMBLE_SECTIONS:
+            raise ParseError(
+                "a preamble (before __DATA__) may only give "
+                + ", ".join(sorted(PREAMBLE_SECTIONS))
+                + " (one `--- name` line each, no filters)",
+                path=path,
+                line=i + 1,
+                section=name,
+            )
+        if name in sections:
+            raise ParseError(
+                f"duplicate preamble section (first at line {sections[name].line})",
+                path=path,
+                line=i + 1,
+                section=name,
+            )
+        pending = (name, i + 1, [])
+    close()
+    return sections
+
+
+def apply_preamble(block: Block, preamble: Mapping[str, Section]) -> None:
+    """Put each preamble section in front of the block's own (unless it says `own`)."""
+    for name, pre in preamble.items():
+        own = block.sections.get(name)
+        if own is None:
+            block.sections[name] = pre
+        elif "own" not in own.filters:
+            block.sections[name] = Section(name, pre.value + own.value, own.filters, own.line)
 
 
 def parse_file(path: str | os.PathLike[str]) -> list[Block]:
