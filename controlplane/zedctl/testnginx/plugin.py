@@ -148,10 +148,16 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 
 def talks_to_consul(item: pytest.Item) -> bool:
-    """Whether a test uses the session's Consul."""
+    """Whether a test uses the session's Consul (this plugin's `consul` fixture, not a
+    test module's own fixture of that name)."""
     if isinstance(item, BlockItem):
         return item.block.needs_consul
-    return "consul" in getattr(item, "fixturenames", ())
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.get("consul") if info is not None else None
+    if not defs:
+        return False
+    func = getattr(defs[-1], "func", None)
+    return getattr(func, "__module__", None) == __name__
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
