@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from zedctl.pytest_plugin import ConsulEndpoint
 from zedctl.testnginx.config import find_nginx
+from zedctl.testnginx.consul import ConsulEndpoint
 from zedctl.testnginx.runner import PortPicker
 from zedctl_consuls import ZEDCTL, Consul, Lines, Zedctl, backends, operator_env
 from zedcup_nodes import Backends, get, start_node, wait_for
