@@ -1,11 +1,10 @@
 # The balancing methods end to end, on both request paths (handlers and
 # balance()): who gets the requests when hosts are busy or slow (real nginx,
 # dev-consul, real backends).
+#
+# Every block: zedcup counting events in `flags`, the README's upstream block, and a
+# slow (RAND_PORT_1) and a fast (RAND_PORT_2) backend (the preamble below).
 
-__DATA__
-
-=== TEST 1: least_conn prefers the idle host under concurrency, on both paths (a host busy for 300 ms gets few of 30 requests sent within 150 ms)
---- timeout: 30
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -69,6 +68,11 @@ __DATA__
             }
         }
     }
+
+__DATA__
+
+=== TEST 1: least_conn prefers the idle host under concurrency, on both paths (a host busy for 300 ms gets few of 30 requests sent within 150 ms)
+--- timeout: 30
 --- config
     location /proxied {
         set $zedcup_instance inst;
@@ -139,69 +143,6 @@ sequential: slow 4, fast 4
 
 === TEST 2: ewma prefers the fast host, sequentially and under concurrency, on both paths
 --- timeout: 30
---- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        local zedcup = require "zedcup"
-        assert(zedcup.init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
-                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
-        for event, name in pairs(names) do
-            zedcup.bind(event, function(instance, d)
-                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
-                if event ~= "host_connect" then
-                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
-                end
-            end)
-        end
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    # the README's upstream block, with the instance from a variable
-    upstream zedcup_inst {
-        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
-            if not ok then
-                ngx.log(ngx.ERR, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
-        keepalive 16;
-    }
-
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
-        location / {
-            content_by_lua_block {
-                ngx.sleep(tonumber(ngx.var.arg_slow) or 0.3)
-                ngx.shared.flags:incr("hit slow", 1, 0)
-                ngx.say("slow")
-            }
-        }
-    }
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
-        location / {
-            content_by_lua_block {
-                ngx.shared.flags:incr("hit fast", 1, 0)
-                ngx.say("fast")
-            }
-        }
-    }
 --- config
     location /proxied {
         set $zedcup_instance inst;
@@ -273,69 +214,6 @@ GET /t
 
 === TEST 3: weighted_rr on both paths: exact shares across the two request paths of one worker
 --- timeout: 30
---- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        local zedcup = require "zedcup"
-        assert(zedcup.init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
-                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
-        for event, name in pairs(names) do
-            zedcup.bind(event, function(instance, d)
-                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
-                if event ~= "host_connect" then
-                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
-                end
-            end)
-        end
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    # the README's upstream block, with the instance from a variable
-    upstream zedcup_inst {
-        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
-            if not ok then
-                ngx.log(ngx.ERR, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
-        keepalive 16;
-    }
-
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
-        location / {
-            content_by_lua_block {
-                ngx.sleep(tonumber(ngx.var.arg_slow) or 0.3)
-                ngx.shared.flags:incr("hit slow", 1, 0)
-                ngx.say("slow")
-            }
-        }
-    }
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
-        location / {
-            content_by_lua_block {
-                ngx.shared.flags:incr("hit fast", 1, 0)
-                ngx.say("fast")
-            }
-        }
-    }
 --- config
     location /proxied {
         set $zedcup_instance inst;
