@@ -95,6 +95,7 @@ class Engine:
     dockerd: subprocess.Popen[bytes] | None = None
     exec_root: Path | None = None
     log_path: Path | None = None
+    made_bridge: bool = False
     figures: dict[str, float] = field(default_factory=dict)
 
     # -- finding or starting one -------------------------------------------------------
@@ -145,6 +146,8 @@ class Engine:
 
     def start_dockerd(self) -> None:
         self._stop_stale()
+        # dockerd leaves its default bridge behind when it stops: remove it then, if new
+        self.made_bridge = not Path("/sys/class/net/docker0").exists()
         errors = []
         for driver in ("overlay2", "vfs"):
             # short: containerd's socket paths must fit in sun_path
@@ -189,6 +192,8 @@ class Engine:
             subprocess.run(["umount", "-R", str(self.exec_root)], capture_output=True, check=False)
             shutil.rmtree(self.exec_root, ignore_errors=True)
         (self.state_dir / "dockerd.pid").unlink(missing_ok=True)
+        if proc is not None and self.made_bridge:
+            subprocess.run(["ip", "link", "delete", "docker0"], capture_output=True, check=False)
         self.dockerd = self.exec_root = None
 
     def close(self) -> None:
