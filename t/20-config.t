@@ -1,10 +1,36 @@
 # zedcup.config and zedcup.kv: how configs are written to Consul, read back,
 # cached per worker and per node, and watched.
+#
+# The preamble below (zedcup with its workers, a backend "one" on RAND_PORT_1) goes in
+# front of each block's http_config, except where a block says `own`.
+
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "one"; }
+    }
 
 __DATA__
 
 === TEST 1: configure_instance writes the documented key layout (no defaults, 1-based lists); defect "delete-tree without trailing slash" removed state of instance "ab" when configuring "a"
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -68,28 +94,6 @@ nil Instance not found
 === TEST 2: a 300-host instance (more than one 64-op transaction) reconfigured while requests flow: no reader ever sees a mix
 --- workers: 2
 --- timeout: 30
---- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
-        location / { return 200 "one"; }
-    }
 --- config
     location = /t {
         content_by_lua_block {
@@ -187,32 +191,11 @@ final keys: 900
 --- workers: 2
 --- timeout: 30
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
-        location / { return 200 "one"; }
-    }
-
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
         location / { return 200 "two"; }
     }
+
 --- config
 
     # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
@@ -264,32 +247,11 @@ $TEST_ZEDCUP_PREFIX/instances/inst/pools/1/hosts/1/port: must be an integer (got
 --- workers: 2
 --- timeout: 20
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
-        location / { return 200 "one"; }
-    }
-
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
         location / { return 200 "two"; }
     }
+
 --- config
 
     # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
@@ -335,7 +297,7 @@ change in every worker within 1.5 s: true
 === TEST 5: Consul unreachable: requests keep being served from the last good config in every worker; watchers recover by themselves
 --- workers: 2
 --- timeout: 20
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -431,28 +393,6 @@ recovered: true
 === TEST 6: config() returns the cached global config (defect: deep-copied on every call); configure() replaces it; removal reaches every worker
 --- workers: 2
 --- timeout: 20
---- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
-        location / { return 200 "one"; }
-    }
 --- config
 
     # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
@@ -495,7 +435,7 @@ gone everywhere: true
 
 
 === TEST 7: init(): defaults, "[zedcup] <kind> dictionary not found: <name>", initted(), _VERSION, option types
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 1m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -533,7 +473,7 @@ $
 
 
 === TEST 8: large writes are exclusive: a fresh `_pending` of another writer is respected, a stale one (a writer that died) is taken over
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
