@@ -1,12 +1,8 @@
 # The Consul watchers (zedcup.watch): one per node and prefix, blocking on
 # their own index, resetting it when it goes backwards; and every Consul answer's
-# status checked. Consul is reached through a counting proxy in the same nginx.
+# status checked. Consul is reached through a counting proxy in the same nginx
+# (RAND_PORT_3), set up with zedcup by the preamble below (TEST 2 has its own).
 
-__DATA__
-
-=== TEST 1: defects "several workers watched at once" and "the watcher never saw its own index": an idle node of two workers holds exactly one blocking query per prefix and sends almost nothing
---- workers: 2
---- timeout: 10
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -38,6 +34,12 @@ __DATA__
             proxy_buffering off;
         }
     }
+
+__DATA__
+
+=== TEST 1: defects "several workers watched at once" and "the watcher never saw its own index": an idle node of two workers holds exactly one blocking query per prefix and sends almost nothing
+--- workers: 2
+--- timeout: 10
 --- config
     location = /t {
         content_by_lua_block {
@@ -65,7 +67,7 @@ requests while idle for 1.5 s <= 3: true
 
 
 === TEST 2: defect "configure() ignored Consul's HTTP status": every write checks it and fails with the status
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -124,37 +126,6 @@ true
 --- workers: 2
 --- timeout: 30
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    lua_shared_dict flags 1m;
-    # the path to Consul goes through this proxy, which counts and can misbehave
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
-        location / {
-            access_by_lua_block { require("zedcup_t").consul_proxy_access("$TEST_ZEDCUP_PREFIX") }
-            header_filter_by_lua_block { require("zedcup_t").consul_proxy_header_filter() }
-            log_by_lua_block { require("zedcup_t").consul_proxy_log() }
-            proxy_pass http://127.0.0.1:$TEST_NGINX_CONSUL_PORT;
-            proxy_read_timeout 700s;
-            proxy_buffering off;
-        }
-    }
-
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / { return 200 "one"; }
@@ -164,6 +135,7 @@ true
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
         location / { return 200 "two"; }
     }
+
 --- config
 
     # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
