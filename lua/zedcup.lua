@@ -187,6 +187,7 @@ function _M.run_workers()
 
     session.run_workers()
     healthcheck.run_workers()
+    require("zedcup.discovery").run_workers()  -- pools with a Consul service
     require("zedcup.counters").run_workers()
     require("zedcup.node").run_workers()
     return nil

@@ -123,3 +123,129 @@ has no instances
 has no instances
 --- error_log
 service web still empty after 10 s: dropping its hosts
+
+=== TEST 3: a pool naming a Consul service, two workers: registered instances take traffic, a critical one stops, new ones join, a vanished service keeps its hosts for keep_for
+--- workers: 2
+--- timeout: 40
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_socket_log_errors off;
+    init_by_lua_block {
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
+                       token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+    upstream zedcup_inst {
+        server 0.0.0.1;
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance("disc")
+            if not ok then
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+    }
+    server {
+        listen 127.0.0.2:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "a"; }
+    }
+    server {
+        listen 127.0.0.3:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "b"; }
+    }
+    server {
+        listen 127.0.0.4:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "c"; }
+    }
+--- config
+    location /proxied {
+        proxy_pass http://zedcup_inst/;
+        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local t = require "blocks_t"
+            local get = require("balance_t").get
+            local c = require("zedcup.kv").client()
+            local port = $TEST_NGINX_SERVER_PORT
+            local svc = ("$TEST_ZEDCUP_PREFIX"):gsub("/", "-")
+            local function put(path, body)
+                local res = assert(c:put(path, body))
+                assert(res.status == 200, path .. ": " .. res.status .. " " .. tostring(res.body))
+            end
+            local function register(id, addr)
+                put("/agent/service/register", { ID = svc .. "-" .. id, Name = svc, Address = addr,
+                     Port = $TEST_NGINX_RAND_PORT_1, Check = { TTL = "60s", Status = "passing" } })
+            end
+            -- the answers of n requests: { [body] = { [worker] = count } }
+            local function answers(n)
+                local seen = {}
+                for _ = 1, n do
+                    local status, body, w = get(port, "/proxied")
+                    local key = status == 200 and body or tostring(status)
+                    seen[key] = seen[key] or {}
+                    seen[key][w or -1] = true
+                end
+                return seen
+            end
+            local function wait_for(what, limit, pred)
+                local seen
+                local ok = t.retry_until(ngx.now() + limit, 0.05, function()
+                    seen = answers(20)
+                    return pred(seen)
+                end)
+                local keys = {}
+                for k in pairs(seen) do keys[#keys + 1] = k end
+                table.sort(keys)
+                ngx.say(what, ": ", ok and "yes" or "NO", " (", table.concat(keys, ","), ")")
+            end
+            local function both(s, k) return s[k] and s[k][0] and s[k][1] end
+
+            register("a", "127.0.0.2")
+            register("b", "127.0.0.3")
+            assert(zedcup.configure_instance("disc", { pools = {
+                { name = "p", service = { name = svc, keep_for = 2 } },
+            } }))
+            wait_for("a and b answer on both workers", 10, function(s)
+                return both(s, "a") and both(s, "b") and not s.c
+            end)
+
+            put("/agent/check/fail/service:" .. svc .. "-a")
+            wait_for("a critical: only b", 10, function(s) return both(s, "b") and not s.a end)
+
+            register("c", "127.0.0.4")
+            put("/agent/service/deregister/" .. svc .. "-b")
+            wait_for("b gone, c joined", 10, function(s) return both(s, "c") and not s.b end)
+
+            put("/agent/service/deregister/" .. svc .. "-a")
+            put("/agent/service/deregister/" .. svc .. "-c")
+            ngx.update_time()
+            local gone_at = ngx.now()
+            local seen = answers(10)
+            ngx.say("right after the service vanished, c still answers: ", seen.c ~= nil and seen["502"] == nil)
+            wait_for("after keep_for: no host left (502)", 10, function(s) return s["502"] and not s.c end)
+            ngx.update_time()
+            ngx.say("not before keep_for: ", ngx.now() - gone_at >= 2)
+        }
+    }
+--- request
+GET /t
+--- response_body
+a and b answer on both workers: yes (a,b)
+a critical: only b: yes (b)
+b gone, c joined: yes (c)
+right after the service vanished, c still answers: true
+after keep_for: no host left (502): yes (502)
+not before keep_for: true
+--- error_log
+has no instances; keeping its last 2 hosts for 2 s
+still empty after 2 s: dropping its hosts

@@ -107,6 +107,7 @@ class Field:
     types: tuple[str, ...]
     default: Any = MISSING
     required: bool = False
+    required_unless: str | None = None
     min: float | None = None
     max: float | None = None
     exclusive_min: bool = False
@@ -127,6 +128,7 @@ class Field:
             "type",
             "default",
             "required",
+            "required_unless",
             "min",
             "max",
             "exclusive_min",
@@ -151,6 +153,7 @@ class Field:
             types=types,
             default=spec.get("default", MISSING),
             required=bool(spec.get("required", False)),
+            required_unless=spec.get("required_unless"),
             min=spec.get("min"),
             max=spec.get("max"),
             exclusive_min=bool(spec.get("exclusive_min", False)),
@@ -391,6 +394,8 @@ class Schema:
                 continue
             out[target] = self._value(f, item, (*path, key), walk)
         for f in record.canonical_fields:
+            if f.required_unless is not None and f.required_unless in out:
+                continue  # e.g. a pool's hosts may come from its service alone
             if f.required and f.name not in out and not self._alias_given(record, f, value):
                 walk.add((*path, f.name), None, "required field is missing", missing=True)
         for check in record.checks:

@@ -17,6 +17,7 @@
 -- events, re-warms the plans and reloads the global config when the node's
 -- config generation moved (zedcup.store's protocol).
 
+local discovery = require "zedcup.discovery"
 local kv = require "zedcup.kv"
 local schema = require "zedcup.schema"
 local selection = require "zedcup.select"
@@ -72,7 +73,8 @@ local function to_plan(v)
     if v.err then
         return v
     end
-    local plan, err = compile(v.name, v.conf, v.sig)
+    -- pools with a `service`: the hosts zedcup.discovery found join the config
+    local plan, err = compile(v.name, discovery.merge(v.name, v.conf), v.sig)
     if not plan then
         return { err = "Could not retrieve config: " .. err }
     end

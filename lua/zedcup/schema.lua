@@ -358,7 +358,8 @@ local function normalise_record(rname, v, path, problems)
     end
 
     for fname, spec in pairs(fields) do
-        if spec.required and v[fname] == nil then
+        if spec.required and v[fname] == nil
+           and not (spec.required_unless and v[spec.required_unless] ~= nil) then
             add(problems, path_append(path, fname), nil, "is required")
             ok = false
         end

@@ -65,6 +65,7 @@ local P_QUEUED = "q:"            -- .. host key: failures queued for Consul
 local P_UP_AT = "up:"            -- .. host key: when Consul last brought it back
 local P_CHECK = "c:"             -- .. host key: "<unix time> ok|<why>" (checker node)
 local P_WATCH_ERR = "werr:"      -- .. watch name: "<unix time> <error>" of its last failure
+local P_DISCOVERED = "d:"        -- .. inst .. "/" .. pool: JSON hosts from Consul's catalog
 
 -- Keys of the locks dict ------------------------------------------------------
 local K_SESSION = "zedcup:session:id"
@@ -374,6 +375,26 @@ end
 
 function _M.came_up(k, at)
     cache:set(P_UP_AT .. k, at, 3600)
+end
+
+
+--- discovered(inst, pool) -> JSON text | nil; set_discovered(inst, pool, json | nil):
+-- the hosts zedcup.discovery found for a pool's service (node-wide)
+function _M.discovered(inst, pool)
+    return cache:get(P_DISCOVERED .. inst .. "/" .. pool)
+end
+
+function _M.set_discovered(inst, pool, json)
+    local key = P_DISCOVERED .. inst .. "/" .. pool
+    if json == nil then
+        cache:delete(key)
+        return true
+    end
+    local ok, err = cache:safe_set(key, json)
+    if not ok then
+        return nil, "store: discovered hosts of " .. inst .. "/" .. pool .. ": " .. tostring(err)
+    end
+    return true
 end
 
 
