@@ -1,11 +1,28 @@
 # zedcup.handler: the seed README's example and the handler API, end to end
 # (real nginx, dev-consul, real backends on RAND ports).
+#
+# The preamble below (zedcup initialised against the session's Consul) goes in front of
+# each block's http_config, except where a block says `own`.
+
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
 
 __DATA__
 
 === TEST 1: the seed README's example, verbatim locations, two workers: configure then request
 --- workers: 2
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 1m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -107,7 +124,7 @@ GET /
 
 === TEST 2: the seed README's example with the primary pool dead: every request fails over to dr01
 --- workers: 2
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 1m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -205,7 +222,7 @@ dr01
 
 
 === TEST 3: hot path: a cache-hit create_handler + request touches no shared dict, JSON or timer (counted by wrapping them)
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -294,23 +311,11 @@ config() is cached, not copied: true
 
 === TEST 4: connect(): a raw cosocket, a lua-resty style driver (connect + set_timeout) and a unix socket host
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
     server {
         listen unix:$TEST_NGINX_SERVROOT/logs/b.sock;
         location / { return 200 "unix"; }
     }
+
 --- config
     location = /t {
         content_by_lua_block {
@@ -360,25 +365,13 @@ http over unix: unix keepalive: 1
 
 === TEST 5: ssl: verify defaults to true (a self-signed backend fails), ssl_verify = false accepted, SNI defaults to the request's Host, sni_name overrides it
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1 ssl;
         ssl_certificate "data:-----BEGIN CERTIFICATE-----\nMIIBsjCCAVmgAwIBAgIUKtqOjLtMoOqLpp/3GEToD3sg11kwCgYIKoZIzj0EAwIw\nHjEcMBoGA1UEAwwTYmFja2VuZC56ZWRjdXAudGVzdDAgFw0yNjExMjEwODExNTla\nGA8yMTI2MTAyODA4MTE1OVowHjEcMBoGA1UEAwwTYmFja2VuZC56ZWRjdXAudGVz\ndDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABHOTykyPSgxHqtS69f1anZ0iJ9MW\nJ3Iau9vTB4LkTlwM6rb+d0H6rST+Efp7UdEolwQIM33YuayV35r1EYytqp6jczBx\nMB0GA1UdDgQWBBTwuRw42Fxdpj3WxWSHugarJs1GijAfBgNVHSMEGDAWgBTwuRw4\n2Fxdpj3WxWSHugarJs1GijAPBgNVHRMBAf8EBTADAQH/MB4GA1UdEQQXMBWCE2Jh\nY2tlbmQuemVkY3VwLnRlc3QwCgYIKoZIzj0EAwIDRwAwRAIgLKj/K0LKrJecV6t4\nVZSKgsJNPOBzeJ0Eg+jd8m6ut2sCIG1gUV0gT+ABwPjrUPqcBoCYUNouhi9fxNMP\nt11zmQb1\n-----END CERTIFICATE-----";
         ssl_certificate_key "data:-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgRCGfHj9s1vuHXDOL\nyXdCB7JQF+wd3ogMj5oWGpWBS5ShRANCAARzk8pMj0oMR6rUuvX9Wp2dIifTFidy\nGrvb0weC5E5cDOq2/ndB+q0k/hH6e1HRKJcECDN92Lmsld+a9RGMraqe\n-----END PRIVATE KEY-----";
         location / { return 200 "sni=$ssl_server_name"; }
     }
+
 --- config
     location = /t {
         content_by_lua_block {
@@ -418,19 +411,6 @@ $
 
 === TEST 6: request() streams the client body with get_client_body_reader() (one attempt: a stream cannot be replayed)
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / {
@@ -440,6 +420,7 @@ $
             }
         }
     }
+
 --- config
     location = /t {
         content_by_lua_block {
