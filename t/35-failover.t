@@ -1,10 +1,10 @@
 # Failover and failure accounting: connect errors, request errors and bad
 # status codes move on to the next host and count against the host; max_errors
 # marks it down once for the whole cluster; marking up brings it back.
+#
+# The preamble below (zedcup initialised against the session's Consul) goes in front of
+# each block's http_config, except where a block says `own`.
 
-__DATA__
-
-=== TEST 1: connect errors fail over to the next host; events carry {pool, host, err}; handler listeners run before global ones; a throwing listener is logged
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -19,10 +19,15 @@ __DATA__
         }))
     }
 
+__DATA__
+
+=== TEST 1: connect errors fail over to the next host; events carry {pool, host, err}; handler listeners run before global ones; a throwing listener is logged
+--- http_config
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / { return 200 "one"; }
     }
+
 --- config
     location = /t {
         content_by_lua_block {
@@ -64,19 +69,6 @@ listener boom
 
 === TEST 2: defects "request() returned false" and "dropped the last response": bad status codes fail over, the last bad response is returned, no host at all is nil + error
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / { return 200 "one"; }
@@ -94,6 +86,7 @@ listener boom
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_5;
         location / { return 444; }
     }
+
 --- config
     location = /t {
         content_by_lua_block {
@@ -152,7 +145,7 @@ $
 === TEST 3: max_errors within error_timeout marks the host down once (two workers), in the state tree and not the config tree; it is then skipped everywhere; mark_up brings it back once
 --- workers: 2
 --- timeout: 25
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -277,7 +270,7 @@ EVENT host_up inst/p/dead
 --- nodes: 2
 --- workers: 2
 --- timeout: 15
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -363,7 +356,7 @@ EVENT host_down
 === TEST 5: defects "concurrent failures were lost" and "each failure cost Consul round trips": every failure of two busy workers is counted, in fewer writes than failures
 --- workers: 2
 --- timeout: 15
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -464,19 +457,6 @@ fewer writes than failures: true (true)
 
 
 === TEST 6: defect ""Pool is down" logged at ERR on every request": pools that are off or exhausted cost no log line
---- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
 --- config
     location = /t {
         content_by_lua_block {
