@@ -141,6 +141,12 @@ $
             assert(zedcup.set_host_weight("web", "p", "a", 3))
             local ok = t.retry_until(ngx.now() + 8, 0.05, function() c = split(40); return c.a == 30 end)
             ngx.say("after weight 3: a ", c.a, ", b ", c.b, " (", ok, ")")
+            assert(zedcup.set_host_state("web", "p", "a", "down", "draining for a deploy"))
+            ok = t.retry_until(ngx.now() + 8, 0.05, function() c = split(20); return c.b == 20 end)
+            ngx.say("a held down: a ", c.a, ", b ", c.b, " (", ok, ")")
+            assert(zedcup.set_host_state("web", "p", "a", "up"))
+            ok = t.retry_until(ngx.now() + 8, 0.05, function() c = split(40); return c.a == 30 end)
+            ngx.say("a up again: a ", c.a, ", b ", c.b, " (", ok, ")")
         }
     }
 --- request
@@ -148,5 +154,7 @@ GET /t
 --- response_body
 before: a 10, b 10
 after weight 3: a 30, b 10 (true)
+a held down: a 0, b 20 (true)
+a up again: a 30, b 10 (true)
 --- no_error_log
 [error]
