@@ -11,6 +11,7 @@
 local deps = require "zedcup.deps"
 local events = require "zedcup.events"
 local report = require "zedcup.report"
+local resolver = require "zedcup.resolver"
 local selection = require "zedcup.select"
 local state = require "zedcup.state"
 
@@ -19,6 +20,9 @@ local ngx_var = ngx.var
 local ngx_now = ngx.now
 local tcp = ngx.socket.tcp
 local pcall = pcall
+local pairs = pairs
+local tostring = tostring
+local resolve = resolver.resolve
 local type = type
 local setmetatable = setmetatable
 local tab_new = require "table.new"
@@ -36,6 +40,9 @@ local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
 
 local NO_HOSTS = "No available upstream hosts"
+
+-- host config -> the last of its addresses used (hosts given as names)
+local turns = setmetatable({}, { __mode = "k" })
 
 
 --- new(plan, key?) -> handler
@@ -125,6 +132,19 @@ end
 
 -- Connects `sock` to one host; the HTTP client gets lua-resty-http's
 -- connect(options) (it does TLS itself), others host/port connect + sslhandshake.
+-- a host given as a name: its next address from zedcup.resolver (a lookup
+-- only the first time; cached for its TTL and refreshed in the background)
+local function named_address(host)
+    local addrs, err = resolve(host.host)
+    if not addrs then
+        return nil, "could not resolve " .. host.host .. ": " .. tostring(err)
+    end
+    local turn = (turns[host] or 0) % #addrs + 1
+    turns[host] = turn
+    return addrs[turn]
+end
+
+
 local function connect_host(self, sock, is_http, pool, host)
     local plan = self.plan
     local target = plan.targets[host]
@@ -134,13 +154,30 @@ local function connect_host(self, sock, is_http, pool, host)
         sni = ssl.sni_name or request_host() or host.host
     end
 
+    local address, http_connect = target.address, target.http_connect
+    if not target.peer then
+        local err
+        address, err = named_address(host)
+        if not address then
+            return nil, err
+        end
+        if is_http and http_connect then
+            local opts = {}
+            for k, v in pairs(http_connect) do
+                opts[k] = v
+            end
+            opts.host = address
+            http_connect = opts
+        end
+    end
+
     set_timeout(sock, pool.timeout)
 
     local ok, err
     if is_http then
-        ok, err = sock:connect(target.http_connect or {
+        ok, err = sock:connect(http_connect or {
             scheme = "https",
-            host = target.address,
+            host = address,
             port = not target.unix and host.port or nil,
             ssl_verify = ssl.verify,
             ssl_server_name = sni,
@@ -148,9 +185,9 @@ local function connect_host(self, sock, is_http, pool, host)
         })
     else
         if target.unix then
-            ok, err = sock:connect(target.address)
+            ok, err = sock:connect(address)
         else
-            ok, err = sock:connect(target.address, host.port)
+            ok, err = sock:connect(address, host.port)
         end
         if ok and ssl then
             if not sock.sslhandshake then
