@@ -1,10 +1,10 @@
 # zedcup.balance() in balancer_by_lua and zedcup.log() in log_by_lua: the same
 # host selection and failure accounting as handlers, with nginx's own proxy
 # doing the request (real nginx, dev-consul, real backends).
-#
-# Every block (but TEST 5, which has its own): zedcup counting events in `flags` and
-# the README's upstream block (the preamble below); blocks add their backends.
 
+__DATA__
+
+=== TEST 1: balance() picks hosts like handlers do, retries the next host on connect errors and bad statuses, and log() counts each try with its own event
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -49,10 +49,6 @@
         keepalive 16;
     }
 
-__DATA__
-
-=== TEST 1: balance() picks hosts like handlers do, retries the next host on connect errors and bad statuses, and log() counts each try with its own event
---- http_config
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / { return 200 "one"; }
@@ -62,7 +58,6 @@ __DATA__
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
         location / { return 500 "bad"; }
     }
-
 --- config
     location = /setup {
         content_by_lua_block {
@@ -129,6 +124,49 @@ REQUEST_ERROR inst b500: Bad status code: 500
 === TEST 2: the last try counts: a one-host pool on a closed port, two workers: every request 502, host_down once after max_errors, then "no live upstreams" without a connect
 --- workers: 2
 --- timeout: 30
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        local zedcup = require "zedcup"
+        assert(zedcup.init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+        for event, name in pairs(names) do
+            zedcup.bind(event, function(instance, d)
+                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+                if event ~= "host_connect" then
+                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+                end
+            end)
+        end
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    # the README's upstream block, with the instance from a variable
+    upstream zedcup_inst {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+        keepalive 16;
+    }
 --- config
     location /proxied {
         set $zedcup_instance inst;
@@ -209,6 +247,49 @@ no live upstreams
 
 === TEST 3: status_codes from $upstream_status: a host answering 503 with proxy_next_upstream (client gets 200 from the other) and without (client gets the 503); one-host pool: its 503 counts too
 --- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        local zedcup = require "zedcup"
+        assert(zedcup.init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+        for event, name in pairs(names) do
+            zedcup.bind(event, function(instance, d)
+                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+                if event ~= "host_connect" then
+                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+                end
+            end)
+        end
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    # the README's upstream block, with the instance from a variable
+    upstream zedcup_inst {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+        keepalive 16;
+    }
+
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / {
@@ -223,7 +304,6 @@ no live upstreams
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
         location / { return 200 "ok"; }
     }
-
 --- config
     location /next {
         set $zedcup_instance inst;
@@ -310,6 +390,49 @@ REQUEST_ERROR solo busy: Bad status code: 503
 
 === TEST 4: retries reach the next pool when the first is exhausted (dead hosts, a unix socket); a host given as a name is used once zedcup.resolver knows it, never a 500
 --- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        local zedcup = require "zedcup"
+        assert(zedcup.init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+        for event, name in pairs(names) do
+            zedcup.bind(event, function(instance, d)
+                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+                if event ~= "host_connect" then
+                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+                end
+            end)
+        end
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    # the README's upstream block, with the instance from a variable
+    upstream zedcup_inst {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+        keepalive 16;
+    }
+
     server {
         listen unix:$TEST_NGINX_SERVROOT/balance-test.sock;
         location / { return 200 "unix"; }
@@ -318,7 +441,6 @@ REQUEST_ERROR solo busy: Bad status code: 503
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
         location / { return 200 "named"; }
     }
-
 --- config
     location /proxied {
         set $zedcup_instance inst;
@@ -380,7 +502,7 @@ the name localhost is not resolved yet: skipped
 
 
 === TEST 5: a pool whose only host is a name that does not resolve: nginx answers 502 (NO_PEER), never 500
---- http_config own
+--- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -467,6 +589,49 @@ zedcup: No available upstream hosts
 
 === TEST 6: chash in balancer mode: hash_key $arg_user sends a user to one host, balance()'s key argument overrides it
 --- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        local zedcup = require "zedcup"
+        assert(zedcup.init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+        for event, name in pairs(names) do
+            zedcup.bind(event, function(instance, d)
+                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+                if event ~= "host_connect" then
+                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+                end
+            end)
+        end
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    # the README's upstream block, with the instance from a variable
+    upstream zedcup_inst {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+        keepalive 16;
+    }
+
     upstream zedcup_keyed {
         server 0.0.0.1;
         balancer_by_lua_block {
@@ -491,7 +656,6 @@ zedcup: No available upstream hosts
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
         location / { return 200 "c"; }
     }
-
 --- config
     location /proxied {
         set $zedcup_instance inst;
@@ -547,3 +711,107 @@ GET /t
 --- response_body
 each user always on one host: true, users spread: true
 balance(instance, key): the key decides: true
+
+
+
+=== TEST 7: defect "the next pool was never reached": a host of the first pool becoming usable during the request takes a try, and the secondary pool still answers
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        local zedcup = require "zedcup"
+        assert(zedcup.init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+        for event, name in pairs(names) do
+            zedcup.bind(event, function(instance, d)
+                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+                if event ~= "host_connect" then
+                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+                end
+            end)
+        end
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    # the README's upstream block, with the instance from a variable
+    upstream zedcup_inst {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+        keepalive 16;
+    }
+
+    upstream zedcup_lifting {
+        server 0.0.0.1;
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            if ngx.ctx.zedcup_balance then
+                -- a retry: the down mark of b is lifted (a new state copy, as a worker gets)
+                local d = require("zedcup.state").down_for("inst")
+                d.primary = {}
+            end
+            local ok, err = zedcup.balance("inst")
+            if not ok then
+                ngx.log(ngx.ERR, "zedcup: ", err)
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+    }
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+        location / { return 200 "secondary"; }
+    }
+--- config
+    location /lifting {
+        proxy_pass http://zedcup_lifting/;
+        proxy_next_upstream error timeout;
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location = /ready {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
+        }
+    }
+    location = /count {
+        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local flags = ngx.shared.flags
+            local get = require("balance_t").get
+            assert(zedcup.configure_instance("inst", { pools = {
+                { name = "primary", max_errors = 1000, hosts = {
+                    { name = "a", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 },
+                    { name = "b", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 } } },
+                { name = "secondary", hosts = { { name = "s", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3 } } },
+            } }))
+            assert(require("zedcup.state").mark_down("inst", "primary", "b", "test"))
+            local status, body = get($TEST_NGINX_SERVER_PORT, "/lifting")
+            ngx.say(status, " ", body, "; connect errors: a ", flags:get("CONNECT_ERROR a"),
+                    ", b ", flags:get("CONNECT_ERROR b"), "; connects of s ", flags:get("CONNECT s"))
+        }
+    }
+--- request
+GET /t
+--- response_body
+200 secondary; connect errors: a 1, b 1; connects of s 1
