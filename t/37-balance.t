@@ -1,10 +1,10 @@
 # zedcup.balance() in balancer_by_lua and zedcup.log() in log_by_lua: the same
 # host selection and failure accounting as handlers, with nginx's own proxy
 # doing the request (real nginx, dev-consul, real backends).
+#
+# Every block (but TEST 5, which has its own): zedcup counting events in `flags` and
+# the README's upstream block (the preamble below); blocks add their backends.
 
-__DATA__
-
-=== TEST 1: balance() picks hosts like handlers do, retries the next host on connect errors and bad statuses, and log() counts each try with its own event
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -49,6 +49,10 @@ __DATA__
         keepalive 16;
     }
 
+__DATA__
+
+=== TEST 1: balance() picks hosts like handlers do, retries the next host on connect errors and bad statuses, and log() counts each try with its own event
+--- http_config
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / { return 200 "one"; }
@@ -58,6 +62,7 @@ __DATA__
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
         location / { return 500 "bad"; }
     }
+
 --- config
     location = /setup {
         content_by_lua_block {
@@ -124,49 +129,6 @@ REQUEST_ERROR inst b500: Bad status code: 500
 === TEST 2: the last try counts: a one-host pool on a closed port, two workers: every request 502, host_down once after max_errors, then "no live upstreams" without a connect
 --- workers: 2
 --- timeout: 30
---- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        local zedcup = require "zedcup"
-        assert(zedcup.init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
-                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
-        for event, name in pairs(names) do
-            zedcup.bind(event, function(instance, d)
-                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
-                if event ~= "host_connect" then
-                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
-                end
-            end)
-        end
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    # the README's upstream block, with the instance from a variable
-    upstream zedcup_inst {
-        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
-            if not ok then
-                ngx.log(ngx.ERR, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
-        keepalive 16;
-    }
 --- config
     location /proxied {
         set $zedcup_instance inst;
@@ -247,49 +209,6 @@ no live upstreams
 
 === TEST 3: status_codes from $upstream_status: a host answering 503 with proxy_next_upstream (client gets 200 from the other) and without (client gets the 503); one-host pool: its 503 counts too
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        local zedcup = require "zedcup"
-        assert(zedcup.init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
-                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
-        for event, name in pairs(names) do
-            zedcup.bind(event, function(instance, d)
-                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
-                if event ~= "host_connect" then
-                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
-                end
-            end)
-        end
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    # the README's upstream block, with the instance from a variable
-    upstream zedcup_inst {
-        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
-            if not ok then
-                ngx.log(ngx.ERR, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
-        keepalive 16;
-    }
-
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / {
@@ -304,6 +223,7 @@ no live upstreams
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
         location / { return 200 "ok"; }
     }
+
 --- config
     location /next {
         set $zedcup_instance inst;
@@ -390,49 +310,6 @@ REQUEST_ERROR solo busy: Bad status code: 503
 
 === TEST 4: retries reach the next pool when the first is exhausted (dead hosts, a unix socket); a host given as a name is used once zedcup.resolver knows it, never a 500
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        local zedcup = require "zedcup"
-        assert(zedcup.init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
-                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
-        for event, name in pairs(names) do
-            zedcup.bind(event, function(instance, d)
-                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
-                if event ~= "host_connect" then
-                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
-                end
-            end)
-        end
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    # the README's upstream block, with the instance from a variable
-    upstream zedcup_inst {
-        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
-            if not ok then
-                ngx.log(ngx.ERR, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
-        keepalive 16;
-    }
-
     server {
         listen unix:$TEST_NGINX_SERVROOT/balance-test.sock;
         location / { return 200 "unix"; }
@@ -441,6 +318,7 @@ REQUEST_ERROR solo busy: Bad status code: 503
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
         location / { return 200 "named"; }
     }
+
 --- config
     location /proxied {
         set $zedcup_instance inst;
@@ -502,7 +380,7 @@ the name localhost is not resolved yet: skipped
 
 
 === TEST 5: a pool whose only host is a name that does not resolve: nginx answers 502 (NO_PEER), never 500
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -589,49 +467,6 @@ zedcup: No available upstream hosts
 
 === TEST 6: chash in balancer mode: hash_key $arg_user sends a user to one host, balance()'s key argument overrides it
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        local zedcup = require "zedcup"
-        assert(zedcup.init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
-                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
-        for event, name in pairs(names) do
-            zedcup.bind(event, function(instance, d)
-                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
-                if event ~= "host_connect" then
-                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
-                end
-            end)
-        end
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    # the README's upstream block, with the instance from a variable
-    upstream zedcup_inst {
-        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
-            if not ok then
-                ngx.log(ngx.ERR, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
-        keepalive 16;
-    }
-
     upstream zedcup_keyed {
         server 0.0.0.1;
         balancer_by_lua_block {
@@ -656,6 +491,7 @@ zedcup: No available upstream hosts
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
         location / { return 200 "c"; }
     }
+
 --- config
     location /proxied {
         set $zedcup_instance inst;
@@ -716,48 +552,6 @@ balance(instance, key): the key decides: true
 
 === TEST 7: defect "the next pool was never reached": a host of the first pool becoming usable during the request takes a try, and the secondary pool still answers
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        local zedcup = require "zedcup"
-        assert(zedcup.init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
-                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
-        for event, name in pairs(names) do
-            zedcup.bind(event, function(instance, d)
-                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
-                if event ~= "host_connect" then
-                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
-                end
-            end)
-        end
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    # the README's upstream block, with the instance from a variable
-    upstream zedcup_inst {
-        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
-            if not ok then
-                ngx.log(ngx.ERR, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
-        keepalive 16;
-    }
 
     upstream zedcup_lifting {
         server 0.0.0.1;
