@@ -87,9 +87,15 @@ def test_pool_and_host_holds_steer_traffic_and_transitions_are_events(
         # web02 flaps: error counting marks it down (an event from the data plane) ...
         backend.set_broken("web02", True)
         wait_for("web02 marked down", lambda: _answers(url) == {"web01"}, timeout=10)
+
+        def marked() -> bool:
+            return any(k.endswith("/primary/web02/down") for k in consul.values(f"{prefix}/state"))
+
+        # (the node sets web02 aside at once; the cluster-wide mark follows its sync)
+        wait_for("web02 marked down in Consul", marked, timeout=10)
         # ... an apply that only changes web01's weight keeps that mark ...
         zed("apply", zed.file(CONFIG.format(weight=", weight: 2", **backend.ports)))
-        assert any(k.endswith("/primary/web02/down") for k in consul.values(f"{prefix}/state"))
+        assert marked()
         assert _answers(url) == {"web01"}
         # ... and once fixed, a passing check brings it back (another event).
         backend.set_broken("web02", False)

@@ -1,4 +1,5 @@
-"""zedctl's operations on a Consul KV store: configure, read back, remove, host changes.
+"""zedctl's operations on a Consul KV store: apply (plan and write), read back, remove,
+host and pool changes (operator holds, weights).
 
 Plain functions over `ConsulKV`, `Layout` and `Schema`; the CLI only parses and prints.
 
@@ -48,7 +49,7 @@ class PendingWrite(ZedctlError):
     def __init__(self, tree: str, marker: str | None) -> None:
         super().__init__(
             f"{tree} is being written ({PENDING_KEY}: {marker or '?'}); readers ignore it "
-            "until the write completes. If that write was interrupted, run configure again."
+            "until the write completes. If that write was interrupted, run apply again."
         )
 
 
@@ -518,7 +519,7 @@ def list_instances(kv: ConsulKV, layout: Layout, schema: Schema) -> list[Instanc
 
 
 def export(kv: ConsulKV, layout: Layout, schema: Schema) -> ConfigFile:
-    """The whole stored configuration, as a ConfigFile that configure accepts."""
+    """The whole stored configuration, as a ConfigFile that apply accepts."""
     entries = kv.get_tree(layout.instances)
     instances = {}
     for name in sorted(instance_names(layout, entries)):
@@ -614,7 +615,7 @@ def set_host_field(
         kv.txn(ops, f"setting {key}")
     except TxnFailed:
         raise Conflict(
-            f"{key} or its host changed while it was being set (or a configure is under "
+            f"{key} or its host changed while it was being set (or an apply is under "
             "way): nothing written; try again"
         ) from None
     return HostChange(
