@@ -120,7 +120,10 @@ def test_every_consul_cli_address_form(zed: Zedctl, consul: Consul, tmp_path: Pa
     err = zed("--consul", f"unix://{tmp_path}/none.sock", "list", code=3).stderr
     assert f"cannot reach Consul at unix://{tmp_path}/none.sock" in err
 
-    # IPv6 in brackets: a dev-consul listening on ::1 only.
+    # IPv6 in brackets: the real Consul on [::1] too, and a dev-consul on ::1 only.
+    if consul.ipv6:
+        for address in (f"[::1]:{port}", f"http://[::1]:{port}"):
+            assert zed("--consul", address, "list").stdout.split()[4] == "web", address
     try:
         v6 = start_dev_consul(host="::1")
     except (RuntimeError, OSError):

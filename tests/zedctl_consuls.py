@@ -17,6 +17,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -60,6 +61,8 @@ class Consul:
     https_url: str | None = None
     tls: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
+    ipv6: bool = False
+    """Also listens on [::1] (same port)."""
 
     def _headers(self) -> dict[str, str]:
         return {"X-Consul-Token": self.token} if self.token else {}
@@ -160,18 +163,30 @@ def make_certificates(folder: Path) -> dict[str, str]:
     }
 
 
+def ipv6_loopback() -> bool:
+    """Whether ::1 can be listened on here."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def start_real_consul(folder: Path, acl: bool = False, tls: bool = False) -> Consul:
-    """`consul agent -dev` on free loopback ports, plus a unix socket."""
+    """`consul agent -dev` on free loopback ports, plus a unix socket (and ::1 when the
+    machine has it: `Consul.ipv6`)."""
     if not CONSUL_BINARY.exists():
         pytest.skip(f"no real Consul at {CONSUL_BINARY} (make deps installs one)")
     folder.mkdir(parents=True, exist_ok=True)
     http, lan, wan, server = (free_port() for _ in range(4))
     sock = str(folder / "http.sock")
+    v6 = " ::1" if ipv6_loopback() else ""
     args = [
         str(CONSUL_BINARY), "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
         "-http-port", str(http), "-serf-lan-port", str(lan), "-serf-wan-port", str(wan),
         "-server-port", str(server), "-dns-port", "-1", "-grpc-port", "-1",
-        "-hcl", f'addresses {{ http = "127.0.0.1 unix://{sock}" }}',
+        "-hcl", f'addresses {{ http = "127.0.0.1{v6} unix://{sock}" }}',
     ]  # fmt: skip
     token = None
     if acl:
@@ -196,6 +211,7 @@ def start_real_consul(folder: Path, acl: bool = False, tls: bool = False) -> Con
     log = open(folder / "consul.log", "wb")  # noqa: SIM115 - lives as long as the agent
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     consul = Consul("consul", proc, f"http://127.0.0.1:{http}", token, sock, https, certs)
+    consul.ipv6 = bool(v6)
     wait_ready(consul)
     return consul
 
