@@ -176,10 +176,7 @@ def bench_quit(tmp: Path, consul: ConsulProc) -> None:
 
 
 def hc_checks(node: Node) -> int:
-    from zedctl.testnginx import http_request
-
-    body = http_request(node.server.port, "GET", "/hc", timeout=5).body.decode().strip()
-    return int(body) if body.isdigit() else -1
+    return node.checks()
 
 
 def bench_outage(tmp: Path, consul: ConsulProc, outage: float) -> None:

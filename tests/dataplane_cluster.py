@@ -218,6 +218,11 @@ class Node:
         w, _, rest = text.partition(" ")
         return (int(w) if w.isdigit() else None), rest
 
+    def checks(self) -> int:
+        """This node's health-check count (its shared dict: every worker's checks)."""
+        body = http_request(self.server.port, "GET", "/hc", timeout=5).body.decode().strip()
+        return int(body) if body.isdigit() else -1
+
     def post(self, path: str, body: dict[str, Any]) -> str:
         resp = http_request(
             self.server.port, "POST", path, body=json.dumps(body).encode(), timeout=30

@@ -132,10 +132,16 @@ def test_quit_of_the_checker_node_hands_the_lock_over_at_once(
 
     # reload of the holder: same session keeps the lock, no second checker
     assert n1.server.proc
+    old_workers = set(n1.server.worker_pids())
     os.kill(n1.server.proc.pid, signal.SIGHUP)
-    time.sleep(2)
+    wait_for(lambda: not (set(n1.server.worker_pids()) & old_workers), 10)
     e = consul.get(lock)
     assert e and e["Session"] == held
+    # the reloaded node goes on checking (interval 1 s); the other node does not check
+    before = n1.checks()
+    more, _ = wait_for(lambda: n1.checks() >= before + 2, 10)
+    assert more, "no checks after the reload"
+    assert n2.checks() == 0
 
     t0 = time.monotonic()
     os.kill(n1.server.proc.pid, signal.SIGQUIT)
