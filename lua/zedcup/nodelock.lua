@@ -20,7 +20,6 @@ local function alive(pid)
     end
     return ffi.errno() ~= ESRCH
 end
-_M.alive = alive
 
 
 --- acquire(dict, key, ttl) -> true (held by this worker, renewed) | false | nil, err
