@@ -236,7 +236,7 @@ def consul_of_kind(
     try:
         port = int(real.url.rsplit(":", 1)[1])
         yield ConsulEndpoint(
-            url=real.url, host="127.0.0.1", port=port, token=real.token, embedded=False
+            url=real.url, host="127.0.0.1", port=port, token=real.token, kind="real"
         )
     finally:
         real.stop()
