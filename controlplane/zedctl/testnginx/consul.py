@@ -28,9 +28,6 @@ from urllib.parse import urlsplit
 
 from .runner import PortPicker, default_repo
 
-#: The kinds of Consul a run can use (`--consul=dev|real|URL`).
-KINDS = ("dev", "real", "url")
-
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 

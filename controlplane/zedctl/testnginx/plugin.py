@@ -169,10 +169,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 why = mark.args[0] if mark.args else mark.kwargs.get("reason", "")
                 item.add_marker(pytest.mark.skip(reason=f"dev-consul only: {why}"))
     if config.getoption("--consul-only"):
-        keep = [
-            i for i in items if talks_to_consul(i) and not i.get_closest_marker("devconsul_only")
-        ]
-        dropped = [i for i in items if i not in keep]
+        keep, dropped = [], []
+        for item in items:
+            wanted = talks_to_consul(item) and not item.get_closest_marker("devconsul_only")
+            (keep if wanted else dropped).append(item)
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
