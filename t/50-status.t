@@ -52,7 +52,9 @@ __DATA__
             assert(T.wait_for(8, 0.1, function()
                 st = zedcup.status("web")
                 local h = st and st.instances[1].pools[1].hosts[2]
+                -- marked down in Consul (not only this worker's own mark before that)
                 return h and h.state == "down" and h.reason == "errors" and st.node.consul.reachable
+                       and h.detail:find(" errors within ", 1, true)
                        and #zedcup.status().instances == 1
             end), "gone never reported down by errors")
 
@@ -89,10 +91,10 @@ GET /t
 --- response_body_like
 ^instances: 1 web
 pools: primary 1 true, backup 2 false
-primary/web01 127.0.0.1:\d+ w3 up nil since:number
+primary/web01 127.0.0.1:\d+ w3 up nil since:(number|nil)
 primary/gone 127.0.0.1:1 w1 down errors since:number
-primary/off 127.0.0.1:2 w1 disabled config since:number
-backup/dr01 /tmp/none.sock w1 disabled config since:number
+primary/off 127.0.0.1:2 w1 disabled config since:(number|nil)
+backup/dr01 /tmp/none.sock w1 disabled config since:(number|nil)
 gone errors: [1-9]\d*, last_error: yes
 node: node-a 0.1.0 started:number consul:true contact:number
 missing: Instance not found
@@ -281,3 +283,62 @@ zedcup_consul_up 0
 host up in /metrics
 request: web01
 reachable again
+
+
+
+=== TEST 4: operator holds: a host and a pool held down show as down for a manual reason, with since
+--- timeout: 20
+--- http_config
+    lua_shared_dict zedcup_cache 1m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_socket_log_errors off;
+    init_by_lua_block {
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local kv = require "zedcup.kv"
+            local T = require "zedcup_t"
+            assert(zedcup.configure_instance("web", { pools = {
+                { name = "a", hosts = { { name = "h1", host = "127.0.0.1", port = 1 },
+                                        { name = "h2", host = "127.0.0.1", port = 2 } } },
+                { name = "b", hosts = { { name = "h3", host = "127.0.0.1", port = 3 } } } } }))
+            assert(T.wait_for(5, 0.05, function() return zedcup.status("web") end))
+            assert(zedcup.set_host_state("web", "a", "h1", "down", "maintenance"))
+            assert(kv.put(kv.state_prefix("web") .. "b/admin_down", "draining", { flags = ngx.time() }))
+            local st
+            assert(T.wait_for(5, 0.05, function()
+                st = zedcup.status("web")
+                local p = st.instances[1].pools
+                return p[1].hosts[1].state == "down" and p[2].hosts[1].state == "down"
+            end), "holds never shown")
+            local p = st.instances[1].pools
+            for _, h in ipairs({ p[1].hosts[1], p[1].hosts[2], p[2].hosts[1] }) do
+                ngx.say(h.name, " ", h.state, " ", tostring(h.reason), " ", tostring(h.detail),
+                        h.state == "down" and (" since:" .. type(h.since)) or "")
+            end
+            ngx.say("pool b held: ", p[2].held and p[2].held.reason or "no")
+            local text = require("zedcup.metrics").render()
+            ngx.say(text:find('zedcup_host_up{instance="web",pool="b",host="h3"} 0', 1, true) and "h3 not up in metrics"
+                    or "MISSING")
+        }
+    }
+--- request
+GET /t
+--- response_body
+h1 down manual maintenance since:number
+h2 up nil nil
+h3 down manual pool held down: draining since:number
+pool b held: draining
+h3 not up in metrics
+--- no_error_log
+[error]

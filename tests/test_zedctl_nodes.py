@@ -50,7 +50,9 @@ def record_index(raw: RawConsul, prefix: str, name: str) -> int:
 
 
 def session(raw: RawConsul, name: str) -> str:
-    resp = raw.put("/v1/session/create", data=json.dumps({"Name": name, "TTL": "60s"}))
+    # a short lock-delay: once this session goes, a node may take its lock at once
+    body = {"Name": name, "TTL": "60s", "LockDelay": "1s"}
+    resp = raw.put("/v1/session/create", data=json.dumps(body))
     return str(resp.json()["ID"])
 
 

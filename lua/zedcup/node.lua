@@ -199,15 +199,23 @@ local function current_states(names)
             for _, p in ipairs(plan.pools) do
                 local pool = p.config
                 local sp = si[pool.name] or {}
+                local hold = sp[""] -- the pool's own hold (no host is named "")
+                hold = hold and hold.admin_down
                 for _, host in ipairs(pool.hosts) do
                     local key = name .. "/" .. pool.name .. "/" .. host.name
                     local st = sp[host.name]
                     if not pool.up or not host.up then
                         out[key] = "disabled"
                         reasons[key] = "config"
-                    elseif st and (st.down or st.admin_down) then
+                    elseif st and st.admin_down then
                         out[key] = "down"
-                        reasons[key] = st.admin_down or st.down
+                        reasons[key] = "manual" .. (st.admin_down ~= "" and (": " .. st.admin_down) or "")
+                    elseif hold then
+                        out[key] = "down"
+                        reasons[key] = "manual: pool held down" .. (hold ~= "" and (": " .. hold) or "")
+                    elseif st and st.down then
+                        out[key] = "down"
+                        reasons[key] = st.down
                     elseif state.is_down(name, pool.name, host.name) then
                         out[key] = "down"
                         reasons[key] = "max_errors reached on this node"
@@ -438,13 +446,14 @@ local function publish(cur, configs, cluster)
 end
 
 
---- tick() -> true | nil, err (timer job, every worker; one per node acts)
+--- tick() -> true | false (idle: Consul not asked) | nil, err (timer job, every
+-- worker; one per node acts)
 function _M.tick()
     if worker_exiting() or not dict then
-        return true
+        return false
     end
     if not dict:add(K_TICK, true, TICK * 0.9) then
-        return true
+        return false
     end
     local names, err = known_names()
     if not names then
@@ -455,7 +464,7 @@ function _M.tick()
     local configs = note_configs(names)
 
     if not dict:add(K_PUB, true, PUBLISH_INTERVAL - 0.1) then
-        return true
+        return false -- no Consul round this time: neither a success nor a failure
     end
     local cluster
     cluster, err = read_cluster(kv.client())

@@ -21,6 +21,7 @@ local ngx = ngx
 local ngx_now = ngx.now
 local type = type
 local ipairs = ipairs
+local pairs = pairs
 local tostring = tostring
 local str_find = string.find
 local str_sub = string.sub
@@ -54,7 +55,7 @@ local function down_reason(value)
 end
 
 
-local function host_status(inst, pool, host, st, seen_down, transitions, now)
+local function host_status(inst, pool, host, st, pool_hold, seen_down, transitions, now)
     local out = {
         name = host.name,
         address = address(host),
@@ -67,8 +68,14 @@ local function host_status(inst, pool, host, st, seen_down, transitions, now)
     elseif not host.up then
         out.state, out.reason, out.detail = "disabled", "config", "host up = false"
     elseif st and st.admin_down then
-        out.state, out.reason, out.detail = "down", "manual", st.admin_down
+        -- an operator's hold (zedctl host down, zedcup.set_host_state)
+        out.state, out.reason = "down", "manual"
+        out.detail = st.admin_down ~= "" and st.admin_down or "host held down"
         out.since = st.admin_down_at
+    elseif pool_hold then
+        out.state, out.reason = "down", "manual"
+        out.detail = "pool held down" .. (pool_hold.admin_down ~= "" and (": " .. pool_hold.admin_down) or "")
+        out.since = pool_hold.admin_down_at
     elseif st and st.down then
         out.state, out.reason, out.detail = "down", down_reason(st.down), st.down
         out.since = st.down_at
@@ -112,12 +119,18 @@ local function instance_status(name, plan, snapshot, transitions, now)
     for i, p in ipairs(plan.pools) do
         local pool = p.config
         local st_pool = st_inst[pool.name] or {}
+        -- a pool's own hold is the snapshot's entry "" (no host is named "")
+        local hold = st_pool[""]
+        hold = hold and hold.admin_down and hold or nil
         local hosts = {}
         for j, host in ipairs(pool.hosts) do
-            hosts[j] = host_status(name, pool, host, st_pool[host.name],
+            hosts[j] = host_status(name, pool, host, st_pool[host.name], hold,
                                    state.is_down(name, pool.name, host.name), transitions, now)
         end
-        pools[i] = { name = pool.name, index = i, up = pool.up, hosts = hosts }
+        pools[i] = {
+            name = pool.name, index = i, up = pool.up, hosts = hosts,
+            held = hold and { reason = hold.admin_down, since = hold.admin_down_at } or nil,
+        }
     end
     local c = counters.instance(name)
     local applied = node.config_applied(name)
@@ -154,7 +167,15 @@ function _M.status(instance)
         end
         names = { instance }
     else
-        names = node.instance_names()
+        -- the node's listing of instances (shared memory), else the names the
+        -- node's background job last saw
+        names = {}
+        for name in pairs(store.names()) do
+            names[#names + 1] = name
+        end
+        if not names[1] then
+            names = node.instance_names()
+        end
     end
 
     local snapshot = state.snapshot()
