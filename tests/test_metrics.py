@@ -8,13 +8,12 @@ import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from zedctl.testnginx.consul import ConsulEndpoint
 from zedctl.testnginx.runner import NginxServer, PortPicker
-from zedcup_nodes import KINDS, Backends, configure, consul_of_kind, get, start_node, wait_for
+from zedcup_nodes import Backends, configure, get, start_node, wait_for
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -25,16 +24,9 @@ class Node:
     node: NginxServer
 
 
-@pytest.fixture(scope="module", params=KINDS)
-def node(
-    request: pytest.FixtureRequest, consul: ConsulEndpoint, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Node]:
+@pytest.fixture(scope="module")
+def node(consul: ConsulEndpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     root = tmp_path_factory.mktemp("metrics")
-    with consul_of_kind(request.param, consul, root / "consul") as endpoint:
-        yield from _node(endpoint, root)
-
-
-def _node(consul: ConsulEndpoint, root: Path) -> Iterator[Node]:
     prefix = f"obs-{uuid.uuid4().hex[:12]}"
     backends = Backends(root / "backends", ["web01", "web02", "dr01"], PortPicker()).start()
     server = None

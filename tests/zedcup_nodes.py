@@ -4,11 +4,8 @@
 and `/_fix` (503 everywhere while broken), like the demo's. `start_node` starts an
 nginx with zedcup (2 workers) whose locations are the public calls: `/` (handler),
 `/proxy/` (balance), `/_status` (status_page) and `/metrics` (metrics). Everything on
-random free ports; the Consul is the test session's (dev-consul, or the one given with
---consul-url) or a real Consul agent of the test's own (`consul_of_kind`).
-
-KINDS parametrizes a fixture over both, as everything that talks to Consul must pass on
-dev-consul and the real Consul.
+random free ports; the Consul is the test session's (`make test` runs these tests on
+dev-consul and again on a real Consul).
 """
 
 from __future__ import annotations
@@ -17,8 +14,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,11 +26,8 @@ from zedctl.ops import apply_plan, plan_apply
 from zedctl.schema import Schema
 from zedctl.testnginx.consul import ConsulEndpoint
 from zedctl.testnginx.runner import NginxServer, PortPicker
-from zedctl_consuls import start_real_consul
 
 T = TypeVar("T")
-
-KINDS = ("dev-consul", "consul")
 
 BACKEND_HTTP = """
     lua_shared_dict broken 64k;
@@ -221,22 +214,3 @@ def configure(consul: ConsulEndpoint, prefix: str, document: Mapping[str, Any], 
         kv,
         plan_apply(kv, Layout.for_prefix(prefix), schema, load_config_file(schema, str(path))),
     )
-
-
-@contextmanager
-def consul_of_kind(
-    kind: str, session_consul: ConsulEndpoint, folder: Path
-) -> Iterator[ConsulEndpoint]:
-    """The session's Consul (dev-consul, or the one given with --consul-url) for "dev-consul",
-    or a real `consul agent -dev` of its own for "consul" (skipped without the binary)."""
-    if kind == "dev-consul":
-        yield session_consul
-        return
-    real = start_real_consul(folder)
-    try:
-        port = int(real.url.rsplit(":", 1)[1])
-        yield ConsulEndpoint(
-            url=real.url, host="127.0.0.1", port=port, token=real.token, kind="real"
-        )
-    finally:
-        real.stop()

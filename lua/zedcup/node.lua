@@ -400,7 +400,9 @@ end
 local function publish(cur, configs, cluster)
     local sid = session.id()
     if not sid then
-        return true -- no session yet: the record would not be tied to anything
+        -- no session yet: the record would not be tied to anything; try again next tick
+        dict:delete(K_PUB)
+        return true
     end
     local cfg = {}
     for name, c in pairs(configs) do
@@ -442,6 +444,23 @@ local function publish(cur, configs, cluster)
                     .. session.node_name() .. "?)"
     end
     dict:set(K_WRITTEN, mark)
+    -- this node's view of the cluster has its own new record at once
+    if cluster then
+        rec.session = sid
+        local mine = false
+        for i, n in ipairs(cluster.nodes) do
+            if n.name == rec.name then
+                cluster.nodes[i], mine = rec, true
+            end
+        end
+        if not mine then
+            cluster.nodes[#cluster.nodes + 1] = rec
+            tab_sort(cluster.nodes, function(a, b)
+                return tostring(a.name) < tostring(b.name)
+            end)
+        end
+        dict:set(K_CLUSTER, json_encode(cluster))
+    end
     return true
 end
 
