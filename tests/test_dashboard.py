@@ -119,6 +119,7 @@ def test_status_page_negotiates_json_and_html(cluster: Cluster) -> None:
     code, body, hdrs = get(url, {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
     assert code == 200 and hdrs["Content-Type"].startswith("text/html")
     assert body.startswith("<!DOCTYPE html>")
+    assert "default-src 'none'" in hdrs["Content-Security-Policy"]
     # self-contained: no external script, style, image or font
     assert not re.search(r"""(src|href)\s*=|@import|url\(|https?://""", body), "external asset"
 

@@ -22,6 +22,8 @@ local str_gsub = string.gsub
 local _M = { _VERSION = "0.1.0" }
 
 local REFRESH = 1000 -- ms between two fetches of the page
+local CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            .. "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 
 -- cjson writes an empty table as {}: the lists of status() are lists
@@ -303,6 +305,9 @@ function _M.status_page()
         return
     end
     ngx.header["Content-Type"] = "text/html; charset=utf-8"
+    -- the page loads nothing from anywhere: the browser is told so too
+    ngx.header["Content-Security-Policy"] = CSP
+    ngx.header["X-Content-Type-Options"] = "nosniff"
     ngx.print(PAGE)
 end
 
