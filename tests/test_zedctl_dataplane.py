@@ -113,6 +113,8 @@ def test_pool_and_host_holds_steer_traffic_and_transitions_are_events(
         ], kinds
         down = next(e for e in seen if e["event"] == "host_down")
         assert down["host"] == "web02" and down["node"] == "node-a" and down.get("reason")
+        up = next(e for e in seen if e["event"] == "host_up")
+        assert up["node"] == "node-a" and up["reason"] == "1 passing health check(s)"
     finally:
         events.terminate()
         events.wait(timeout=10)

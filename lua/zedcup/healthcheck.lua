@@ -316,7 +316,8 @@ local function account(job, ok, why)
         end
         hs.passes = hs.passes + 1
         if hs.passes >= hc.rise then
-            local won, merr = state.mark_up(inst, pool.name, host.name)
+            local won, merr = state.mark_up(inst, pool.name, host.name,
+                                            hs.passes .. " passing health check(s)")
             if won == nil then
                 ngx_log(ngx_WARN, "[zedcup] healthcheck: marking ", job.key, " up: ", merr)
                 return
@@ -565,7 +566,8 @@ function _M.revive()
                 if st and st.down and not _M.effective(conf, pool, host) then
                     local last = math_max(st.errors_at or 0, st.last_error_at or 0, st.down_at or 0)
                     if now - last >= pool.error_timeout then
-                        local won, merr = state.mark_up(inst, pool.name, host.name)
+                        local won, merr = state.mark_up(inst, pool.name, host.name,
+                            "revived: no error for " .. pool.error_timeout .. "s")
                         if won == nil then
                             ngx_log(ngx_WARN, "[zedcup] revive: ", inst, "/", pool.name, "/",
                                     host.name, ": ", merr)
