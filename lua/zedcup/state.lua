@@ -159,9 +159,8 @@ local function by_key(a, b)
     return a.Key < b.Key
 end
 
--- Best effort: a transition is never held up or undone by its event.
-local function record_event(event, inst, pool_name, host_name, reason)
-    local now = ngx_now()
+-- (also when premature: a worker that exits right after a transition still says so)
+local function write_event(_, now, event, inst, pool_name, host_name, reason)
     local ms = math_floor(now * 1000)
     local base = kv.prefix() .. "/events/" .. inst .. "/"
     local id = str_format("%013d-%04x%04x", ms, ngx.worker.pid() % 65536, math_random(0, 65535))
@@ -191,6 +190,17 @@ local function record_event(event, inst, pool_name, host_name, reason)
     end
     if #ops > 0 then
         kv.txn(ops)
+    end
+end
+
+
+-- Best effort, in a timer of its own: a transition is never held up or undone by
+-- its event.
+local function record_event(event, inst, pool_name, host_name, reason)
+    local ok, err = ngx.timer.at(0, write_event, ngx_now(), event, inst, pool_name, host_name, reason)
+    if not ok then
+        ngx_log(ngx_WARN, "[zedcup] event ", event, " of ", inst, "/", pool_name, "/", host_name,
+                " not recorded: ", tostring(err))
     end
 end
 
