@@ -5,11 +5,15 @@
 -- configure, configure_instance, remove_instance, instance_list, bind,
 -- create_handler; plus balance(instance, key?) for balancer_by_lua and log()
 -- for log_by_lua (zedcup.balance).
--- Module map: schema (config schema), kv (Consul keys and writes), config
--- (caching and watching configs), select + balancer/* (host selection),
+-- Module map: schema (config schema), kv (Consul keys and writes), store
+-- (every shared-dict key of the node and the change protocol), config
+-- (reading configs) + config.apply (watcher answers) + config.write (this
+-- node's writes), select + balancer/* (host selection),
 -- handler (per-request object), balance (balancer_by_lua), report (what a try
 -- did, both paths), state (failure accounting, host state),
--- events, watch + nodelock (one watcher per node), timer (background jobs).
+-- events, watch (one watcher per node and prefix), session (the node's Consul
+-- session, cluster and worker locks, clean stops), healthcheck, timer
+-- (background jobs).
 
 local balance = require "zedcup.balance"
 local config = require "zedcup.config"

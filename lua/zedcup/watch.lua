@@ -26,6 +26,9 @@ local kill = ngx.thread.kill
 
 local _M = { _VERSION = "0.1.0" }
 
+-- what the exit watcher returns: a value no query answer can be
+local EXITING = {}
+
 -- how often a standby worker looks at the lock
 local STANDBY_INTERVAL = 0.5
 
@@ -42,7 +45,7 @@ local function exit_watch()
     while not worker_exiting() do
         ngx_sleep(0.2)
     end
-    return "exiting"
+    return EXITING
 end
 
 
@@ -67,7 +70,7 @@ local function step(w)
     local okq, entries, index = wait(q, e)
     kill(q)
     kill(e)
-    if entries == "exiting" then
+    if entries == EXITING then
         session.worker_unlock(lock_name)
         return false
     end
