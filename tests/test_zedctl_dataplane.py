@@ -76,6 +76,7 @@ def test_pool_and_host_holds_steer_traffic_and_transitions_are_events(
 
         zed("pool", "down", "web", "primary", "--reason", "failover drill")
         wait_for("failover to dr", lambda: _answers(url) == {"dr01"}, timeout=5)
+        assert _answers(node.url + "/proxy/") == {"dr01"}  # balancer_by_lua alike
         zed("pool", "up", "web", "primary")
         wait_for("primary back", lambda: _answers(url) == {"web01", "web02"}, timeout=5)
 

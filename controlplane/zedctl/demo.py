@@ -35,7 +35,7 @@ from types import FrameType
 import click
 
 from .configfile import load_config_file
-from .consulapi import ConsulKV, ConsulSettings
+from .consulapi import ConsulKV, ConsulSettings, KVEntry
 from .devconsul import DevConsul
 from .errors import ZedctlError
 from .layout import Layout
@@ -327,9 +327,17 @@ def smoke(demo: Demo) -> None:
     layout = Layout.for_prefix(demo.settings.prefix)
     key = f"{layout.state}{INSTANCE}/primary/web01/down"
     # The node sets web01 aside at once; the cluster-wide mark follows its error sync.
-    wait_until("Consul to record web01 down", lambda: kv.get(key) is not None)
-    mark = kv.get(key)
-    if mark is None or "errors within" not in (mark.value or ""):
+    marks: list[KVEntry] = []
+
+    def recorded() -> bool:
+        entry = kv.get(key)
+        if entry is not None:
+            marks.append(entry)
+        return entry is not None
+
+    wait_until("Consul to record web01 down", recorded)
+    mark = marks[0]
+    if "errors within" not in (mark.value or ""):
         raise DemoError(f"smoke: web01 marked down, but not by error counting: {mark}")
 
     get("http://127.0.0.1:9002/_break")

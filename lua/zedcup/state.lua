@@ -471,7 +471,17 @@ function _M.refresh()
                     local np = ni[pool] or {}
                     ni[pool] = np
                     if host == POOL then
+                        -- real entries for the pool's hosts (select.peers_left counts
+                        -- them), and any host added since reads as down too
                         setmetatable(np, HELD)
+                        local plan = config.plan_local(inst)
+                        for _, p in ipairs(plan and plan.pools or {}) do
+                            if p.config.name == pool then
+                                for _, h in ipairs(p.config.hosts) do
+                                    np[h.name] = true
+                                end
+                            end
+                        end
                     else
                         np[host] = true
                     end
