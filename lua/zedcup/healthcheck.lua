@@ -393,6 +393,11 @@ local function elected()
         held, err = session.acquire(LOCK)
         if held then
             store.checker_holder(session.id() or "")
+        elseif holding and (store.checker_holder() or "") == "" then
+            -- this node was the checker and its session lapsed (Consul was
+            -- away): nobody else checks, so go on while the lock is taken
+            -- back (lock-delay, a new session), instead of a gap
+            return true
         end
     end
     if not held then
