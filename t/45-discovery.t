@@ -246,6 +246,6 @@ b gone, c joined: yes (c)
 right after the service vanished, c still answers: true
 after keep_for: no host left (502): yes (502)
 not before keep_for: true
---- error_log
-has no instances; keeping its last 2 hosts for 2 s
+--- error_log re
+has no instances; keeping its last [12] hosts for 2 s
 still empty after 2 s: dropping its hosts
