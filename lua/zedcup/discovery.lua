@@ -296,10 +296,13 @@ local function recompile(inst)
                                              dgen = (v.dgen or 0) + 1 })
     if not ok then
         ngx_log(WARN, "[zedcup] discovery: ", inst, ": ", err)
-        return
+        return nil, err
     end
     store.config_changed()
+    return true
 end
+-- also for zedcup.slowstart: whatever changes what a plan merges in
+_M.recompile = recompile
 
 
 local function exit_watch()
