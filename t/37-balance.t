@@ -308,7 +308,7 @@ REQUEST_ERROR solo busy: Bad status code: 503
 
 
 
-=== TEST 4: retries reach the next pool when the first is exhausted (dead hosts, a unix socket); a host given as a name is used once zedcup.resolver knows it, never a 500
+=== TEST 4: retries reach the next pool when the first is exhausted (dead hosts, a unix socket); a host given as a name that joins the first pool takes requests, never a 500
 --- http_config
     server {
         listen unix:$TEST_NGINX_SERVROOT/balance-test.sock;
@@ -344,18 +344,18 @@ REQUEST_ERROR solo busy: Bad status code: 503
             local flags = ngx.shared.flags
             local get = require("balance_t").get
             local port = $TEST_NGINX_SERVER_PORT
-            assert(zedcup.configure_instance("inst", { pools = {
-                { name = "primary", max_errors = 1000, hosts = {
-                    { name = "dead1", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 },
-                    { name = "named", host = "localhost", port = $TEST_NGINX_RAND_PORT_3 },
-                    { name = "dead2", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 } } },
-                { name = "secondary", hosts = { { name = "sock", host = "unix:$TEST_NGINX_SERVROOT/balance-test.sock" } } },
-            } }))
-            -- the first request: localhost is not resolved yet (the resolver works in
-            -- the background): both dead hosts fail, the secondary pool answers
+            local primary = { name = "primary", max_errors = 1000, hosts = {
+                { name = "dead1", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 },
+                { name = "dead2", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 } } }
+            local secondary = { name = "secondary", hosts = { { name = "sock", host = "unix:$TEST_NGINX_SERVROOT/balance-test.sock" } } }
+            assert(zedcup.configure_instance("inst", { pools = { primary, secondary } }))
+            -- both dead hosts fail, the secondary pool answers
             local status, body = get(port, "/proxied")
             ngx.say("first: ", status, " ", body, "; connect errors: dead1 ", flags:get("CONNECT_ERROR dead1"),
                     ", dead2 ", flags:get("CONNECT_ERROR dead2"))
+            -- a host given as a name joins the first pool
+            table.insert(primary.hosts, 2, { name = "named", host = "localhost", port = $TEST_NGINX_RAND_PORT_3 })
+            assert(zedcup.configure_instance("inst", { pools = { primary, secondary } }))
             local statuses, named = {}, false
             local deadline = ngx.now() + 10
             while not named and ngx.now() < deadline do
@@ -372,8 +372,6 @@ GET /t
 --- response_body
 first: 200 unix; connect errors: dead1 1, dead2 1
 then the name's host answers: true, only 200s: true
---- error_log
-the name localhost is not resolved yet: skipped
 --- no_error_log
 [crit]
 
@@ -609,3 +607,55 @@ balance(instance, key): the key decides: true
 GET /t
 --- response_body
 200 secondary; connect errors: a 1, b 1; connects of s 1
+
+
+
+=== TEST 8: a host given as a name is looked up as soon as a worker compiles the instance, so a one-host pool answers from the first request on every worker (no 502 "not resolved yet")
+--- workers: 2
+--- timeout: 15
+--- http_config
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "named"; }
+    }
+
+--- config
+    location /proxied {
+        set $zedcup_instance inst;
+        proxy_pass http://zedcup_inst/;
+        proxy_next_upstream error timeout;
+        log_by_lua_block { require("zedcup").log() }
+    }
+    # "<worker id> yes" once this worker holds the plan (L1) and the name's addresses
+    location = /known {
+        content_by_lua_block {
+            local r = require("zedcup.resolver").stats()["localhost"]
+            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local("inst") and r and r.addresses and "yes" or "no")
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local get = require("balance_t").get
+            local _, until_all = require("zedcup_t").client($TEST_NGINX_SERVER_PORT)
+            assert(zedcup.configure_instance("inst", { pools = { { name = "p", hosts = {
+                { name = "named", host = "localhost", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
+            ngx.say("every worker knows the name without a request: ", until_all("/known", "yes", 3) ~= nil)
+            local answers = {}
+            for _ = 1, 8 do
+                local status, body = get($TEST_NGINX_SERVER_PORT, "/proxied")
+                answers[status .. " " .. body] = (answers[status .. " " .. body] or 0) + 1
+            end
+            for k, n in pairs(answers) do
+                ngx.say(n, " x ", k)
+            end
+        }
+    }
+--- request
+GET /t
+--- response_body
+every worker knows the name without a request: true
+8 x 200 named
+--- no_error_log
+not resolved yet
+[crit]

@@ -17,6 +17,8 @@ local str_byte = string.byte
 local str_find = string.find
 local str_sub = string.sub
 
+local resolver_peers = require("zedcup.resolver").peers
+
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -101,6 +103,12 @@ function _M.compile(name, effective, version)
                     ssl_server_name = ssl and ssl.sni_name or nil,
                     pool_size = pool.keepalive_pool,
                 }
+            end
+            if not target.peer then
+                -- a name: queue it for zedcup.resolver's background lookup now (no
+                -- I/O here), so the first request already finds its addresses
+                -- (balance() passes over a name it does not know yet)
+                resolver_peers(host.host)
             end
             targets[host] = target
             pool_of[host] = i
