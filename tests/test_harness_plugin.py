@@ -346,6 +346,59 @@ def test_a_bad_consul_option_is_a_usage_error(tmp_path: Path) -> None:
     assert "--consul: expected dev, real or a URL, got 'nowhere'" in run.output
 
 
+SELECTION_T = """
+__DATA__
+=== TEST 1: talks to Consul
+--- config
+    location = /t { return 200 "$TEST_NGINX_CONSUL_PORT"; }
+=== TEST 2: does not
+--- config
+    location = /t { return 200; }
+"""
+
+SELECTION_PY = """
+import pytest
+
+@pytest.fixture
+def own_consul():
+    return None
+
+def test_uses_the_session_consul(consul):
+    pass
+
+def test_does_not(own_consul):
+    pass
+
+@pytest.mark.devconsul_only("checks dev-consul's own thing")
+def test_dev_only(consul):
+    pass
+"""
+
+
+def test_consul_only_keeps_what_talks_to_the_session_consul(tmp_path: Path) -> None:
+    # an external URL that is never contacted: nothing runs, collection only
+    files = {"t/a.t": SELECTION_T, "test_sel.py": SELECTION_PY}
+    run = run_pytest(
+        tmp_path, files, "--consul=http://127.0.0.1:9", "--consul-only", "--collect-only", "-q"
+    )
+    assert run.returncode == 0, run.output
+    assert "t/a.t::TEST 1: talks to Consul" in run.output
+    assert "test_sel.py::test_uses_the_session_consul" in run.output
+    assert "TEST 2" not in run.output and "test_does_not" not in run.output
+    assert "test_dev_only" not in run.output
+    assert "2/5 tests collected (3 deselected)" in run.output
+
+
+def test_devconsul_only_tests_are_skipped_with_the_reason_on_another_consul(
+    tmp_path: Path,
+) -> None:
+    files = {"test_sel.py": SELECTION_PY}
+    run = run_pytest(tmp_path, files, "--consul=http://127.0.0.1:9", "-rs", "-k", "dev_only")
+    assert run.returncode == 0, run.output
+    assert [o.status for o in run.outcomes.values()] == ["skipped"]
+    assert "dev-consul only: checks dev-consul's own thing" in run.output
+
+
 def test_t_files_outside_a_t_directory_are_not_collected(tmp_path: Path) -> None:
     run = run_pytest(tmp_path, {"other/x.t": "__DATA__\n=== TEST 1: x\n--- bogus\n"}, "other")
     assert run.returncode == 5, run.output  # no tests collected
