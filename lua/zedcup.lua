@@ -192,7 +192,7 @@ function _M.run_workers()
     session.run_workers()
     healthcheck.run_workers()
     require("zedcup.discovery").run_workers()  -- pools with a Consul service
-    require("zedcup.slowstart").run_workers()  -- pools with slow_start
+    require("zedcup.weights").run_workers()  -- slow start ramps, agent weights
     require("zedcup.counters").run_workers()
     require("zedcup.node").run_workers()
     return nil

@@ -205,3 +205,102 @@ back up: true
 checks while up in 1 s: true
 --- no_error_log
 [error]
+
+=== TEST 3: an agent's NN% and drain set the host's weight on the balancer, cluster-wide through Consul; up restores it
+--- timeout: 30
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+    init_by_lua_block {
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
+                       token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+    upstream zedcup_inst {
+        server 0.0.0.1;
+        balancer_by_lua_block {
+            local zedcup = require "zedcup"
+            local ok = zedcup.balance("ag")
+            if not ok then
+                return ngx.exit(zedcup.NO_PEER)
+            end
+        }
+    }
+    server {
+        listen 127.0.0.2:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "a"; }
+        location = /agent {
+            content_by_lua_block {
+                local sock = assert(ngx.req.socket(true))
+                sock:send((ngx.shared.flags:get("agent") or "up") .. "\n")
+            }
+        }
+    }
+    server {
+        listen 127.0.0.3:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "b"; }
+    }
+--- config
+    location /proxied {
+        proxy_pass http://zedcup_inst/;
+        log_by_lua_block { require("zedcup").log() }
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local kv = require "zedcup.kv"
+            local t = require "blocks_t"
+            local get = require("balance_t").get
+            local flags = ngx.shared.flags
+            local port = $TEST_NGINX_SERVER_PORT
+            assert(zedcup.configure({ healthcheck_interval = 0.1 }))
+            assert(zedcup.configure_instance("ag", { pools = { { name = "p", hosts = {
+                { name = "a", host = "127.0.0.2", port = $TEST_NGINX_RAND_PORT_1,
+                  healthcheck = { type = "agent", send = "GET /agent HTTP/1.0\r\n\r\n", interval = 0.1 } },
+                { name = "b", host = "127.0.0.3", port = $TEST_NGINX_RAND_PORT_1 },
+            } } } }))
+            local function split(n)
+                local c = { a = 0, b = 0 }
+                for _ = 1, n do
+                    local _, body = get(port, "/proxied")
+                    c[body] = (c[body] or 0) + 1
+                end
+                return c
+            end
+            local c
+            local function until_split(n, a, limit)
+                local ok = t.retry_until(ngx.now() + limit, 0.05, function() c = split(n); return c.a == a end)
+                return ok or false
+            end
+            ngx.say("up: ", until_split(20, 10, 8), " a ", c.a, " of 20")
+            flags:set("agent", "50%")
+            ngx.say("50%: ", until_split(30, 10, 8), " a ", c.a, " of 30")
+            ngx.say("in Consul: ", kv.get("$TEST_ZEDCUP_PREFIX/state/ag/p/a/weight").Value)
+            flags:set("agent", "drain")
+            ngx.say("drain: ", until_split(30, 0, 8), " a ", c.a, " of 30")
+            flags:set("agent", "up")
+            ngx.say("up again: ", until_split(20, 10, 8), " a ", c.a, " of 20")
+            ngx.say("key gone: ", kv.get("$TEST_ZEDCUP_PREFIX/state/ag/p/a/weight"))
+        }
+    }
+--- request
+GET /t
+--- response_body
+up: true a 10 of 20
+50%: true a 10 of 30
+in Consul: 0.5
+drain: true a 0 of 30
+up again: true a 10 of 20
+key gone: false
+--- error_log
+agent weight of ag/p/a: 50%
+--- no_error_log
+[error]

@@ -18,7 +18,7 @@
 -- config generation moved (zedcup.store's protocol).
 
 local discovery = require "zedcup.discovery"
-local slowstart = require "zedcup.slowstart"
+local weights = require "zedcup.weights"
 local kv = require "zedcup.kv"
 local schema = require "zedcup.schema"
 local selection = require "zedcup.select"
@@ -75,8 +75,8 @@ local function to_plan(v)
         return v
     end
     -- pools with a `service`: the hosts zedcup.discovery found join the config
-    -- and hosts coming back in a pool with slow_start ramp their weights up
-    local plan, err = compile(v.name, slowstart.merge(v.name, discovery.merge(v.name, v.conf)), v.sig)
+    -- and run-time weights (slow start ramps, agent checks) apply
+    local plan, err = compile(v.name, weights.merge(v.name, discovery.merge(v.name, v.conf)), v.sig)
     if not plan then
         return { err = "Could not retrieve config: " .. err }
     end

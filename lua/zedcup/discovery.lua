@@ -301,7 +301,7 @@ local function recompile(inst)
     store.config_changed()
     return true
 end
--- also for zedcup.slowstart: whatever changes what a plan merges in
+-- also for zedcup.weights: whatever changes what a plan merges in
 _M.recompile = recompile
 
 
@@ -380,11 +380,23 @@ local function step(inst, pool_name)
 end
 
 
-local function manage()
-    local insts = require("zedcup.config").instances()
-    if not insts then
-        return true
+--- local_instances() -> { [name] = effective config }: what this node serves,
+-- from its own memory (never Consul: background jobs must not add to an outage)
+function _M.local_instances()
+    local config = require "zedcup.config"
+    local out = {}
+    for name in pairs(store.names() or {}) do
+        local plan = config.plan_local(name)
+        if plan then
+            out[name] = plan.config
+        end
     end
+    return out
+end
+
+
+local function manage()
+    local insts = _M.local_instances()
     local want = {}
     for inst, conf in pairs(insts) do
         for _, pool in ipairs(conf.pools or {}) do

@@ -251,8 +251,9 @@ local KINDS = {
 }
 
 
---- run_check(inst_conf, pool, host, hc) -> true | false, why: the check of
--- hc.type (http when absent; https is http with TLS on)
+--- run_check(inst_conf, pool, host, hc) -> true | false, why, info: the check
+-- of hc.type (http when absent; https is http with TLS on); info: an agent
+-- check's { state, weight }
 function _M.run_check(inst_conf, pool, host, hc)
     local kind = hc.type
     if kind == nil or kind == "http" then
@@ -353,9 +354,15 @@ end
 
 
 local function run_one(job)
-    local ok, pok, why = pcall(_M.run_check, job.inst_conf, job.pool, job.host, job.hc)
+    local ok, pok, why, info = pcall(_M.run_check, job.inst_conf, job.pool, job.host, job.hc)
     if not ok then
         pok, why = false, "check raised: " .. tostring(pok)
+    elseif info then
+        -- an agent's NN% / drain: the host's run-time weight (zedcup.weights)
+        local _, werr = require("zedcup.weights").agent_result(job.inst, job.pool.name, job.host.name, info)
+        if werr then
+            ngx_log(ngx_WARN, "[zedcup] healthcheck: ", job.key, ": ", werr)
+        end
     end
     local aok, aerr = pcall(account, job, pok, why)
     if not aok then

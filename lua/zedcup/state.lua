@@ -354,7 +354,8 @@ end
 -- State watcher (node) and refresh (worker)
 ---------------------------------------------------------------------------
 
-local FIELDS = { down = true, errors = true, last_error = true, admin_down = true }
+local FIELDS = { down = true, errors = true, last_error = true, admin_down = true,
+                 weight = true } -- weight: an agent check's (zedcup.weights)
 local POOL = ""  -- the snapshot entry of a pool's own state (its hold): no host is named ""
 
 -- a held pool: every host of it reads as down
