@@ -49,7 +49,9 @@ __DATA__
                 return flags:get("blocking:instances") == 1 and flags:get("blocking:config") == 1
                        and flags:get("blocking:state") == 1
             end)
-            ngx.sleep(0.5)
+            -- past the node's start-up work (session, checker lock, the node record:
+            -- on a real Consul each KV write also wakes the watches of empty prefixes)
+            ngx.sleep(2)
             local before = flags:get("requests")
             ngx.sleep(1.5)
             ngx.say("blocking queries in flight: instances=", flags:get("blocking:instances"),
