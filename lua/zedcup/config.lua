@@ -104,10 +104,14 @@ end
 
 
 -- The mlcache callback of a miss: nothing (not found) once the watcher has
--- listed the instances; else a read of Consul (cold start).
+-- listed the instances; else a read of Consul (cold start). "Not found" is not
+-- cached (ttl -1): a worker must not keep it after the watcher put the
+-- instance in L2 (the poll's invalidation would come up to 0.05 s later).
+local NOT_CACHED = -1
+
 local function load(name)
     if not valid_name(name) or store.synced() then
-        return nil
+        return nil, nil, NOT_CACHED
     end
     local base = kv.instance_prefix(name)
     local entries, err = kv.get_tree(base, nil, nil, kv.client(COLD_READ_TIMEOUT))
@@ -116,7 +120,7 @@ local function load(name)
     end
     local rel, pending, sig = kv.relative(entries, base)
     if #rel == 0 and not pending then
-        return nil
+        return nil, nil, NOT_CACHED
     end
     if pending then
         return { err = "Could not retrieve config: instance " .. name .. " is being written" }, nil, FAIL_TTL
