@@ -482,3 +482,94 @@ nil No available upstream hosts
 --- no_error_log
 [error]
 [warn]
+
+
+=== TEST 7: flake "every worker sees it up" (t/35 TEST 3): when the node's state watcher never saw a host down (marked down and up between two of its listings), a mark_up on this node still clears every worker's own mark at once
+--- workers: 2
+--- timeout: 25
+--- http_config own
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+
+    # zedcup reaches Consul through this proxy, which can hold the state watcher's listings
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+        location / {
+            access_by_lua_block { require("zedcup_t").consul_proxy_access("$TEST_ZEDCUP_PREFIX") }
+            log_by_lua_block { require("zedcup_t").consul_proxy_log() }
+            proxy_pass http://127.0.0.1:$TEST_NGINX_CONSUL_PORT;
+            proxy_read_timeout 700s;
+            proxy_buffering off;
+        }
+    }
+--- config
+    location = /which {
+        content_by_lua_block { require("zedcup_t").which() }
+    }
+    # one failure of host "dead" on the worker this lands on -> "<worker id> <is_down>"
+    location = /fail {
+        content_by_lua_block {
+            local config = require "zedcup.config"
+            local state = require "zedcup.state"
+            local pool, host = config.find_host("inst", "p", "dead")
+            state.record_failure("inst", pool, host, "test failure")
+            ngx.say(ngx.worker.id(), " ", state.is_down("inst", "p", "dead"))
+        }
+    }
+    location = /isdown {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.state").is_down("inst", "p", "dead"))
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local kv = require "zedcup.kv"
+            local state = require "zedcup.state"
+            local T = require "zedcup_t"
+            local P = "$TEST_ZEDCUP_PREFIX"
+            local flags = ngx.shared.flags
+            local ask, until_all = T.client($TEST_NGINX_SERVER_PORT)
+
+            assert(zedcup.configure_instance("inst", { pools = { { name = "p", max_errors = 2, error_timeout = 60, hosts = {
+                { name = "dead", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 },
+                { name = "live", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
+            ngx.say("every worker has the instance: ", until_all("/isdown", "false", 5) ~= nil)
+
+            -- hold the state watcher: its next listing waits in the proxy
+            flags:set("hold", "state")
+            assert(kv.put(P .. "/state/other/p/h/last_error", "nudge"))
+            ngx.say("watcher held: ", T.wait_for(5, 0.01, function() return (flags:get("held") or 0) > 0 end))
+
+            -- both workers mark the host down on their own; the sync marks it down in Consul
+            ngx.say("every worker marked it: ", until_all("/fail", "true", 5) ~= nil)
+            ngx.say("down in Consul: ", T.wait_for(5, 0.05, function() return kv.get(P .. "/state/inst/p/dead/down") end) and true)
+            ngx.say("mark_up: ", state.mark_up("inst", "p", "dead"))
+            flags:delete("hold")
+            ngx.say("every worker uses it again: ", until_all("/isdown", "false", 2) ~= nil)
+        }
+    }
+--- request
+GET /t
+--- response_body
+every worker has the instance: true
+watcher held: true
+every worker marked it: true
+down in Consul: true
+mark_up: true
+every worker uses it again: true

@@ -373,8 +373,14 @@ function _M.requeue(k, delta)
 end
 
 
+--- came_up(k, at): Consul brought host k back (a mark_up won here, or the
+-- state watcher saw its `down` go). Moves the state generation, so every
+-- worker re-runs state.refresh() and drops its own marks made before `at`,
+-- even when no snapshot ever held the host down (marked down and up between
+-- two listings of the watcher). No generation before the first snapshot.
 function _M.came_up(k, at)
     cache:set(P_UP_AT .. k, at, 3600)
+    cache:incr(K_STATE_GEN, 1)
 end
 
 

@@ -152,7 +152,10 @@ end
 -- queries in flight per tree under the prefix (config, instances, state);
 -- "writes:<uri>". Knobs in ngx.shared.flags: "status" answers that status
 -- instead of proxying; "inflate" is added once to the X-Consul-Index of an
--- /instances/ answer (an index going backwards after it).
+-- /instances/ answer (an index going backwards after it); "hold" = a tree name
+-- (e.g. "state") holds every listing (?recurse) of that tree before it reaches
+-- Consul until the knob is deleted (at most 20 s), counting them in "held" (a
+-- watcher then misses whatever is written and deleted meanwhile).
 function _M.consul_proxy_access(prefix)
     if type(prefix) ~= "string" then
         error("prefix must be a string (got " .. type(prefix) .. ")", 2)
@@ -167,6 +170,14 @@ function _M.consul_proxy_access(prefix)
     end
     if ngx.req.get_method() ~= "GET" then
         flags:incr("writes:" .. uri, 1, 0)
+    end
+    if flags:get("hold") == what and ngx.req.get_uri_args().recurse ~= nil then
+        flags:incr("held", 1, 0)
+        local deadline = now() + 20
+        while flags:get("hold") == what and now() < deadline do
+            sleep(0.01)
+            update_time()
+        end
     end
     local status = flags:get("status")
     if status then
