@@ -310,6 +310,13 @@ EVENT host_up inst/p/dead
         content_by_lua_block { require("zedcup_t").which() }
     }
 
+    # "<worker id> yes" once this worker holds the instance's plan (no request to a host)
+    location = /has {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local("inst") and "yes" or "no")
+        }
+    }
+
     location = /t {
         content_by_lua_block {
             local zedcup = require "zedcup"
@@ -321,8 +328,10 @@ EVENT host_up inst/p/dead
             assert(zedcup.configure_instance("inst", { pools = { { name = "p", max_errors = 2, error_timeout = 60, hosts = {
                 { name = "dead", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 },
                 { name = "live", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
-            -- node 2 learns the instance through its watcher
-            T.wait_for(5, 0.05, function() return ask($TEST_NGINX_NODE_PORT_2, "/which") == "one" end)
+            -- every worker of both nodes has the instance (node 2 through its watcher)
+            -- before the failures start: a worker that has not would answer "Instance not found"
+            ngx.say("every worker has it: ", T.until_all($TEST_NGINX_NODE_PORT_1, "/has", "yes", 5) ~= nil
+                    and T.until_all($TEST_NGINX_NODE_PORT_2, "/has", "yes", 5) ~= nil)
             -- both nodes fail on the dead host at the same time
             local threads = {}
             for i = 1, 8 do
@@ -345,6 +354,7 @@ EVENT host_up inst/p/dead
 --- request
 GET /t
 --- response_body
+every worker has it: true
 served: 8/8
 down: true
 --- grep_error_log
