@@ -7,8 +7,8 @@
 --     the shared dict, for status() and the dashboard;
 --   * configs: notes when each instance's config changed on this node;
 -- and every PUBLISH_INTERVAL s:
---   * reads <prefix>/nodes/ and the health-check lock (two reads): the
---     cluster's live nodes, who checks, and whether Consul answers;
+--   * reads <prefix>/nodes/ (one read): the cluster's live nodes and whether
+--     Consul answers (who checks comes from the node's lock watch, zedcup.store);
 --   * writes this node's record <prefix>/nodes/<node name> (JSON, held by the
 --     node's session, so it loses its session when the node dies) when its
 --     content changed or the session is new: never per request, at most once
@@ -57,7 +57,7 @@ local K_NAMES = "n:names"           -- JSON list of the instances this node know
 local K_CONFIGS = "n:configs"       -- JSON inst -> { sig =, at = }
 local K_DOWN = "n:down"             -- JSON host key -> { state =, at = } as last seen
 local K_TRANSITIONS = "n:transitions" -- JSON list, newest first
-local K_CLUSTER = "n:cluster"       -- JSON { nodes = [...], holder =, holder_session =, at = }
+local K_CLUSTER = "n:cluster"       -- JSON { nodes = [...], at = }
 local K_CONTACT = "n:contact"       -- unix s of the last Consul answer
 local K_CONTACT_OK = "n:contact_ok" -- whether the last Consul round answered
 local K_WRITTEN = "n:written"       -- "<session>\n<content md5>" of the last record write
@@ -77,6 +77,9 @@ function _M.init(cache_dict)
     dict = cache_dict
     info.started = ngx_time()
     dict:set(K_STARTED, info.started)
+    -- the first Consul round comes one interval after a (re)load, not in the
+    -- burst of a starting node (a KV write wakes the watchers of empty prefixes)
+    dict:set(K_PUB, true, PUBLISH_INTERVAL)
 end
 
 
@@ -135,7 +138,7 @@ function _M.transition_count(inst, pool, host, to)
 end
 
 
---- cluster() -> { nodes = { record, ... }, holder =, holder_session =, at = } | nil
+--- cluster() -> { nodes = { record (with its session), ... }, at = } | nil
 function _M.cluster()
     local c = decode(K_CLUSTER, nil)
     return type(c) == "table" and c or nil
@@ -149,18 +152,19 @@ function _M.info(now)
     local reachable = dict and dict:get(K_CONTACT_OK)
     local cluster = _M.cluster()
     local sid = session.id()
-    local holder = cluster and cluster.holder or nil
-    -- who holds the lock right now (the node's lock watch), by session id
+    -- who holds the checker lock right now (the node's lock watch), by session id;
+    -- named from the records
     local holder_sid = store.checker_holder()
-    if holder_sid == "" then
-        holder = nil
-    elseif holder_sid and holder_sid == sid then
-        holder = session.node_name()
-    elseif holder_sid and cluster and holder_sid ~= cluster.holder_session then
-        holder = nil -- changed since the last read of the lock's value: named on the next one
-        for _, n in ipairs(cluster.nodes) do
-            if n.session == holder_sid then
-                holder = n.name
+    local holder
+    if holder_sid and holder_sid ~= "" then
+        if holder_sid == sid then
+            holder = session.node_name()
+        else
+            holder = "session " .. holder_sid
+            for _, n in ipairs(cluster and cluster.nodes or {}) do
+                if n.session == holder_sid then
+                    holder = n.name
+                end
             end
         end
     end
@@ -176,7 +180,7 @@ function _M.info(now)
         },
         checker = {
             holder = holder,
-            this_node = sid ~= nil and (holder_sid or cluster and cluster.holder_session) == sid,
+            this_node = sid ~= nil and holder_sid == sid,
             seen_at = cluster and cluster.at or nil,
         },
         nodes = cluster and #cluster.nodes or nil,
@@ -346,7 +350,8 @@ function _M.record_key()
 end
 
 
--- Reads the cluster's node records and the lock; deletes records of dead sessions.
+-- Reads the cluster's node records (one read); deletes records whose session is
+-- gone (sessions are created with behavior delete: only records of older nodes)
 local function read_cluster(c)
     local res, err = c:get_key(nodes_prefix(), { recurse = true })
     if not res or (res.status ~= 200 and res.status ~= 404) then
@@ -368,20 +373,10 @@ local function read_cluster(c)
             end
         end
     end
-    local lock
-    lock, err = c:get_key(kv.prefix() .. "/locks/healthcheck")
-    if not lock or (lock.status ~= 200 and lock.status ~= 404) then
-        return nil, "node: reading the health-check lock: " .. tostring(lock and lock.status or err)
-    end
-    local holder, holder_session
-    if lock.status == 200 and type(lock.body) == "table" and type(lock.body[1]) == "table"
-       and lock.body[1].Session then
-        holder, holder_session = lock.body[1].Value, lock.body[1].Session
-    end
     tab_sort(nodes, function(a, b)
         return tostring(a.name) < tostring(b.name)
     end)
-    return { nodes = nodes, holder = holder, holder_session = holder_session, at = ngx_time() }
+    return { nodes = nodes, at = ngx_time() }
 end
 
 
@@ -400,9 +395,7 @@ end
 local function publish(cur, configs, cluster)
     local sid = session.id()
     if not sid then
-        -- no session yet: the record would not be tied to anything; try again next tick
-        dict:delete(K_PUB)
-        return true
+        return true -- the session went away since the tick looked: next round
     end
     local cfg = {}
     for name, c in pairs(configs) do
@@ -414,7 +407,7 @@ local function publish(cur, configs, cluster)
         hostname = session.hostname(),
         version = schema.VERSION,
         started = dict:get(K_STARTED) or info.started,
-        checker = cluster ~= nil and cluster.holder_session == sid,
+        checker = store.checker_holder() == sid,
         configs = cfg,
         down = down,
         consul = { reachable = cluster ~= nil },
@@ -482,8 +475,10 @@ function _M.tick()
     local cur = note_transitions(names)
     local configs = note_configs(names)
 
-    if not dict:add(K_PUB, true, PUBLISH_INTERVAL - 0.1) then
-        return false -- no Consul round this time: neither a success nor a failure
+    -- no Consul round before the node has its session (the record would be tied to
+    -- nothing), nor more often than every PUBLISH_INTERVAL
+    if not session.id() or not dict:add(K_PUB, true, PUBLISH_INTERVAL - 0.1) then
+        return false -- neither a success nor a failure
     end
     local cluster
     cluster, err = read_cluster(kv.client())
