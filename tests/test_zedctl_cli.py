@@ -398,6 +398,7 @@ def test_status_reads_the_state_keys_and_the_lock(
             "last_check_at": None,
             "held": None,
             "held_since": None,
+            "source": "config",
             "seen_differently": [],
         }
         assert hosts["web02"]["state"] == "down" and hosts["web02"]["down_since"] == now - 30

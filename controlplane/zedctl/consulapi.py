@@ -521,6 +521,14 @@ class ConsulKV:
 
     # -- reads ------------------------------------------------------------------------
 
+    def health_service(self, name: str, params: Sequence[tuple[str, str]] = ()) -> Any:
+        """GET /v1/health/service/<name> (the instances of a service, with their checks)."""
+        what = f"reading the instances of service {name}"
+        resp = self._request(
+            "GET", "/v1/health/service/" + quote(name, safe=""), what, params=list(params)
+        )
+        return self._json(resp, what)
+
     def get(self, key: str) -> KVEntry | None:
         what = f"reading {key}"
         resp = self._request("GET", self._key_path(key), what, allow_404=True)

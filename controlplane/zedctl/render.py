@@ -109,7 +109,8 @@ def status_table(report: StatusReport, now: float | None = None, wide: bool = Fa
             if h.last_error is not None:
                 text = h.last_error if wide else _short(h.last_error, 30)
                 error = f"{text} ({ago(h.last_error_at, now)})"
-            row = (h.pool, h.host, h.address, state, h.errors, error, check)
+            address = h.address if h.source == "config" else f"{h.address} ({h.source})"
+            row = (h.pool, h.host, address, state, h.errors, error, check)
             if report.nodes_seen:
                 row += (", ".join(h.seen_differently) or "-",)
             rows.append(row)

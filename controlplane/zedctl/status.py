@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .consulapi import ConsulKV, KVEntry
+from .discovered import discovered_hosts
 from .errors import NotFound, ZedctlError
 from .kvmap import PENDING_KEY
 from .layout import ADMIN_DOWN, Layout
@@ -54,6 +55,8 @@ class HostStatus:
     held: str | None = None
     """The operator's hold (`zedctl host down` or `pool down`): its reason ("" if none)."""
     held_since: int | None = None
+    source: str = "config"
+    """Where the host comes from: "config", or "consul:<service>" for a pool's service."""
     # live nodes whose own view differs from the cluster's: "<node>: up|down"
     seen_differently: tuple[str, ...] = ()
 
@@ -145,6 +148,8 @@ def host_status(
         reason = "held down by operator" + (f": {hold.value}" if hold.value else "")
     elif down is not None:
         status, reason = "down", f"marked down: {down.value}" if down.value else "marked down"
+    elif not host["up"] and host.get("source", "config") != "config":
+        status, reason = "down", f"{host['source']}: a check is critical (or warns at weight 0)"
     elif not host["up"]:
         status, reason = "down", "config: host up = false"
     elif not pool["up"]:
@@ -171,6 +176,7 @@ def host_status(
         last_check_at=(check.flags or None) if check else None,
         held=(held.value or "") if held else None,
         held_since=(held.flags or None) if held else None,
+        source=str(host.get("source", "config")),
     )
 
 
@@ -225,7 +231,7 @@ def read_status(
         state_tree = layout.instance_state(name, check=False)
         for pool in config["pools"]:
             pool_hold = state_entries.get(f"{state_tree}{pool['name']}/{ADMIN_DOWN}")
-            for host in pool["hosts"]:
+            for host in _pool_hosts(kv, pool, item):
                 base = f"{state_tree}{pool['name']}/{host['name']}/"
                 state = {k[len(base) :]: e for k, e in state_entries.items() if k.startswith(base)}
                 status = host_status(pool, host, state, now, pool_hold)
@@ -236,6 +242,21 @@ def read_status(
                     status = replace(status, seen_differently=differ)
                 item.hosts.append(status)
     return report
+
+
+def _pool_hosts(kv: ConsulKV, pool: Mapping[str, Any], item: InstanceStatus) -> list[Any]:
+    """The pool's hosts: its config's, then those of its Consul service (a config host of
+    the same name wins, as on the data plane)."""
+    hosts = list(pool["hosts"])
+    if pool.get("service"):
+        names = {h["name"] for h in hosts}
+        try:
+            found = discovered_hosts(kv, pool["service"])
+        except ZedctlError as e:
+            item.note = item.note or f"pool {pool['name']}: {e.message.splitlines()[0]}"
+            found = []
+        hosts += [h for h in found if h["name"] not in names]
+    return hosts
 
 
 def _applied(
