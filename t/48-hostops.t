@@ -36,6 +36,13 @@ __DATA__
             ngx.say("down: ", zedcup.set_host_state("web", "main", "a", "down", "maintenance window"))
             local e = kv.get(hold)
             ngx.say("  admin_down = ", e.Value, ", flags about now: ", math.abs(e.Flags - ngx.time()) <= 5)
+            local ev = require("blocks_t").retry_until(ngx.now() + 5, 0.05, function()
+                for _, e in ipairs(kv.get_tree(p .. "/events/web/") or {}) do
+                    local j = require("cjson").decode(e.Value)
+                    if j.event == "admin_host_down" then return j end
+                end
+            end)
+            ngx.say("  event: ", ev and (ev.event .. " " .. ev.pool .. "/" .. ev.host .. " " .. ev.reason))
             ngx.say("up: ", zedcup.set_host_state("web", "main", "a", "up"), " -> ", kv.get(hold))
             ngx.say("up again: ", zedcup.set_host_state("web", "main", "a", "up"))
 
@@ -62,6 +69,7 @@ weight by index 1/2: true -> 7
 weight a \(no key yet\): true -> 3
 down: true
   admin_down = maintenance window, flags about now: true
+  event: admin_host_down main/a maintenance window
 up: true -> false
 up again: true
 nilinstance nope not found

@@ -16,6 +16,7 @@
 -- Every node applies the change through its watchers, like a zedctl write.
 
 local kv = require "zedcup.kv"
+local require = require
 local schema = require "zedcup.schema"
 
 local ngx = ngx
@@ -137,18 +138,28 @@ function _M.set_host_state(instance, pool, host, state, reason)
         return nil, err
     end
     local key = kv.state_key(instance, loc.pool.name, loc.host.name, "admin_down")
+    local ok
     if state == "down" then
-        return guarded(loc, { kv.set_op(key, reason or "", ngx_time()) }, key)
+        ok, err = guarded(loc, { kv.set_op(key, reason or "", ngx_time()) }, key)
+    else
+        local held
+        held, err = kv.get(key)
+        if held == nil then
+            return nil, err
+        end
+        if not held then
+            return true -- not held: nothing to write
+        end
+        ok, err = guarded(loc, { { KV = { Verb = "delete", Key = key } } }, key)
     end
-    local held
-    held, err = kv.get(key)
-    if held == nil then
+    if not ok then
         return nil, err
     end
-    if not held then
-        return true -- not held: nothing to write
-    end
-    return guarded(loc, { { KV = { Verb = "delete", Key = key } } }, key)
+    -- the event zedctl host down|up records (best effort, in a timer)
+    require("zedcup.state").record_event(state == "down" and "admin_host_down" or "admin_host_up",
+                                         instance, loc.pool.name, loc.host.name,
+                                         reason ~= "" and reason or nil)
+    return true
 end
 
 

@@ -203,6 +203,7 @@ local function record_event(event, inst, pool_name, host_name, reason)
                 " not recorded: ", tostring(err))
     end
 end
+_M.record_event = record_event -- also zedcup.hostops' admin_host_down / admin_host_up
 
 
 --- mark_down(inst, pool_name, host_name, reason) -> true (won: host_down fired) | false | nil, err
