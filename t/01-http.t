@@ -329,6 +329,8 @@ second request line: GET /second HTTP/1.1
                     ["/no-status"] = "",
                     ["/bad-status"] = "HTTP/1.1 abc\r\n\r\n",
                     ["/long-status"] = "HTTP/1.1 2000 OK\r\n\r\n",
+                    ["/short-status"] = "HTTP/1.1 20\r\n\r\n",
+                    ["/http2-status"] = "HTTP/2.0 200 OK\r\n\r\n",
                     ["/headers-cut"] = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n",
                     ["/bad-header"] = "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
                     ["/short-length"] = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial",
@@ -350,7 +352,8 @@ second request line: GET /second HTTP/1.1
     location = /t {
         content_by_lua_block {
             local http = require "zedcup.http"
-            for _, path in ipairs({ "/no-status", "/bad-status", "/long-status", "/headers-cut", "/bad-header",
+            for _, path in ipairs({ "/no-status", "/bad-status", "/long-status",
+                                    "/short-status", "/http2-status", "/headers-cut", "/bad-header",
                                     "/short-length", "/short-chunk", "/no-last-chunk",
                                     "/bad-chunk", "/chunk-no-crlf", "/trailers-cut",
                                     "/bad-length", "/two-lengths" }) do
@@ -372,6 +375,8 @@ GET /t
 /no-status: read status line failed: closed / keepalive refused: not connected
 /bad-status: read status line failed: invalid status line "HTTP/1.1 abc" / keepalive refused: not connected
 /long-status: read status line failed: invalid status line "HTTP/1.1 2000 OK" / keepalive refused: not connected
+/short-status: read status line failed: invalid status line "HTTP/1.1 20" / keepalive refused: not connected
+/http2-status: read status line failed: invalid status line "HTTP/2.0 200 OK" / keepalive refused: not connected
 /headers-cut: read headers failed: closed / keepalive refused: not connected
 /bad-header: read headers failed: invalid field line "no colon here" / keepalive refused: not connected
 /short-length: read body failed: closed / keepalive refused: not connected

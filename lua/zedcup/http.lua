@@ -252,24 +252,59 @@ local function read_fields(sock, what)
     end
 end
 
+-- Byte tests instead of patterns on the per-request path: string.find with
+-- a pattern is not compiled by the JIT (each call ends the trace).
+
+-- whether s[from..to] is one or more ASCII digits
+local function all_digits(s, from, to)
+    if to < from then
+        return false
+    end
+    for i = from, to do
+        local c = str_byte(s, i)
+        if not c or c < 48 or c > 57 then
+            return false
+        end
+    end
+    return true
+end
+
+-- whether s has a byte %s matches (space, \t, \n, \v, \f, \r)
+local function has_space(s)
+    for i = 1, #s do
+        local c = str_byte(s, i)
+        if c == 32 or (c <= 13 and c >= 9) then
+            return true
+        end
+    end
+    return false
+end
+
 -- Returns status, reason, minor version, headers.
+-- The status line is "HTTP/1.<0|1> <3 digits>", then nothing or " <reason>".
 local function read_head(sock)
     local line, err = sock:receive("*l")
     if not line then
         return nil, "read status line failed: " .. err
     end
-    local _, e, minor, status = str_find(line, "^HTTP/1%.([01]) (%d%d%d)")
-    local after = e and str_byte(line, e + 1)
-    if not e or (after and after ~= 32) then
+    local minor = str_byte(line, 8)
+    local after = str_byte(line, 13)
+    if str_byte(line, 1) ~= 72 or str_byte(line, 2) ~= 84 or str_byte(line, 3) ~= 84
+        or str_byte(line, 4) ~= 80 or str_byte(line, 5) ~= 47 or str_byte(line, 6) ~= 49
+        or str_byte(line, 7) ~= 46 or (minor ~= 48 and minor ~= 49)
+        or str_byte(line, 9) ~= 32 or not all_digits(line, 10, 12)
+        or (after and after ~= 32)
+    then
         return nil, "read status line failed: invalid status line \"" .. line .. "\""
     end
-    local reason = str_sub(line, e + 2)
+    local b1, b2, b3 = str_byte(line, 10, 12)
+    local reason = str_sub(line, 14)
     local headers
     headers, err = read_fields(sock, "headers")
     if not headers then
         return nil, err
     end
-    return tonumber(status), reason, minor == "1" and 1 or 0, headers
+    return (b1 - 48) * 100 + (b2 - 48) * 10 + b3 - 48, reason, minor - 48, headers
 end
 
 
@@ -808,7 +843,7 @@ local function new_response(self, method, status, reason, minor, headers, res)
                 end
                 cl = cl[1]
             end
-            if not str_find(cl, "^%d+$") or #cl > 15 then
+            if #cl > 15 or not all_digits(cl, 1, #cl) then
                 return fail(self, "read headers failed: invalid Content-Length \"" .. cl .. "\"")
             end
             res._kind = "length"
@@ -848,7 +883,7 @@ local function do_request(self, params, path, query, pipelined)
     if type(path) ~= "string" then
         error("params.path must be a string, got " .. type(path), 3)
     end
-    if str_find(path, "[%s]") then
+    if has_space(path) then
         return nil, "send request failed: invalid path \"" .. path .. "\""
     end
 
@@ -1195,14 +1230,20 @@ end
 
 local response_methods = { read_body = read_body, read_trailers = read_trailers }
 
+-- apart from __index: a function that makes a closure cannot be compiled by
+-- the JIT (its UCLO aborts every trace through res:read_body())
+local function make_reader(res)
+    local function reader(max)
+        return body_chunk(res, max)
+    end
+    rawset(res, "body_reader", reader)
+    return reader
+end
+
 response_mt = {
     __index = function(res, k)
         if k == "body_reader" then
-            local function reader(max)
-                return body_chunk(res, max)
-            end
-            rawset(res, "body_reader", reader)
-            return reader
+            return make_reader(res)
         end
         return response_methods[k]
     end,
