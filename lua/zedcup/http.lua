@@ -67,6 +67,7 @@ local str_match = string.match
 local str_format = string.format
 local tab_concat = table.concat
 local tab_clear = require "table.clear"
+local tab_new = require "table.new"
 
 local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
@@ -136,11 +137,13 @@ local function header_newindex(t, k, v)
     rawset(t, k, v)
 end
 
+-- Sized for a typical response's fields (8): filling an empty table
+-- rehashes it at 1, 2, 4 and 8 entries, and names likewise.
 local function new_headers()
-    return setmetatable({}, {
+    return setmetatable(tab_new(0, 8), {
         __index = header_index,
         __newindex = header_newindex,
-        names = {},
+        names = tab_new(0, 8),
     })
 end
 _M.new_headers = new_headers
