@@ -64,6 +64,7 @@ local _M = { _VERSION = "0.1.0" }
 local down = {}             -- inst -> pool -> host -> true (Consul) | expiry (this worker)
 local marked_at = {}        -- host key -> when this worker marked it down on its own
 local gen = -1
+local up_gen = nil          -- store.up_gen() this worker last looked at
 
 
 local host_key = store.host_key
@@ -218,6 +219,7 @@ function _M.mark_down(inst, pool_name, host_name, reason)
         return false
     end
     set_local(inst, pool_name, host_name, true)
+    marked_at[host_key(inst, pool_name, host_name)] = ngx_now()
     ngx_log(ngx_WARN, "[zedcup] host down: ", inst, "/", pool_name, "/", host_name, ": ", tostring(reason))
     fire("host_down", inst, pool_name, host_name)
     record_event("host_down", inst, pool_name, host_name, reason and tostring(reason) or nil)
@@ -449,9 +451,33 @@ function _M.apply(entries)
 end
 
 
+-- drops this worker's own marks (its failures' expiry marks, and the mark of a
+-- mark_down it won) of hosts Consul brought back after they were made
+-- (store.came_up), whatever the snapshot says yet
+local function drop_own_marks()
+    for inst, pools in pairs(down) do
+        for pool, hosts in pairs(pools) do
+            for host in pairs(hosts) do
+                local k = host_key(inst, pool, host)
+                local at = marked_at[k]
+                if at and store.up_at(k) >= at then
+                    hosts[host] = nil
+                    marked_at[k] = nil
+                end
+            end
+        end
+    end
+end
+
+
 --- refresh(): copies the node's down hosts into this worker's tables when
--- they changed (the poll job)
+-- they changed, and drops its own marks of hosts that came back (the poll job)
 function _M.refresh()
+    local ug = store.up_gen()
+    if ug ~= up_gen then
+        up_gen = ug
+        drop_own_marks()
+    end
     local g = store.state_gen()
     if g == nil or g == gen then
         return true

@@ -55,6 +55,7 @@ local K_KEPT = "kept"            -- JSON: instances kept when Consul came back e
 local K_KEPT_GLOBAL = "kept_g"   -- the global config kept when Consul came back empty
 local K_STATE = "state"          -- JSON of Consul's state tree
 local K_STATE_GEN = "state_gen"  -- bumped when the set of down hosts changes
+local K_UP_GEN = "up_gen"        -- bumped when Consul brought a host back (came_up)
 local K_QUEUE = "errq"           -- list of host keys with failures not pushed yet
 local P_OWN_WRITE = "w:"         -- .. inst: "<index> <time>" of this node's last write
 local K_OWN_GLOBAL = "gw"        -- the same for the global config
@@ -374,13 +375,18 @@ end
 
 
 --- came_up(k, at): Consul brought host k back (a mark_up won here, or the
--- state watcher saw its `down` go). Moves the state generation, so every
--- worker re-runs state.refresh() and drops its own marks made before `at`,
--- even when no snapshot ever held the host down (marked down and up between
--- two listings of the watcher). No generation before the first snapshot.
+-- state watcher saw its `down` go). Moves the up generation, so every worker's
+-- state.refresh() drops its own marks made before `at`, even when no snapshot
+-- ever held the host down (marked down and up between two listings of the
+-- watcher). Not the state generation: the snapshot may not show it yet.
 function _M.came_up(k, at)
     cache:set(P_UP_AT .. k, at, 3600)
-    cache:incr(K_STATE_GEN, 1)
+    cache:incr(K_UP_GEN, 1, 0)
+end
+
+
+function _M.up_gen()
+    return cache:get(K_UP_GEN)
 end
 
 
