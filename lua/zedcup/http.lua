@@ -669,14 +669,15 @@ end
 -- first access, so responses read with read_body() make no closure; a
 -- response is also callable as its own reader. The reader's state lives in
 -- fields: _client, _gen (the client's request counter when it was made),
--- _kind ("length", "chunked", "close" or "none"), _left (bytes left in the
--- body or current chunk) and _complete.
+-- _kind ("length", "chunked", "close", "none", or "done" once the body was
+-- read to its end) and _left (bytes left in the body or current chunk). Eight
+-- fields in all, so a response fits a hash part of 8 (a ninth doubles it).
 
 local STALE = "read body failed: the connection has moved on to another request"
 
 local function body_chunk(res, max)
     local kind = res._kind
-    if kind == "none" or res._complete then
+    if kind == "none" or kind == "done" then
         return nil
     end
     local self = res._client
@@ -697,7 +698,7 @@ local function body_chunk(res, max)
         n = res._left - n
         res._left = n
         if n == 0 then
-            res._complete = true
+            res._kind = "done"
             self.pending = false
         end
         return data
@@ -724,7 +725,7 @@ local function body_chunk(res, max)
                     return fail(self, err)
                 end
                 res.trailers = trailers
-                res._complete = true
+                res._kind = "done"
                 self.pending = false
                 return nil
             end
@@ -762,7 +763,7 @@ local function body_chunk(res, max)
         done = true       -- "*a" returns everything up to the close
     end
     if done then
-        res._complete = true
+        res._kind = "done"
         self.pending = false
         self.connected = false
         sock:close()
@@ -786,7 +787,7 @@ end
 local function new_response(self, method, status, reason, minor, headers, res)
     if res then
         res.status, res.reason, res.headers, res.has_body = status, reason, headers, false
-        res._client, res._gen, res._kind, res._left, res._complete = self, self.gen, "none", 0, false
+        res._client, res._gen, res._kind, res._left = self, self.gen, "none", 0
     else
         res = setmetatable({
             status = status,
@@ -798,7 +799,6 @@ local function new_response(self, method, status, reason, minor, headers, res)
             _gen = self.gen,
             _kind = "none",
             _left = 0,
-            _complete = false,
         }, response_mt)
     end
 
@@ -859,7 +859,7 @@ local function new_response(self, method, status, reason, minor, headers, res)
         self.no_reuse = "response body delimited by connection close"
     end
     if res._left == 0 and res._kind == "length" then
-        res._complete = true
+        res._kind = "done"
     else
         self.pending = true
     end
@@ -1106,7 +1106,7 @@ end
 local function load_pipelined(res)
     setmetatable(res, response_mt)
     local self = res._client
-    res._kind, res._complete, res.has_body = "none", true, false
+    res._kind, res.has_body = "none", false
 
     local _, err
     if self.pending then
@@ -1210,7 +1210,7 @@ end
 -- Merges the trailers (read along with the body) into res.headers and
 -- returns them.
 local function read_trailers(res)
-    if res.has_body and not res._complete then
+    if res.has_body and res._kind ~= "done" then
         return nil, "read trailers failed: response body not fully read"
     end
     local trailers = res.trailers
