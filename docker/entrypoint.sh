@@ -68,7 +68,7 @@ configure)
 health)
     case "$(cat "$ROLE_FILE" 2>/dev/null || true)" in
     consul) http_ok "http://127.0.0.1:8500/v1/status/leader" '"[^"]+"' ;;
-    node) http_ok "http://127.0.0.1:8080/_status" '"pools"' ;;
+    node) http_ok "http://127.0.0.1:8080/_status?format=json" '"node"' ;;
     backend) http_ok "http://127.0.0.1/_health" '.' ;;
     *) exit 0 ;;
     esac

@@ -109,14 +109,28 @@ class Cluster:
     def node_url(self, node: str, path: str = "/", port: int = 8080) -> str:
         return f"http://{self.ip(node, 'backends')}:{port}{path}"
 
-    def status(self, node: str) -> dict[str, Any] | None:
-        code, body = http_get(self.node_url(node, "/_status"), timeout=2)
+    def status(self, node: str, instance: str = "demo") -> dict[str, Any] | None:
+        """`instance` as `node` sees it, from its zedcup.status_page() JSON:
+        {"pools": {pool: {host: state}}, "weights": {"pool/host": weight}}."""
+        code, body = http_get(self.node_url(node, "/_status?format=json"), timeout=2)
         if code != 200:
             return None
         try:
-            return json.loads(body)
+            doc = json.loads(body)
         except ValueError:
             return None
+        for inst in doc.get("instances", []):
+            if inst.get("name") == instance:
+                pools = {
+                    p["name"]: {h["name"]: h["state"] for h in p["hosts"]} for p in inst["pools"]
+                }
+                weights = {
+                    f"{p['name']}/{h['name']}": h.get("weight")
+                    for p in inst["pools"]
+                    for h in p["hosts"]
+                }
+                return {"pools": pools, "weights": weights}
+        return {"pools": {}, "weights": {}}
 
     def host_state(self, node: str, pool: str, host: str) -> str | None:
         st = self.status(node)
