@@ -48,7 +48,8 @@ local _M = { _VERSION = "0.1.0" }
 
 local SCALE = 100      -- weight grain while a pool has run-time weights
 local STEPS = 10       -- a slow start moves in this many steps
-local TICK = 0.25      -- s between looks at ramps and agent weights
+local TICK = store.POLL_INTERVAL  -- s between looks at the generations
+local RAMP_TICK = 0.25            -- s between looks at ramps (and anything else)
 local MIN_FRACTION = 1 / SCALE
 
 -- the node's state snapshot, decoded once per change of its JSON
@@ -201,16 +202,25 @@ end
 
 
 local seen = {}  -- worker-local: instance -> the signature its plans have
+local seen_gens = ""    -- the state and config generations last looked at
+local next_full = 0     -- when ramps under way need their next look
 
 
 local function tick()
     local session = require "zedcup.session"
     if not session.worker_lock("weights", 10) then
-        seen = {}
+        seen, seen_gens = {}, ""
         return true
     end
-    local insts = require("zedcup.discovery").local_instances()
+    -- a host coming back moves the state generation: look at once; a ramp
+    -- under way moves on its own: look every RAMP_TICK
     local now = ngx_now()
+    local gens = tostring(store.state_gen()) .. "/" .. tostring(store.config_gen())
+    if gens == seen_gens and now < next_full then
+        return true
+    end
+    seen_gens, next_full = gens, now + RAMP_TICK
+    local insts = require("zedcup.discovery").local_instances()
     for name, conf in pairs(insts) do
         local sig = signature(name, conf, now)
         if sig ~= (seen[name] or "") then
