@@ -46,8 +46,13 @@ __DATA__
             local res = assert(c:get("/session/info/" .. id0))
             local info = res.body[1]
             ngx.say("name: ", info.Name == "zedcup " .. hostname .. " " .. mpid)
+            -- session_ttl 30 (the default): Consul's worst case, 2 x 13.5 s + 1 s lock delay, fits
             ngx.say("TTL: ", info.TTL, ", behavior: ", info.Behavior,
                     ", lock delay: ", info.LockDelay / 1e9, "s")
+            -- no serfHealth (Consul's default): the TTL alone ends it
+            local function none(v) return v == nil or v == ngx.null or (type(v) == "table" and #v == 0) end
+            ngx.say("health checks: ", none(info.NodeChecks) and none(info.Checks) and "none"
+                    or require("cjson").encode(info.NodeChecks or info.Checks))
 
             res = assert(c:get("/session/list"))
             local same_name = 0
@@ -68,7 +73,8 @@ GET /t
 both workers have one: true
 the same: true
 name: true
-TTL: 30s, behavior: delete, lock delay: 1s
+TTL: 13.5s, behavior: delete, lock delay: 1s
+health checks: none
 sessions of this node: 1
 registry held by it: true
 registry value: true

@@ -13,8 +13,10 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 from dataplane_cluster import (
     ConsulProc,
     Node,
@@ -158,3 +160,51 @@ def test_quit_of_the_checker_node_hands_the_lock_over_at_once(
     gone, _ = wait_for(lambda: consul.get(registry) is None, 5)
     assert gone
     assert time.monotonic() - t0 < 10
+
+
+def node_sessions(consul: ConsulProc, prefix: str) -> list[dict[str, Any]]:
+    """The sessions holding the node registry's entries, as Consul reports them."""
+    r = requests.get(f"{consul.url}/v1/kv/{prefix}/registry/?recurse", timeout=5)
+    if r.status_code == 404:
+        return []
+    r.raise_for_status()
+    out = []
+    for e in r.json():
+        if e.get("Session"):
+            info = requests.get(f"{consul.url}/v1/session/info/{e['Session']}", timeout=5).json()
+            out.extend(info or [])
+    return out
+
+
+def test_session_ttl_fits_session_ttl_and_only_the_ttl_ends_it(
+    consul: ConsulProc, nodes: list[Node], tmp_path: Path
+) -> None:
+    prefix = new_prefix()
+    # the global config is in Consul before the node starts: its first session has its TTL
+    consul.put(f"{prefix}/config/session_ttl", "24")
+    consul.put(f"{prefix}/config/session_renew_interval", "1")
+    node = start_node(tmp_path, consul.port, prefix, {"A": free_port()})
+    nodes.append(node)
+    found, _ = wait_for(lambda: node_sessions(consul, prefix), 15)
+    assert found and len(found) == 1, found
+    first = found[0]
+    # Consul ends a lapsed session up to 2 x TTL after its last renewal, then holds its
+    # locks for the lock delay: 2 x 10.5 s + 1 s + 2 s to take over = session_ttl (24 s)
+    assert (first["TTL"], first["LockDelay"], first["Behavior"]) == ("10.5s", 10**9, "delete")
+    # no health checks (Consul's default is serfHealth): the TTL alone ends it
+    assert not first.get("NodeChecks") and not first.get("Checks"), first
+
+    # a changed session_ttl replaces the session at its next renewal (every 1 s)
+    assert node.configure({"session_ttl": 30}) == "ok"
+    replaced, _ = wait_for(
+        lambda: [s for s in node_sessions(consul, prefix) if s["ID"] != first["ID"]], 15
+    )
+    assert replaced and replaced[0]["TTL"] == "13.5s", replaced
+    assert not replaced[0].get("NodeChecks") and not replaced[0].get("Checks"), replaced
+    # the old one is destroyed (its registry entry went with it)
+    gone, _ = wait_for(
+        lambda: not requests.get(f"{consul.url}/v1/session/info/{first['ID']}", timeout=5).json(),
+        10,
+    )
+    assert gone
+    assert [s["ID"] for s in node_sessions(consul, prefix)] == [replaced[0]["ID"]]

@@ -11,6 +11,18 @@
 -- session, and a short LockDelay lets another node take over a cluster lock
 -- soon after this node dies.
 --
+-- Takeover within session_ttl: Consul promises only that a session outlives
+-- its TTL; it ends a lapsed one up to 2 x TTL after the last renewal, and then
+-- holds its locks for the LockDelay (1 s). So the Consul TTL is
+-- (session_ttl - 3) / 2 (1 s for the lock delay, 2 s for another node to see
+-- the lock free and take it), at least Consul's minimum of 10 s: another node
+-- takes a lock over within session_ttl of the holder's last renewal when
+-- session_ttl >= 23, within 23 s below that. Sessions have no health checks (NodeChecks empty): they live by their
+-- TTL alone, not by the serfHealth check of the Consul agent that created them
+-- (a node talking to Consul servers directly lost its session with that
+-- server). No session is created before the global config is known, and a
+-- change of session_ttl replaces the session at its next renewal.
+--
 -- Clean stops: every worker leaves a timer pending that nginx runs
 -- (prematurely) when the worker exits. `nginx -s quit`: the node's cluster
 -- locks are released (no lock-delay: another node takes over at once) and its
@@ -47,7 +59,11 @@ local pairs = pairs
 local pcall = pcall
 local error = error
 local math_min = math.min
+local math_max = math.max
+local math_huge = math.huge
 local str_find = string.find
+local str_format = string.format
+local json_encode = require("cjson.safe").encode
 local io_open = io.open
 
 
@@ -56,6 +72,11 @@ local _M = {
 }
 
 local LOCK_DELAY = "1s"
+local LOCK_DELAY_S = 1
+-- what another node needs to take a freed lock (its lock watch answers, it
+-- acquires, retrying every 0.5 s through the lock delay)
+local TAKEOVER_S = 2
+local CONSUL_TTL_MIN = 10
 
 -- keys in the locks dict
 
@@ -228,26 +249,47 @@ local function destroy_remote(c, id)
 end
 
 
+--- consul_ttl() -> the TTL (s) of the node's Consul session for the current
+-- session_ttl: Consul's worst case (2 x TTL + lock delay) plus 2 s to take
+-- the lock over fits within session_ttl, never under Consul's minimum (10 s)
+function _M.consul_ttl()
+    return math_max(CONSUL_TTL_MIN, (_M.global("session_ttl") - LOCK_DELAY_S - TAKEOVER_S) / 2)
+end
+
+
+-- Releases the cluster locks session `id` holds (a release has no lock-delay).
+local function release_all(c, id)
+    local res = c:get_key(kv.prefix() .. "/locks/", { recurse = true })
+    if res and res.status == 200 and type(res.body) == "table" then
+        for _, e in ipairs(res.body) do
+            if type(e) == "table" and e.Session == id then
+                c:put_key(e.Key, e.Value or "", { release = id })
+            end
+        end
+    end
+end
+
+
 -- Creates a session and its registry entry. Callers hold the create lock.
 local function create(d)
     local c = consul()
-    -- a session's TTL is fixed when it is created: make sure the global config
-    -- was read once (a worker that just started may not have it yet)
+    -- a session's TTL is fixed when it is created: no session before the
+    -- global config was read once (a worker that just started may not have it)
     if store.cache_dict() then
         local g, lerr = config.load_global()
-        if not g then
-            ngx_log(ngx_WARN, "[zedcup] session: reading the global config: ", tostring(lerr))
+        if not g or not (store.global_raw() or store.global_synced()) then
+            return nil, "session: not created before the global config is known: "
+                .. tostring(lerr or "its keys are being written")
         end
     end
-    local ttl = _M.global("session_ttl")
+    local ttl = _M.consul_ttl()
     local name = "zedcup " .. _M.hostname() .. " " .. master_pid()
 
-    local res, err = c:put("/session/create", {
-        Name = name,
-        TTL = tostring(ttl) .. "s",
-        Behavior = "delete",
-        LockDelay = LOCK_DELAY,
-    })
+    -- NodeChecks empty: only the TTL ends it (Consul's default binds it to
+    -- serfHealth); spelled out, as a Lua table cannot say "empty array"
+    local res, err = c:put("/session/create", str_format(
+        '{"Name":%s,"TTL":"%ss","Behavior":"delete","LockDelay":"%s","NodeChecks":[]}',
+        json_encode(name), tostring(ttl), LOCK_DELAY))
     if not res or res.status ~= 200 or type(res.body) ~= "table" or type(res.body.ID) ~= "string" then
         return nil, answer_error("session: create", res, err)
     end
@@ -265,7 +307,7 @@ local function create(d)
     reap_registry(c)
 
     local ok
-    ok, err = store.set_session_id(id)
+    ok, err = store.set_session_id(id, ttl)
     if not ok then
         destroy_remote(c, id)
         return nil, "session: storing the id in shm: " .. tostring(err)
@@ -273,7 +315,8 @@ local function create(d)
     -- creation counts as this interval's renewal
     store.renew_turn_reset(_M.renew_interval() * 0.9)
 
-    ngx_log(ngx_INFO, "[zedcup] session: created ", id, " (", name, ", TTL ", ttl, "s)")
+    ngx_log(ngx_INFO, "[zedcup] session: created ", id, " (", name, ", TTL ", ttl,
+            "s for session_ttl ", _M.global("session_ttl"), ")")
     return id
 end
 
@@ -333,12 +376,30 @@ function _M.ensure()
 end
 
 
---- renew_interval() -> seconds between renewals: session_renew_interval, but never
--- so long that the session lapses between two renewals.
+--- renew_interval() -> seconds between renewals: session_renew_interval, but at
+-- most half the session's Consul TTL (two chances before it may lapse).
 function _M.renew_interval()
     local interval = _M.global("session_renew_interval")
-    local ttl = _M.global("session_ttl")
-    return math_min(interval, ttl / 2)
+    return math_min(interval, math_min(store.session_ttl() or math_huge, _M.consul_ttl()) / 2)
+end
+
+
+-- session_ttl changed since the session was created: a new session with the
+-- new TTL takes over, then the old one's locks are released and it is destroyed.
+local function replace(old)
+    local id, err = ensure(old)
+    if not id then
+        return nil, err
+    end
+    local c = consul()
+    release_all(c, old)
+    local ok
+    ok, err = destroy_remote(c, old)
+    if not ok then
+        ngx_log(ngx_WARN, "[zedcup] ", err)
+    end
+    ngx_log(ngx_INFO, "[zedcup] session: ", old, " replaced by ", id, " (session_ttl changed)")
+    return true
 end
 
 
@@ -371,6 +432,15 @@ function _M.renew(force)
     res, err = consul():put("/session/renew/" .. id, "")
     if res and res.status == 200 then
         store.count_renewal()
+        if store.cache_dict() then
+            -- this worker's view of the global config may lag the node's: no
+            -- replacing a session another worker just made for the new one
+            config.load_global()
+        end
+        local ttl = store.session_ttl()
+        if ttl and ttl ~= _M.consul_ttl() then
+            return replace(id)
+        end
         return true
     end
 
@@ -580,16 +650,8 @@ local function on_exit(premature)
     if not id then
         return
     end
-    local c = consul()
-    local res = c:get_key(kv.prefix() .. "/locks/", { recurse = true })
-    if res and res.status == 200 and type(res.body) == "table" then
-        for _, e in ipairs(res.body) do
-            if type(e) == "table" and e.Session == id then
-                -- a release, unlike the session's end, has no lock-delay
-                c:put_key(e.Key, e.Value or "", { release = id })
-            end
-        end
-    end
+    -- a release, unlike the session's end, has no lock-delay
+    release_all(consul(), id)
     local ok, err = _M.destroy()
     if ok then
         ngx_log(ngx_INFO, "[zedcup] session: ", id, " destroyed, locks released (nginx stopping)")

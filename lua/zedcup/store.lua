@@ -73,6 +73,7 @@ local K_SESSION = "zedcup:session:id"
 local K_SESSION_CREATE = "zedcup:session:create"
 local K_SESSION_RENEW = "zedcup:session:renew"
 local K_SESSION_RENEWALS = "zedcup:session:renewals"
+local K_SESSION_TTL = "zedcup:session:ttl"   -- the TTL (s) the session was created with
 local K_GEN = "zedcup:gen"               -- bumped by init() (start, reload)
 local P_QUIT = "zedcup:quit:"            -- .. gen
 local P_WORKER_LOCK = "zedcup:wlock:"    -- .. job name
@@ -464,11 +465,20 @@ function _M.session_id()
 end
 
 
-function _M.set_session_id(id)
+--- set_session_id(id, ttl): the node's session and the TTL (s) it was created with
+function _M.set_session_id(id, ttl)
     if id == nil then
+        locks:delete(K_SESSION_TTL)
         return locks:delete(K_SESSION)
     end
+    locks:set(K_SESSION_TTL, ttl)
     return locks:set(K_SESSION, id)
+end
+
+
+--- session_ttl() -> the TTL (s) the node's session was created with, or nil
+function _M.session_ttl()
+    return locks:get(K_SESSION_TTL)
 end
 
 
