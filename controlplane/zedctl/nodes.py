@@ -9,8 +9,9 @@
 
 A record whose session is gone (the node stopped, or died and its session expired) has
 no Session: it is listed as gone, and the nodes delete such records. A live session means
-the node renewed it within `session_ttl` (a real Consul may take up to twice that to
-expire a session): that is the liveness bound; `written` only tells how old the content
+the node renewed it within `session_ttl` (its Consul TTL is sized so that Consul ends a
+dead node's session within that, or within 23 s for a smaller `session_ttl`): that is the
+liveness bound; `written` only tells how old the content
 is (it is rewritten on change, never to show liveness).
 """
 
@@ -214,11 +215,9 @@ def nodes_table(report: NodesReport) -> str:
         head = f"health-check lock: {lock.name}\n"
         if lock.problem:
             head += f"  GONE HOLDER: {lock.problem}\n"
-    ttl = f"{report.session_ttl:g}s" if report.session_ttl else "session_ttl"
-    head += (
-        f"live = its Consul session is valid: renewed within {ttl} "
-        "(a real Consul may take twice that to drop a dead node)\n\n"
-    )
+    # Consul ends a dead node's session within max(session_ttl, 23 s) (lua/zedcup/session.lua)
+    ttl = f"{max(report.session_ttl, 23):g}s" if report.session_ttl else "session_ttl"
+    head += f"live = its Consul session is valid: Consul drops a dead node's within {ttl}\n\n"
     if not report.nodes:
         return head + "no nodes (none has published a record under <prefix>/nodes/)\n"
     rows = []
