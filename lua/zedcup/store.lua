@@ -28,6 +28,7 @@ local deps = require "zedcup.deps"
 local ngx = ngx
 local shared = ngx.shared
 local ngx_time = ngx.time
+local ngx_now = ngx.now
 local tostring = tostring
 local tonumber = tonumber
 local error = error
@@ -277,7 +278,7 @@ end
 function _M.max_index(index, reset)
     local cur = locks:get(K_MAX_INDEX) or 0
     if reset then
-        locks:set(K_RESET_AT, ngx_time())
+        locks:set(K_RESET_AT, ngx_now())
     end
     if index and (reset or index > cur) then
         locks:set(K_MAX_INDEX, index)
@@ -287,7 +288,7 @@ function _M.max_index(index, reset)
 end
 
 
---- reset_at() -> unix time a watch of this node last saw Consul's index go back (0: never)
+--- reset_at() -> unix time (ms precision) a watch of this node last saw Consul's index go back (0: never)
 function _M.reset_at()
     return locks:get(K_RESET_AT) or 0
 end

@@ -26,8 +26,9 @@ local kill = ngx.thread.kill
 
 local _M = { _VERSION = "0.1.0" }
 
--- what the exit watcher returns: a value no query answer can be
+-- what the exit watcher returns: values no query answer can be
 local EXITING = {}
+local RESET = {}
 
 -- how often a standby worker looks at the lock
 local STANDBY_INTERVAL = 0.5
@@ -40,9 +41,16 @@ end
 
 
 -- Returns when the worker starts exiting, so that a long blocking query never
--- holds up a graceful shutdown.
-local function exit_watch()
+-- holds up a graceful shutdown; or when another watch of this node saw
+-- Consul's index go back after this query was sent: a restarted Consul whose
+-- index is below ours would hold this query until its index caught up (or
+-- `wait` ran out), hiding every change made meanwhile.
+local function exit_watch(w)
+    local sent_at = w.info.sent_at
     while not worker_exiting() do
+        if store.reset_at() > sent_at then
+            return RESET
+        end
         ngx_sleep(0.2)
     end
     return EXITING
@@ -66,12 +74,16 @@ local function step(w)
     ngx_update_time()
     w.info.sent_at = ngx_now()
     local q = spawn(query, w, s.wait)
-    local e = spawn(exit_watch)
+    local e = spawn(exit_watch, w)
     local okq, entries, index = wait(q, e)
     kill(q)
     kill(e)
     if entries == EXITING then
         session.worker_unlock(lock_name)
+        return false
+    end
+    if entries == RESET then
+        w.index = 0 -- resync at once, not blocking
         return false
     end
     if not okq or not entries then

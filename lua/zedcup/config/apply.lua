@@ -82,6 +82,9 @@ function _M.apply_instances(entries, index, info)
         end
     end
     if reset then
+        -- (however it was seen: the global config's watch, which may answer
+        -- later with an index past everything it saw, reads this)
+        store.max_index(index, true)
         for name in pairs(old) do
             store.set_own_write(name, nil)
         end
@@ -204,7 +207,7 @@ function _M.apply_global(entries, index, info)
         -- (so does an empty config found on the first answer after a failure,
         -- or soon after another watch saw Consul's index go back: an empty
         -- global config is rarely meant)
-        if (info and (info.reset or info.resync)) or reset_by_own_write
+        if (info and (info.reset or info.resync)) or reset_by_own_write or store.kept()
            or ngx_time() - store.reset_at() < RESET_WINDOW then
             store.global_kept(true)
             ngx_log(ngx_ERR, "[zedcup] Consul came back empty: nothing under ", base,
