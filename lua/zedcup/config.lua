@@ -291,7 +291,8 @@ end
 function _M.accept_global(rel, sig, base)
     local raw = store.global_raw()
     if raw and str_sub(raw, 1, #sig + 1) == sig .. "\n" then
-        return true
+        -- another worker stored it first: this worker's copy may still be older
+        return load_global_raw(raw)
     end
     local normalised, problems = schema.unflatten("global", rel)
     if not normalised then
