@@ -183,6 +183,10 @@ def test_the_preamble_goes_in_front_of_each_block_section() -> None:
         ("--- request\nGET /\n__DATA__\n", "a preamble (before __DATA__) may only give"),
         ("--- config\n--- config\n__DATA__\n", "duplicate preamble section"),
         ("__DATA__\n=== TEST 1: x\n--- config own\n", "filter 'own' needs a preamble section"),
+        ("--- vars\njust text\n__DATA__\n=== TEST 1: x\n", "expected `NAME = value`"),
+        ("__DATA__\n=== TEST 1: x\n--- vars\nOTHER = 1\n", "TEST_NGINX_* or TEST_ZEDCUP_* NAME"),
+        ("__DATA__\n=== T\n--- vars\nTEST_NGINX_RAND_PORT_1 = 5\n", "harness's own variable"),
+        ("__DATA__\n=== T\n--- vars\nTEST_ZEDCUP_PREFIX = x\n", "harness's own variable"),
     ],
 )
 def test_bad_preambles_are_rejected(text: str, fragment: str) -> None:
@@ -190,6 +194,37 @@ def test_bad_preambles_are_rejected(text: str, fragment: str) -> None:
         parse_text(text, "t/x.t")
     assert fragment in str(err.value)
     assert "t/x.t:" in str(err.value)
+
+
+VARS_PREAMBLE = (
+    "--- vars\n"
+    "TEST_ZEDCUP_EXTRA =\n"
+    "TEST_ZEDCUP_NAME = one\n"
+    "--- http_config\n"
+    "    init_by_lua_block { init({ name = '$TEST_ZEDCUP_NAME', $TEST_ZEDCUP_EXTRA }) }\n"
+    "__DATA__\n"
+)
+
+
+def test_block_vars_change_one_place_of_the_preamble() -> None:
+    default, extended, own = parse_text(
+        VARS_PREAMBLE + "=== TEST 1: defaults\n--- config\n    # ${TEST_ZEDCUP_NAME}s\n"
+        "=== TEST 2: extended\n--- vars\n# a comment\n"
+        "TEST_ZEDCUP_EXTRA = port = $TEST_NGINX_RAND_PORT_2,\n"
+        "=== TEST 3: own\n--- vars own\nTEST_ZEDCUP_NAME=two\n",
+        "t/x.t",
+    )
+    assert default.get("http_config") == "    init_by_lua_block { init({ name = 'one',  }) }\n"
+    assert default.get("config") == "    # ones\n"
+    assert extended.get("http_config") == (
+        "    init_by_lua_block { init({ name = 'one', port = $TEST_NGINX_RAND_PORT_2, }) }\n"
+    )
+    assert extended.rand_ports() == 2  # a harness variable in a value counts
+    assert "vars" not in default and "vars" not in extended
+    with pytest.raises(ParseError) as err:  # `own` drops the defaults: EXTRA is undefined
+        own.validate(env={})
+    assert "undefined variable $TEST_ZEDCUP_EXTRA" in str(err.value)
+    assert "name = 'two'" in (own.get("http_config") or "")
 
 
 def test_substitute_bare_and_braced_longest_name() -> None:

@@ -47,11 +47,30 @@ comments::
     --- http_config
         server { listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1; return 200 "one"; }
 
+Block variables change one place inside the preamble per block (where appending is not
+enough, e.g. one more option of a Lua call): a `--- vars` section of `NAME = value`
+lines (`#` lines are comments, the value may be empty and may use the harness's
+variables), in the preamble for the defaults and in a block for its own values, which
+win (`--- vars own` drops the defaults). NAME is a TEST_NGINX_* or TEST_ZEDCUP_* name
+the harness does not define; `$NAME` is replaced in every section of the block when the
+file is parsed::
+
+    --- vars
+    TEST_ZEDCUP_INIT_EXTRA =
+    --- http_config
+        init_by_lua_block { init({ port = $TEST_NGINX_CONSUL_PORT, $TEST_ZEDCUP_INIT_EXTRA }) }
+    __DATA__
+
+    === TEST 1: with a resolver
+    --- vars
+    TEST_ZEDCUP_INIT_EXTRA = resolver = { nameservers = { { "127.0.0.1", 53 } } },
+
 Unknown sections or filters, duplicate sections or titles, bad numbers, bad regexes
 and undefined variables are collection errors naming file, line, block and section.
 
 Sections:
     main_config, http_config, config   nginx.conf parts (see below)
+    vars             block variables (see above)
     request          `METHOD URI [VERSION]` (default HTTP/1.1); further lines are the
                      body, sent without the section's final newline, with Content-Length
     more_headers     `Name: value` lines; Host and `Connection: close` are added unless given

@@ -19,12 +19,18 @@ Values are CRLF-normalised, leading and trailing blank lines are dropped and one
 newline is kept; `--- name: value` is the one-line form (no final newline). Filter
 words after the section name: `chomp` drops the final newline, `re` makes the lines of
 `error_log`, `no_error_log` and `grep_error_log` Python regular expressions, `own` makes
-a block's main_config, http_config or config replace the preamble's.
+a block's main_config, http_config, config or vars replace the preamble's.
 
 The preamble (Test::Nginx's add_block_preprocessor / `$::HttpConfig`): `main_config`,
 `http_config` and `config` sections before `__DATA__` are put in front of the same
 section of every block (or stand for it in a block without one), unless the block's
 section says `own`. Header lines before the first `---` are comments.
+
+Block variables, to change one place inside the preamble per block: a `vars` section
+(in the preamble: the defaults; in a block: its own values, which win) holds
+`NAME = value` lines (`#` lines are comments; the value may be empty and may use the
+harness's variables). NAME is a `TEST_NGINX_*` or `TEST_ZEDCUP_*` name the harness does
+not define; `$NAME` is replaced in every section of the block when the file is parsed.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ SECTIONS: frozenset[str] = frozenset(
         "LAST",
         "workers",
         "nodes",
+        "vars",
     }
 )
 
@@ -67,7 +74,7 @@ SECTIONS: frozenset[str] = frozenset(
 FILTERS: frozenset[str] = frozenset({"chomp", "re", "own"})
 REGEX_SECTIONS: frozenset[str] = frozenset({"error_log", "no_error_log", "grep_error_log"})
 #: Sections a file's preamble may give (and `own` applies to).
-PREAMBLE_SECTIONS: frozenset[str] = frozenset({"main_config", "http_config", "config"})
+PREAMBLE_SECTIONS: frozenset[str] = frozenset({"main_config", "http_config", "config", "vars"})
 
 #: Variables the harness defines for every block (besides the numbered ones).
 FIXED_VARIABLES: frozenset[str] = frozenset(
@@ -101,6 +108,7 @@ _BLOCK_RE = re.compile(r"^===[ \t]*(.*?)[ \t]*$")
 _SECTION_RE = re.compile(r"^---[ \t]*(.*?)[ \t]*$")
 _SECTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TEST_NUMBER_RE = re.compile(r"^TEST\s+(\d+)\b")
+_VARS_LINE_RE = re.compile(r"^\s*(?P<name>[A-Za-z0-9_]+)\s*=(?P<value>.*)$")
 
 
 class ParseError(ValueError):
@@ -426,6 +434,7 @@ def parse_text(text: str, path: str | os.PathLike[str] = "<string>") -> list[Blo
     close_section()
     for block in blocks:
         apply_preamble(block, preamble)
+        apply_vars(block)
     return blocks
 
 
@@ -477,6 +486,38 @@ def apply_preamble(block: Block, preamble: Mapping[str, Section]) -> None:
             block.sections[name] = pre
         elif "own" not in own.filters:
             block.sections[name] = Section(name, pre.value + own.value, own.filters, own.line)
+
+
+def apply_vars(block: Block) -> None:
+    """Replace the block's `vars` (preamble defaults, then its own) in its other
+    sections, and drop the `vars` section."""
+    section = block.sections.get("vars")
+    if section is None:
+        return
+    values: dict[str, str] = {}
+    for line in section.value.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _VARS_LINE_RE.match(line)
+        name = m.group("name") if m else ""
+        if m is None or not _VAR_RE.fullmatch("$" + name):
+            raise block.error(
+                "expected `NAME = value` with a TEST_NGINX_* or TEST_ZEDCUP_* NAME, "
+                f"got {line.strip()!r}",
+                "vars",
+            )
+        if is_defined(name, 1 << 30, env={}):
+            raise block.error(f"${name} is the harness's own variable", "vars")
+        values[name] = m.group("value").strip()
+    del block.sections["vars"]
+    if not values:
+        return
+    names = "|".join(sorted(values, key=len, reverse=True))
+    pattern = re.compile(rf"\$(?:\{{(?P<braced>{names})\}}|(?P<bare>{names})(?![A-Z0-9_]))")
+    for name, sec in list(block.sections.items()):
+        value = pattern.sub(lambda m: values[m.group("braced") or m.group("bare")], sec.value)
+        if value != sec.value:
+            block.sections[name] = Section(name, value, sec.filters, sec.line)
 
 
 def parse_file(path: str | os.PathLike[str]) -> list[Block]:
