@@ -2,9 +2,13 @@
 # host selection and failure accounting as handlers, with nginx's own proxy
 # doing the request (real nginx, dev-consul, real backends).
 #
-# Every block (but TEST 5, which has its own): zedcup counting events in `flags` and
-# the README's upstream block (the preamble below); blocks add their backends.
+# Every block: zedcup counting events in `flags` (balance_t.init), the README's
+# upstream block, /ready and /count (the preamble below); blocks add their backends
+# and locations (proxied ones include t/lib/balance_proxy.conf), TEST 5 a resolver.
 
+--- vars
+# more options of zedcup.init() (TEST 5: its resolver)
+TEST_ZEDCUP_INIT_EXTRA =
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -13,22 +17,11 @@
     lua_socket_log_errors off;
 
     init_by_lua_block {
-        require "resty.core"
-        local zedcup = require "zedcup"
-        assert(zedcup.init({
+        require("balance_t").init({
             prefix = "$TEST_ZEDCUP_PREFIX",
             consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
-                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
-        for event, name in pairs(names) do
-            zedcup.bind(event, function(instance, d)
-                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
-                if event ~= "host_connect" then
-                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
-                end
-            end)
-        end
+            $TEST_ZEDCUP_INIT_EXTRA
+        })
     }
 
     init_worker_by_lua_block {
@@ -38,15 +31,18 @@
     # the README's upstream block, with the instance from a variable
     upstream zedcup_inst {
         server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
-            if not ok then
-                ngx.log(ngx.ERR, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
+        balancer_by_lua_block { require("balance_t").balance(ngx.var.zedcup_instance, nil, ngx.ERR) }
         keepalive 16;
+    }
+--- config
+    # "<worker id> yes" once this worker holds the plan of instance ?i= (default inst)
+    location = /ready {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
+        }
+    }
+    location = /count {
+        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
     }
 
 __DATA__
@@ -77,29 +73,13 @@ __DATA__
     location /proxied {
         set $zedcup_instance inst;
         proxy_pass http://zedcup_inst/;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
         proxy_next_upstream error timeout http_500;
-        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
-        log_by_lua_block { require("zedcup").log() }
+        include $TEST_NGINX_REPO/t/lib/balance_proxy.conf;
     }
     location /missing {
         set $zedcup_instance nope;
         proxy_pass http://zedcup_inst/;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
-        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
-        log_by_lua_block { require("zedcup").log() }
-    }
-    location = /ready {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
-        }
-    }
-    location = /count {
-        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
+        include $TEST_NGINX_REPO/t/lib/balance_proxy.conf;
     }
 --- pipelined_requests
 GET /setup
@@ -133,19 +113,7 @@ REQUEST_ERROR inst b500: Bad status code: 500
     location /proxied {
         set $zedcup_instance inst;
         proxy_pass http://zedcup_inst/;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
-        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
-        log_by_lua_block { require("zedcup").log() }
-    }
-    location = /ready {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
-        }
-    }
-    location = /count {
-        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
+        include $TEST_NGINX_REPO/t/lib/balance_proxy.conf;
     }
     location = /t {
         content_by_lua_block {
@@ -228,40 +196,20 @@ no live upstreams
     location /next {
         set $zedcup_instance inst;
         proxy_pass http://zedcup_inst/;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
         proxy_next_upstream error timeout http_503;
-        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
-        log_by_lua_block { require("zedcup").log() }
+        include $TEST_NGINX_REPO/t/lib/balance_proxy.conf;
     }
     location /nonext {
         set $zedcup_instance inst;
         proxy_pass http://zedcup_inst/;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
         proxy_next_upstream error timeout;
-        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
-        log_by_lua_block { require("zedcup").log() }
+        include $TEST_NGINX_REPO/t/lib/balance_proxy.conf;
     }
     location /solo {
         set $zedcup_instance solo;
         proxy_pass http://zedcup_inst/;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
         proxy_next_upstream error timeout http_503;
-        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
-        log_by_lua_block { require("zedcup").log() }
-    }
-    location = /ready {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
-        }
-    }
-    location = /count {
-        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
+        include $TEST_NGINX_REPO/t/lib/balance_proxy.conf;
     }
     location = /t {
         content_by_lua_block {
@@ -323,20 +271,8 @@ REQUEST_ERROR solo busy: Bad status code: 503
     location /proxied {
         set $zedcup_instance inst;
         proxy_pass http://zedcup_inst/;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
         proxy_next_upstream error timeout;
-        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
-        log_by_lua_block { require("zedcup").log() }
-    }
-    location = /ready {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
-        }
-    }
-    location = /count {
-        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
+        include $TEST_NGINX_REPO/t/lib/balance_proxy.conf;
     }
     location = /t {
         content_by_lua_block {
@@ -378,67 +314,13 @@ then the name's host answers: true, only 200s: true
 
 
 === TEST 5: a pool whose only host is a name that does not resolve: nginx answers 502 (NO_PEER), never 500
---- http_config own
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        local zedcup = require "zedcup"
-        assert(zedcup.init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            resolver = { nameservers = { { "127.0.0.1", $TEST_NGINX_RAND_PORT_1 } }, timeout = 0.2, retrans = 1 },
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
-                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
-        for event, name in pairs(names) do
-            zedcup.bind(event, function(instance, d)
-                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
-                if event ~= "host_connect" then
-                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
-                end
-            end)
-        end
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    # the README's upstream block, with the instance from a variable
-    upstream zedcup_inst {
-        server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
-            if not ok then
-                ngx.log(ngx.ERR, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
-        keepalive 16;
-    }
+--- vars
+TEST_ZEDCUP_INIT_EXTRA = resolver = { nameservers = { { "127.0.0.1", $TEST_NGINX_RAND_PORT_1 } }, timeout = 0.2, retrans = 1 },
 --- config
     location /names {
         set $zedcup_instance names;
         proxy_pass http://zedcup_inst/;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
-        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
-        log_by_lua_block { require("zedcup").log() }
-    }
-    location = /ready {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
-        }
-    }
-    location = /count {
-        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
+        include $TEST_NGINX_REPO/t/lib/balance_proxy.conf;
     }
     location = /t {
         content_by_lua_block {
@@ -467,14 +349,7 @@ zedcup: No available upstream hosts
 --- http_config
     upstream zedcup_keyed {
         server 0.0.0.1;
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance("inst", ngx.var.arg_key)
-            if not ok then
-                ngx.log(ngx.ERR, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
+        balancer_by_lua_block { require("balance_t").balance("inst", ngx.var.arg_key, ngx.ERR) }
     }
 
     server {
@@ -494,23 +369,11 @@ zedcup: No available upstream hosts
     location /proxied {
         set $zedcup_instance inst;
         proxy_pass http://zedcup_inst/;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
-        header_filter_by_lua_block { ngx.header["X-Worker"] = ngx.worker.id() }
-        log_by_lua_block { require("zedcup").log() }
+        include $TEST_NGINX_REPO/t/lib/balance_proxy.conf;
     }
     location /keyed {
         proxy_pass http://zedcup_keyed/;
         log_by_lua_block { require("zedcup").log() }
-    }
-    location = /ready {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
-        }
-    }
-    location = /count {
-        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
     }
     location = /t {
         content_by_lua_block {
@@ -577,14 +440,6 @@ balance(instance, key): the key decides: true
         proxy_pass http://zedcup_lifting/;
         proxy_next_upstream error timeout;
         log_by_lua_block { require("zedcup").log() }
-    }
-    location = /ready {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
-        }
-    }
-    location = /count {
-        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
     }
     location = /t {
         content_by_lua_block {

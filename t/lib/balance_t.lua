@@ -1,11 +1,20 @@
--- Lua helpers of the balancer-mode blocks (t/37-balance.t): a raw HTTP client
--- that reports the status and the front worker that served a request.
+-- Lua helpers of the balancer-mode blocks (t/37-balance.t, t/38-methods.t,
+-- t/45-49): zedcup initialised with its host events counted, the README's
+-- balancer_by_lua body, and a raw HTTP client that reports the status and the
+-- front worker that served a request.
+--
+-- t/lib/balance_proxy.conf holds the proxy settings of the blocks' proxied
+-- locations (`include $TEST_NGINX_REPO/t/lib/balance_proxy.conf;`).
 
 local tcp = ngx.socket.tcp
 local type = type
 local error = error
 local tonumber = tonumber
 local assert = assert
+local pairs = pairs
+local spawn = ngx.thread.spawn
+local wait = ngx.thread.wait
+local sleep = ngx.sleep
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -25,6 +34,53 @@ function _M.get(port, path)
     local head, body = data:match("^(.-)\r\n\r\n(.*)$")
     local w = head and tonumber(head:match("\r\nX%-Worker: (%d+)"))
     return status, body, w
+end
+
+-- init_by_lua: zedcup.init(opts) (raises on an error), then every host event
+-- counted in ngx.shared.flags as "<EVENT> <host name>" (CONNECT, CONNECT_ERROR,
+-- REQUEST_ERROR, HOST_DOWN); each but CONNECT is also logged at WARN as
+-- "<EVENT> <instance> <host name>: <err>".
+function _M.init(opts)
+    require "resty.core"
+    local zedcup = require "zedcup"
+    assert(zedcup.init(opts))
+    local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
+                    host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
+    for event, name in pairs(names) do
+        zedcup.bind(event, function(instance, d)
+            ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
+            if event ~= "host_connect" then
+                ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
+            end
+        end)
+    end
+end
+
+-- The README's balancer_by_lua body: zedcup.balance(instance, key); when it
+-- fails, the error is logged at `level` as "zedcup: <err>" (not logged without
+-- a level) and nginx answers 502 (zedcup.NO_PEER).
+function _M.balance(instance, key, level)
+    local zedcup = require "zedcup"
+    local ok, err = zedcup.balance(instance, key)
+    if not ok then
+        if level then
+            ngx.log(level, "zedcup: ", err)
+        end
+        return ngx.exit(zedcup.NO_PEER)
+    end
+end
+
+-- `n` GETs of `path` from 127.0.0.1:`port` at once (each in its own light
+-- thread, started 5 ms apart); returns once all have been answered.
+function _M.burst(port, path, n)
+    local threads = {}
+    for i = 1, n do
+        threads[i] = spawn(_M.get, port, path)
+        sleep(0.005)
+    end
+    for i = 1, n do
+        wait(threads[i])
+    end
 end
 
 return _M
