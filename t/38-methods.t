@@ -2,8 +2,10 @@
 # balance()): who gets the requests when hosts are busy or slow (real nginx,
 # dev-consul, real backends).
 #
-# Every block: zedcup counting events in `flags`, the README's upstream block, and a
-# slow (RAND_PORT_1) and a fast (RAND_PORT_2) backend (the preamble below).
+# Every block: zedcup counting events in `flags` (balance_t.init), the README's
+# upstream block, a slow (RAND_PORT_1) and a fast (RAND_PORT_2) backend, and instance
+# "inst" on both request paths: /proxied (balance()) and /handled (a handler) (the
+# preamble below).
 
 --- http_config
     lua_shared_dict zedcup_cache 4m;
@@ -13,22 +15,10 @@
     lua_socket_log_errors off;
 
     init_by_lua_block {
-        require "resty.core"
-        local zedcup = require "zedcup"
-        assert(zedcup.init({
+        require("balance_t").init({
             prefix = "$TEST_ZEDCUP_PREFIX",
             consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local names = { host_connect = "CONNECT", host_connect_error = "CONNECT_ERROR",
-                        host_request_error = "REQUEST_ERROR", host_down = "HOST_DOWN" }
-        for event, name in pairs(names) do
-            zedcup.bind(event, function(instance, d)
-                ngx.shared.flags:incr(name .. " " .. d.host.name, 1, 0)
-                if event ~= "host_connect" then
-                    ngx.log(ngx.WARN, name, " ", instance, " ", d.host.name, ": ", d.err)
-                end
-            end)
-        end
+        })
     }
 
     init_worker_by_lua_block {
@@ -38,14 +28,7 @@
     # the README's upstream block, with the instance from a variable
     upstream zedcup_inst {
         server 0.0.0.1;   # placeholder: balancer_by_lua sets the peer
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance(ngx.var.zedcup_instance)
-            if not ok then
-                ngx.log(ngx.ERR, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
+        balancer_by_lua_block { require("balance_t").balance(ngx.var.zedcup_instance, nil, ngx.ERR) }
         keepalive 16;
     }
 
@@ -68,11 +51,6 @@
             }
         }
     }
-
-__DATA__
-
-=== TEST 1: least_conn prefers the idle host under concurrency, on both paths (a host busy for 300 ms gets few of 30 requests sent within 150 ms)
---- timeout: 30
 --- config
     location /proxied {
         set $zedcup_instance inst;
@@ -91,14 +69,12 @@ __DATA__
             h:set_keepalive()
         }
     }
-    location = /ready {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
-        }
-    }
-    location = /count {
-        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
-    }
+
+__DATA__
+
+=== TEST 1: least_conn prefers the idle host under concurrency, on both paths (a host busy for 300 ms gets few of 30 requests sent within 150 ms)
+--- timeout: 30
+--- config
     location = /t {
         content_by_lua_block {
             local zedcup = require "zedcup"
@@ -112,12 +88,7 @@ __DATA__
             local function burst(path, n)
                 flags:set("hit slow", 0)
                 flags:set("hit fast", 0)
-                local threads = {}
-                for i = 1, n do
-                    threads[i] = ngx.thread.spawn(get, port, path)
-                    ngx.sleep(0.005)
-                end
-                for i = 1, n do ngx.thread.wait(threads[i]) end
+                require("balance_t").burst(port, path, n)
                 return flags:get("hit slow") or 0, flags:get("hit fast") or 0
             end
             for _, path in ipairs({ "/handled", "/proxied" }) do
@@ -144,31 +115,6 @@ sequential: slow 4, fast 4
 === TEST 2: ewma prefers the fast host, sequentially and under concurrency, on both paths
 --- timeout: 30
 --- config
-    location /proxied {
-        set $zedcup_instance inst;
-        proxy_pass http://zedcup_inst;
-        log_by_lua_block { require("zedcup").log() }
-    }
-    location /handled {
-        content_by_lua_block {
-            local h = assert(require("zedcup").create_handler("inst"))
-            local res, err = h:request({ path = ngx.var.request_uri:gsub("^/handled", "/") })
-            if not res then
-                ngx.status = 502
-                return ngx.say(err)
-            end
-            ngx.print(res:read_body())
-            h:set_keepalive()
-        }
-    }
-    location = /ready {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
-        }
-    }
-    location = /count {
-        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
-    }
     location = /t {
         content_by_lua_block {
             local zedcup = require "zedcup"
@@ -182,12 +128,7 @@ sequential: slow 4, fast 4
             local function burst(path, n)
                 flags:set("hit slow", 0)
                 flags:set("hit fast", 0)
-                local threads = {}
-                for i = 1, n do
-                    threads[i] = ngx.thread.spawn(get, port, path)
-                    ngx.sleep(0.005)
-                end
-                for i = 1, n do ngx.thread.wait(threads[i]) end
+                require("balance_t").burst(port, path, n)
                 return flags:get("hit slow") or 0, flags:get("hit fast") or 0
             end
             for _, path in ipairs({ "/handled", "/proxied" }) do
@@ -215,31 +156,6 @@ GET /t
 === TEST 3: weighted_rr on both paths: exact shares across the two request paths of one worker
 --- timeout: 30
 --- config
-    location /proxied {
-        set $zedcup_instance inst;
-        proxy_pass http://zedcup_inst;
-        log_by_lua_block { require("zedcup").log() }
-    }
-    location /handled {
-        content_by_lua_block {
-            local h = assert(require("zedcup").create_handler("inst"))
-            local res, err = h:request({ path = ngx.var.request_uri:gsub("^/handled", "/") })
-            if not res then
-                ngx.status = 502
-                return ngx.say(err)
-            end
-            ngx.print(res:read_body())
-            h:set_keepalive()
-        }
-    }
-    location = /ready {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local(ngx.var.arg_i or "inst") and "yes" or "no")
-        }
-    }
-    location = /count {
-        content_by_lua_block { ngx.say(ngx.shared.flags:get(ngx.unescape_uri(ngx.var.arg_k)) or 0) }
-    }
     location = /t {
         content_by_lua_block {
             local zedcup = require "zedcup"
@@ -249,18 +165,6 @@ GET /t
             assert(zedcup.configure_instance("inst", { pools = { { name = "p", method = "weighted_rr", hosts = {
                 { name = "slow", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 },
                 { name = "fast", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 } } } } }))
-            -- n requests at once on `path`, then the hits of each backend
-            local function burst(path, n)
-                flags:set("hit slow", 0)
-                flags:set("hit fast", 0)
-                local threads = {}
-                for i = 1, n do
-                    threads[i] = ngx.thread.spawn(get, port, path)
-                    ngx.sleep(0.005)
-                end
-                for i = 1, n do ngx.thread.wait(threads[i]) end
-                return flags:get("hit slow") or 0, flags:get("hit fast") or 0
-            end
             flags:set("hit slow", 0)
             flags:set("hit fast", 0)
             for _ = 1, 5 do get(port, "/handled?slow=0") end
