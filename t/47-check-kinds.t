@@ -1,13 +1,11 @@
 # healthcheck.type through the health checker: http (also to a host given as
 # a name), https, tcp, agent (haproxy's agent-check) and custom (a registered
 # function); unhealthy_interval for hosts that are down.
+#
+# Every block: zedcup with its workers and both blocks' custom checks (the preamble).
 
-__DATA__
-
-=== TEST 1: each check kind marks its host down and brings it back; reasons name the kind's failure
---- timeout: 30
 --- http_config
-    lua_shared_dict zedcup_cache 1m;
+    lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
     lua_shared_dict flags 1m;
@@ -19,16 +17,29 @@ __DATA__
             consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
                        token = "$TEST_NGINX_CONSUL_TOKEN" },
         }))
+        -- TEST 1's custom check: fails while the flag custom_sick is set
         zedcup.register_check("flag", function(host, hc)
             if ngx.shared.flags:get("custom_sick") then
                 return false, "custom says no for " .. host.name
             end
             return true
         end)
+        -- TEST 2's: counts its runs, fails while the flag sick is set
+        zedcup.register_check("counted", function()
+            local flags = ngx.shared.flags
+            flags:incr("checks", 1, 0)
+            return not flags:get("sick"), "sick"
+        end)
     }
     init_worker_by_lua_block {
         require("zedcup").run_workers()
     }
+
+__DATA__
+
+=== TEST 1: each check kind marks its host down and brings it back; reasons name the kind's failure
+--- timeout: 30
+--- http_config
     # a throwaway self-signed certificate for CN=localhost, made for these tests
     map $server_port $test_cert {
         default "-----BEGIN CERTIFICATE-----\nMIIBfzCCASWgAwIBAgIUEzooVJgJ40UxzP96W8p/rjeGK6MwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyMTA4MTEyOFoYDzIxMjYxMDI4\nMDgxMTI4WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO\nPQMBBwNCAATGdR+SJwGlWshrPsHrM7M3ZjUdM8LAeEZhJYKo/9Uugg6bPHA2H9kL\nxPaUyUimS7W3JWQPgVGrqm3VUWNP5Jcao1MwUTAdBgNVHQ4EFgQUewDCguA8NViJ\nPCKVALAs89R24u4wHwYDVR0jBBgwFoAUewDCguA8NViJPCKVALAs89R24u4wDwYD\nVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiAaX0pFfybwhl0ZEo6fUN5M\nemF5is0MCSJbKD3qqcRIUAIhAOoclZ1RG4Gd1JS0gzTJt1jAlURoxbfwd+WNhvRG\n5jLV\n-----END CERTIFICATE-----\n";
@@ -144,28 +155,6 @@ custom: back up true
 
 === TEST 2: unhealthy_interval: a host that is down is checked at its own pace, an up one at interval
 --- timeout: 20
---- http_config
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-    init_by_lua_block {
-        local zedcup = require "zedcup"
-        assert(zedcup.init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
-                       token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        zedcup.register_check("counted", function()
-            local flags = ngx.shared.flags
-            flags:incr("checks", 1, 0)
-            return not flags:get("sick"), "sick"
-        end)
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
 --- config
     location = /t {
         content_by_lua_block {
@@ -209,30 +198,9 @@ checks while up in 1 s: true
 === TEST 3: an agent's NN% and drain set the host's weight on the balancer, cluster-wide through Consul; up restores it
 --- timeout: 30
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-    init_by_lua_block {
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
-                       token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
     upstream zedcup_inst {
         server 0.0.0.1;
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok = zedcup.balance("ag")
-            if not ok then
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
+        balancer_by_lua_block { require("balance_t").balance("ag") }
     }
     server {
         listen 127.0.0.2:$TEST_NGINX_RAND_PORT_1;
