@@ -226,7 +226,7 @@ checks while up in 1 s: true
             local zedcup = require "zedcup"
             local kv = require "zedcup.kv"
             local t = require "blocks_t"
-            local get = require("balance_t").get
+            local B = require "balance_t"
             local flags = ngx.shared.flags
             local port = $TEST_NGINX_SERVER_PORT
             assert(zedcup.configure({ healthcheck_interval = 0.1 }))
@@ -236,12 +236,7 @@ checks while up in 1 s: true
                 { name = "b", host = "127.0.0.3", port = $TEST_NGINX_RAND_PORT_1 },
             } } } }))
             local function split(n)
-                local c = { a = 0, b = 0 }
-                for _ = 1, n do
-                    local _, body = get(port, "/proxied")
-                    c[body] = (c[body] or 0) + 1
-                end
-                return c
+                return B.split(port, "/proxied", n, { "a", "b" })
             end
             local c
             local function until_split(n, a, limit)

@@ -12,6 +12,7 @@ local error = error
 local tonumber = tonumber
 local assert = assert
 local pairs = pairs
+local ipairs = ipairs
 local spawn = ngx.thread.spawn
 local wait = ngx.thread.wait
 local sleep = ngx.sleep
@@ -34,6 +35,21 @@ function _M.get(port, path)
     local head, body = data:match("^(.-)\r\n\r\n(.*)$")
     local w = head and tonumber(head:match("\r\nX%-Worker: (%d+)"))
     return status, body, w
+end
+
+-- `n` GETs of `path` from 127.0.0.1:`port`, one after the other, counted by
+-- body: -> { [body] = count }, with each body of the list `zeroes` at 0 when
+-- it never came (e.g. { "a", "b" } for two backends answering "a" and "b").
+function _M.split(port, path, n, zeroes)
+    local c = {}
+    for _, body in ipairs(zeroes or {}) do
+        c[body] = 0
+    end
+    for _ = 1, n do
+        local _, body = _M.get(port, path)
+        c[body] = (c[body] or 0) + 1
+    end
+    return c
 end
 
 -- init_by_lua: zedcup.init(opts) (raises on an error), then every host event
