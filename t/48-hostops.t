@@ -1,11 +1,10 @@
 # zedcup.set_host_state / set_host_weight: runtime host operations from Lua,
 # cluster-wide through Consul, with the keys zedctl host down|up|weight writes.
+#
+# Every block: zedcup initialised (the preamble); TEST 2 also runs its workers.
 
-__DATA__
-
-=== TEST 1: the keys written, by name or 1-based index; refusals name what is wrong and write nothing
 --- http_config
-    lua_shared_dict zedcup_cache 1m;
+    lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
     init_by_lua_block {
@@ -15,6 +14,10 @@ __DATA__
                        token = "$TEST_NGINX_CONSUL_TOKEN" },
         }))
     }
+
+__DATA__
+
+=== TEST 1: the keys written, by name or 1-based index; refusals name what is wrong and write nothing
 --- config
     location = /t {
         content_by_lua_block {
@@ -87,30 +90,13 @@ $
 === TEST 2: a weight set from Lua reaches the balancer: requests split by the new weights
 --- timeout: 20
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
     lua_socket_log_errors off;
-    init_by_lua_block {
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
-                       token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
     init_worker_by_lua_block {
         require("zedcup").run_workers()
     }
     upstream zedcup_inst {
         server 0.0.0.1;
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok, err = zedcup.balance("web")
-            if not ok then
-                ngx.log(ngx.WARN, "zedcup: ", err)
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
+        balancer_by_lua_block { require("balance_t").balance("web", nil, ngx.WARN) }
     }
     server {
         listen 127.0.0.2:$TEST_NGINX_RAND_PORT_1;
@@ -129,19 +115,14 @@ $
         content_by_lua_block {
             local zedcup = require "zedcup"
             local t = require "blocks_t"
-            local get = require("balance_t").get
+            local B = require "balance_t"
             local port = $TEST_NGINX_SERVER_PORT
             assert(zedcup.configure_instance("web", { pools = { { name = "p", hosts = {
                 { name = "a", host = "127.0.0.2", port = $TEST_NGINX_RAND_PORT_1 },
                 { name = "b", host = "127.0.0.3", port = $TEST_NGINX_RAND_PORT_1 },
             } } } }))
             local function split(n)
-                local c = { a = 0, b = 0 }
-                for _ = 1, n do
-                    local _, body = get(port, "/proxied")
-                    c[body] = (c[body] or 0) + 1
-                end
-                return c
+                return B.split(port, "/proxied", n, { "a", "b" })
             end
             local c
             t.retry_until(ngx.now() + 8, 0.05, function() c = split(20); return c.a == 10 end)
