@@ -21,13 +21,7 @@ __DATA__
     }
     upstream zedcup_inst {
         server 0.0.0.1;
-        balancer_by_lua_block {
-            local zedcup = require "zedcup"
-            local ok = zedcup.balance("ss")
-            if not ok then
-                return ngx.exit(zedcup.NO_PEER)
-            end
-        }
+        balancer_by_lua_block { require("balance_t").balance("ss") }
     }
     server {
         listen 127.0.0.2:$TEST_NGINX_RAND_PORT_1;
@@ -47,19 +41,15 @@ __DATA__
             local zedcup = require "zedcup"
             local state = require "zedcup.state"
             local t = require "blocks_t"
-            local get = require("balance_t").get
+            local B = require "balance_t"
+            local get = B.get
             local port = $TEST_NGINX_SERVER_PORT
             assert(zedcup.configure_instance("ss", { pools = { { name = "p", slow_start = 6, hosts = {
                 { name = "a", host = "127.0.0.2", port = $TEST_NGINX_RAND_PORT_1 },
                 { name = "b", host = "127.0.0.3", port = $TEST_NGINX_RAND_PORT_1 },
             } } } }))
             local function split(n)
-                local c = { a = 0, b = 0 }
-                for _ = 1, n do
-                    local _, body = get(port, "/proxied")
-                    c[body] = (c[body] or 0) + 1
-                end
-                return c
+                return B.split(port, "/proxied", n, { "a", "b" })
             end
             local c
             t.retry_until(ngx.now() + 8, 0.05, function() c = split(20); return c.a == 10 end)
