@@ -3,6 +3,33 @@
 # per instance among all its requests when Consul hangs. Writes here go straight to
 # Consul (zedcup.kv), not through the node's own configure_instance(), so what is
 # measured is the watcher's answer plus every worker's poll.
+#
+# Every block: zedcup with its workers, and /which (the preamble below).
+
+--- vars
+# where zedcup finds Consul (TEST 2: a proxy that hangs)
+TEST_ZEDCUP_CONSUL = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" }
+--- http_config
+    lua_shared_dict zedcup_cache 4m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+
+    init_by_lua_block {
+        require "resty.core"
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX",
+            consul = $TEST_ZEDCUP_CONSUL,
+        }))
+    }
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+--- config
+    location = /which {
+        content_by_lua_block { require("zedcup_t").which() }
+    }
 
 __DATA__
 
@@ -10,21 +37,6 @@ __DATA__
 --- workers: 2
 --- timeout: 40
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / { return 200 "one"; }
@@ -34,9 +46,6 @@ __DATA__
         location / { return 200 "two"; }
     }
 --- config
-    location = /which {
-        content_by_lua_block { require("zedcup_t").which() }
-    }
     location = /t {
         content_by_lua_block {
             local zedcup = require "zedcup"
@@ -106,34 +115,19 @@ $
 === TEST 2: cold start against a hung Consul: concurrent requests on both workers share one lookup and answer "Could not retrieve config: <why>" quickly; so does balance()
 --- workers: 2
 --- timeout: 30
+--- vars
+TEST_ZEDCUP_CONSUL = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3 }
 --- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        -- Consul hangs from the start: the proxy accepts and never answers
-        ngx.shared.flags:set("hang", true)
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3 },
-        }))
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+        # Consul hangs from the start: the proxy accepts and answers only once released
         location / {
             access_by_lua_block {
                 local flags = ngx.shared.flags
                 if ngx.var.uri:find("/instances/inst/", 1, true) then
                     flags:incr("lookups", 1, 0)
                 end
-                while flags:get("hang") do ngx.sleep(0.05) end
+                while not flags:get("released") do ngx.sleep(0.05) end
             }
             proxy_pass http://127.0.0.1:$TEST_NGINX_CONSUL_PORT;
         }
@@ -149,9 +143,6 @@ $
         }
     }
 --- config
-    location = /which {
-        content_by_lua_block { require("zedcup_t").which() }
-    }
     location = /proxy {
         proxy_pass http://via_balance/;
     }
@@ -192,7 +183,7 @@ $
             local line = sock:receive("*l")
             sock:close()
             ngx.say("balance path: ", line)
-            ngx.shared.flags:delete("hang")
+            ngx.shared.flags:set("released", true)
         }
     }
 --- request
