@@ -2,21 +2,40 @@
 # status codes move on to the next host and count against the host; max_errors
 # marks it down once for the whole cluster; marking up brings it back.
 #
-# The preamble below (zedcup initialised against the session's Consul) goes in front of
-# each block's http_config, except where a block says `own`.
+# The preamble below (zedcup initialised against the session's Consul, /which and
+# /isdown) goes in front of each block's sections; blocks that run zedcup's workers add
+# them, --- vars put a proxy in front of Consul or trace host events.
 
+--- vars
+# the port zedcup finds Consul on (TEST 5, 7: a proxy in front of it)
+TEST_ZEDCUP_CONSUL_PORT = $TEST_NGINX_CONSUL_PORT
+# Lua run in init_by_lua after zedcup.init() (TEST 3-5: zedcup_t.trace_host_events())
+TEST_ZEDCUP_AFTER_INIT =
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
     lua_socket_log_errors off;
 
     init_by_lua_block {
         require "resty.core"
         assert(require("zedcup").init({
             prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+            consul = { host = "127.0.0.1", port = $TEST_ZEDCUP_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
         }))
+        $TEST_ZEDCUP_AFTER_INIT
+    }
+--- config
+    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
+    location = /which {
+        content_by_lua_block { require("zedcup_t").which() }
+    }
+    # "<worker id> <whether host p/dead of instance inst is down on this worker>"
+    location = /isdown {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.state").is_down("inst", "p", "dead"))
+        }
     }
 
 __DATA__
@@ -145,29 +164,9 @@ $
 === TEST 3: max_errors within error_timeout marks the host down once (two workers), in the state tree and not the config tree; it is then skipped everywhere; mark_up brings it back once
 --- workers: 2
 --- timeout: 25
---- http_config own
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local zedcup = require "zedcup"
-        for _, ev in ipairs({ "host_down", "host_up" }) do
-            zedcup.bind(ev, function(instance, data)
-                ngx.log(ngx.WARN, "EVENT ", ev, " ", instance, "/", data.pool.name, "/", data.host.name)
-            end)
-        end
-        zedcup.bind("host_connect_error", function(instance, data)
-            ngx.shared.flags:incr("connect_errors", 1, 0)
-        end)
-    }
-
+--- vars
+TEST_ZEDCUP_AFTER_INIT = require("zedcup_t").trace_host_events()
+--- http_config
     init_worker_by_lua_block {
         require("zedcup").run_workers()
     }
@@ -177,19 +176,8 @@ $
         location / { return 200 "one"; }
     }
 
-    lua_shared_dict flags 1m;
 --- config
 
-    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
-    location = /which {
-        content_by_lua_block { require("zedcup_t").which() }
-    }
-
-    location = /isdown {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.state").is_down("inst", "p", "dead"))
-        }
-    }
     location = /t {
         content_by_lua_block {
             local zedcup = require "zedcup"
@@ -270,29 +258,9 @@ EVENT host_up inst/p/dead
 --- nodes: 2
 --- workers: 2
 --- timeout: 15
---- http_config own
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local zedcup = require "zedcup"
-        for _, ev in ipairs({ "host_down", "host_up" }) do
-            zedcup.bind(ev, function(instance, data)
-                ngx.log(ngx.WARN, "EVENT ", ev, " ", instance, "/", data.pool.name, "/", data.host.name)
-            end)
-        end
-        zedcup.bind("host_connect_error", function(instance, data)
-            ngx.shared.flags:incr("connect_errors", 1, 0)
-        end)
-    }
-
+--- vars
+TEST_ZEDCUP_AFTER_INIT = require("zedcup_t").trace_host_events()
+--- http_config
     init_worker_by_lua_block {
         require("zedcup").run_workers()
     }
@@ -302,13 +270,7 @@ EVENT host_up inst/p/dead
         location / { return 200 "one"; }
     }
 
-    lua_shared_dict flags 1m;
 --- config
-
-    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
-    location = /which {
-        content_by_lua_block { require("zedcup_t").which() }
-    }
 
     # "<worker id> yes" once this worker holds the instance's plan (no request to a host)
     location = /has {
@@ -366,29 +328,10 @@ EVENT host_down
 === TEST 5: defects "concurrent failures were lost" and "each failure cost Consul round trips": every failure of two busy workers is counted, in fewer writes than failures
 --- workers: 2
 --- timeout: 15
---- http_config own
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-        local zedcup = require "zedcup"
-        for _, ev in ipairs({ "host_down", "host_up" }) do
-            zedcup.bind(ev, function(instance, data)
-                ngx.log(ngx.WARN, "EVENT ", ev, " ", instance, "/", data.pool.name, "/", data.host.name)
-            end)
-        end
-        zedcup.bind("host_connect_error", function(instance, data)
-            ngx.shared.flags:incr("connect_errors", 1, 0)
-        end)
-    }
-
+--- vars
+TEST_ZEDCUP_AFTER_INIT = require("zedcup_t").trace_host_events()
+TEST_ZEDCUP_CONSUL_PORT = $TEST_NGINX_RAND_PORT_3
+--- http_config
     init_worker_by_lua_block {
         require("zedcup").run_workers()
     }
@@ -398,7 +341,6 @@ EVENT host_down
         location / { return 200 "one"; }
     }
 
-    lua_shared_dict flags 1m;
     # the path to Consul goes through this proxy, which counts and can misbehave
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
@@ -412,11 +354,6 @@ EVENT host_down
         }
     }
 --- config
-
-    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
-    location = /which {
-        content_by_lua_block { require("zedcup_t").which() }
-    }
 
     location = /t {
         content_by_lua_block {
@@ -497,21 +434,9 @@ nil No available upstream hosts
 === TEST 7: flake "every worker sees it up" (t/35 TEST 3): when the node's state watcher never saw a host down (marked down and up between two of its listings), a mark_up on this node still clears every worker's own mark at once
 --- workers: 2
 --- timeout: 25
---- http_config own
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
+--- vars
+TEST_ZEDCUP_CONSUL_PORT = $TEST_NGINX_RAND_PORT_3
+--- http_config
     init_worker_by_lua_block {
         require("zedcup").run_workers()
     }
@@ -528,9 +453,6 @@ nil No available upstream hosts
         }
     }
 --- config
-    location = /which {
-        content_by_lua_block { require("zedcup_t").which() }
-    }
     # one failure of host "dead" on the worker this lands on -> "<worker id> <is_down>"
     location = /fail {
         content_by_lua_block {
@@ -539,11 +461,6 @@ nil No available upstream hosts
             local pool, host = config.find_host("inst", "p", "dead")
             state.record_failure("inst", pool, host, "test failure")
             ngx.say(ngx.worker.id(), " ", state.is_down("inst", "p", "dead"))
-        }
-    }
-    location = /isdown {
-        content_by_lua_block {
-            ngx.say(ngx.worker.id(), " ", require("zedcup.state").is_down("inst", "p", "dead"))
         }
     }
     location = /t {

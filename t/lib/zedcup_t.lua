@@ -21,6 +21,7 @@ local tonumber = tonumber
 local tostring = tostring
 local error = error
 local assert = assert
+local ipairs = ipairs
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -141,6 +142,21 @@ function _M.wait_for_change(seconds, step, done)
         v = done()
     until v or now() > deadline
     return v
+end
+
+-- init_by_lua, after zedcup.init(): host_down and host_up logged at WARN as
+-- "EVENT <event> <instance>/<pool>/<host>", and every connect error counted
+-- in ngx.shared.flags as "connect_errors".
+function _M.trace_host_events()
+    local zedcup = require "zedcup"
+    for _, ev in ipairs({ "host_down", "host_up" }) do
+        zedcup.bind(ev, function(instance, data)
+            ngx.log(ngx.WARN, "EVENT ", ev, " ", instance, "/", data.pool.name, "/", data.host.name)
+        end)
+    end
+    zedcup.bind("host_connect_error", function()
+        ngx.shared.flags:incr("connect_errors", 1, 0)
+    end)
 end
 
 -- A proxy between zedcup and Consul that counts and can misbehave, for the
