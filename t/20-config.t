@@ -1,48 +1,54 @@
 # zedcup.config and zedcup.kv: how configs are written to Consul, read back,
 # cached per worker and per node, and watched.
 #
-# The preamble below (zedcup with its workers, a backend "one" on RAND_PORT_1) goes in
-# front of each block's http_config, except where a block says `own`.
+# The preamble below (zedcup with its workers, backends "one" on RAND_PORT_1 and
+# "two" on RAND_PORT_2, /which) goes in front of each block's sections; --- vars
+# leave the workers out (TEST 1, 8) or put a proxy in front of Consul (TEST 5);
+# TEST 7 has its own http_config.
 
+--- vars
+# the port zedcup finds Consul on (TEST 5: a switchable proxy in front of it)
+TEST_ZEDCUP_CONSUL_PORT = $TEST_NGINX_CONSUL_PORT
+# init_worker_by_lua (TEST 1, 8: nothing, no background work)
+TEST_ZEDCUP_RUN_WORKERS = require("zedcup").run_workers()
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
     lua_socket_log_errors off;
 
     init_by_lua_block {
         require "resty.core"
         assert(require("zedcup").init({
             prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+            consul = { host = "127.0.0.1", port = $TEST_ZEDCUP_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
         }))
     }
 
     init_worker_by_lua_block {
-        require("zedcup").run_workers()
+        $TEST_ZEDCUP_RUN_WORKERS
     }
 
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / { return 200 "one"; }
     }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
+        location / { return 200 "two"; }
+    }
+--- config
+    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
+    location = /which {
+        content_by_lua_block { require("zedcup_t").which() }
+    }
 
 __DATA__
 
 === TEST 1: configure_instance writes the documented key layout (no defaults, 1-based lists); defect "delete-tree without trailing slash" removed state of instance "ab" when configuring "a"
---- http_config own
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
+--- vars
+TEST_ZEDCUP_RUN_WORKERS =
 --- config
     location = /t {
         content_by_lua_block {
@@ -190,18 +196,7 @@ final keys: 900
 === TEST 3: a hand-edited bad value in Consul is logged once, with its key, and the last good config stays in use until it is fixed
 --- workers: 2
 --- timeout: 30
---- http_config
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
-        location / { return 200 "two"; }
-    }
-
 --- config
-
-    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
-    location = /which {
-        content_by_lua_block { require("zedcup_t").which() }
-    }
 
     location = /t {
         content_by_lua_block {
@@ -246,18 +241,7 @@ $TEST_ZEDCUP_PREFIX/instances/inst/pools/1/hosts/1/port: must be an integer (got
 === TEST 4: defect "the first instance took minutes to appear": an instance written by another node appears in every worker within a second, and so does a change
 --- workers: 2
 --- timeout: 20
---- http_config
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
-        location / { return 200 "two"; }
-    }
-
 --- config
-
-    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
-    location = /which {
-        content_by_lua_block { require("zedcup_t").which() }
-    }
 
     location = /t {
         content_by_lua_block {
@@ -297,35 +281,9 @@ change in every worker within 1.5 s: true
 === TEST 5: Consul unreachable: requests keep being served from the last good config in every worker; watchers recover by themselves
 --- workers: 2
 --- timeout: 20
---- http_config own
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
-        location / { return 200 "one"; }
-    }
-
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
-        location / { return 200 "two"; }
-    }
-
-    lua_shared_dict flags 1m;
+--- vars
+TEST_ZEDCUP_CONSUL_PORT = $TEST_NGINX_RAND_PORT_3
+--- http_config
     # a switchable path to Consul: 444 closes the connection, like a dead agent
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
@@ -339,11 +297,6 @@ change in every worker within 1.5 s: true
         }
     }
 --- config
-
-    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
-    location = /which {
-        content_by_lua_block { require("zedcup_t").which() }
-    }
 
     location = /t {
         content_by_lua_block {
@@ -394,11 +347,6 @@ recovered: true
 --- workers: 2
 --- timeout: 20
 --- config
-
-    # "<worker id> <body of instance ?i= (default inst)>" or "<worker id> <error>"
-    location = /which {
-        content_by_lua_block { require("zedcup_t").which() }
-    }
 
     location = /t {
         content_by_lua_block {
@@ -473,19 +421,8 @@ $
 
 
 === TEST 8: large writes are exclusive: a fresh `_pending` of another writer is respected, a stale one (a writer that died) is taken over
---- http_config own
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
+--- vars
+TEST_ZEDCUP_RUN_WORKERS =
 --- config
     location = /t {
         content_by_lua_block {
