@@ -1,11 +1,14 @@
 # zedcup.cache: mlcache's API (new, get, peek, set, delete, purge, update) over
-# a per-worker L1, a shared-dict L2 and a locked L3 callback
+# a per-worker L1, a shared-dict L2 and a locked L3 callback.
+#
+# Every block: the shared dict `cache` (the preamble below); blocks add their own.
+
+--- http_config
+    lua_shared_dict cache 1m;
 
 __DATA__
 
 === TEST 1: get() runs the callback once (hit level 3), then serves L1 (hit level 1); names keep values apart
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -34,8 +37,6 @@ calls: 2
 [error]
 
 === TEST 2: an L1 miss is served from the shared dict (hit level 2) without running the callback
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -63,8 +64,6 @@ calls: 2
 [error]
 
 === TEST 3: scalars of every type and nil survive the trip through L2 exactly
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -97,8 +96,6 @@ nil: nilnil2
 [error]
 
 === TEST 4: tables are stored once as JSON in L2 and decoded once per worker into L1
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -139,8 +136,6 @@ not JSON: nilcannot cache table: Cannot serialise table: excessively sparse arra
 [error]
 
 === TEST 5: a nil result is cached for neg_ttl, then the callback runs again
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -175,8 +170,6 @@ calls: 4
 [error]
 
 === TEST 6: values expire after ttl in L1 and L2; the callback's third return value overrides ttl, a negative one skips caching
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -217,8 +210,6 @@ peek: 0nilv7false
 [error]
 
 === TEST 7: callback errors are returned and not cached; a thrown error is caught
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -241,8 +232,6 @@ lock released: true
 [error]
 
 === TEST 8: with resurrect_ttl a failing callback serves the stale value (hit level 4) for resurrect_ttl seconds
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -291,7 +280,6 @@ callback for 'k' failed (db down), serving the stale value for 0.2s
 
 === TEST 9: get() without a callback reports a miss as hit level -1
 --- http_config
-    lua_shared_dict cache 1m;
     lua_shared_dict ipc 1m;
 --- config
     location = /t {
@@ -315,8 +303,6 @@ nilnil1
 [error]
 
 === TEST 10: peek() reads L2 only: remaining ttl and value, stale entries only when asked, no promotion to L1
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -352,7 +338,6 @@ get b stays in L1: 1
 
 === TEST 11: set(), delete() and purge() in one worker; they and update() need ipc_shm (they raise without, as mlcache's do)
 --- http_config
-    lua_shared_dict cache 1m;
     lua_shared_dict ipc 1m;
 --- config
     location = /t {
@@ -398,8 +383,6 @@ falseno ipc to propagate update(): create the cache with opts.ipc_shm
 [error]
 
 === TEST 12: l1_serializer transforms values on their way into L1, once per promotion; its errors are returned
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -437,7 +420,6 @@ nill1_serializer threw an error: oops
 
 === TEST 13: concurrent misses in one worker run the callback once; the others wait and read L2
 --- http_config
-    lua_shared_dict cache 1m;
     lua_shared_dict locks 1m;
 --- config
     location = /t {
@@ -471,7 +453,6 @@ locks dict used: true
 === TEST 14: concurrent misses in two workers run the callback once
 --- workers: 2
 --- http_config
-    lua_shared_dict cache 1m;
     lua_shared_dict state 1m;
     init_worker_by_lua_block {
         local t = require "blocks_t"
@@ -520,7 +501,6 @@ calls: 1 L3: 1 L2: 9
 === TEST 15: set/delete/purge in one worker reach the other worker's L1 through update()
 --- workers: 2
 --- http_config
-    lua_shared_dict cache 1m;
     lua_shared_dict ipc 1m;
     lua_shared_dict state 1m;
     init_worker_by_lua_block {
@@ -595,7 +575,6 @@ k after purge: nil nil -1
 
 === TEST 16: an L1 hit touches no shared dict and allocates nothing (100k hits, GC stopped)
 --- http_config
-    lua_shared_dict cache 1m;
     lua_shared_dict ipc 1m;
 --- config
     location = /t {
@@ -660,7 +639,6 @@ a table per iteration is seen: true true
 
 === TEST 17: a lost invalidation event (evicted, or the ipc dict flushed) makes the worker drop its whole L1
 --- http_config
-    lua_shared_dict cache 1m;
     lua_shared_dict ipc 1m;
 --- config
     location = /t {
@@ -711,7 +689,6 @@ event index went back from
 
 === TEST 18: update() stops at its timeout and resumes where it stopped
 --- http_config
-    lua_shared_dict cache 1m;
     lua_shared_dict ipc 1m;
 --- config
     location = /t {
@@ -737,7 +714,6 @@ nothing left: true
 
 === TEST 19: nil results go to shm_miss when given, values to shm
 --- http_config
-    lua_shared_dict cache 1m;
     lua_shared_dict miss 1m;
 --- config
     location = /t {
@@ -760,8 +736,6 @@ nilnil2
 [error]
 
 === TEST 20: new() returns nil, err for missing dicts and raises on bad arguments, naming them
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -810,8 +784,6 @@ false true
 [error]
 
 === TEST 21: a get() that times out waiting for another's callback serves the stale value with resurrect_ttl, else an error
---- http_config
-    lua_shared_dict cache 1m;
 --- config
     location = /t {
         content_by_lua_block {
