@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,47 +24,45 @@ from typing import Any
 import requests
 from zedctl.devconsul.testing import free_port
 from zedctl.testnginx import NginxServer, http_request
+from zedctl.testnginx.consul import ConsulAgent, ConsulNotFound, find_consul
 
 REPO = Path(__file__).resolve().parents[1]
 ZEDCTL = Path(sys.executable).with_name("zedctl")
-REAL_CONSUL = REPO / ".tools" / "bin" / "consul"
 
 
 def real_consul_binary() -> str | None:
     """The real Consul agent of `make deps` (or CONSUL_BINARY / PATH), if any."""
-    for cand in (os.environ.get("CONSUL_BINARY"), str(REAL_CONSUL), shutil.which("consul")):
-        if cand and Path(cand).exists():
-            return cand
-    return None
+    try:
+        return find_consul()
+    except ConsulNotFound:
+        return None
 
 
 @dataclass
 class ConsulProc:
-    """A Consul on 127.0.0.1:port that can be killed, hung and restarted (empty)."""
+    """A Consul on 127.0.0.1:port that can be killed, hung and restarted (empty):
+    `zedctl dev-consul`, or the real `consul agent -dev` (a ConsulAgent)."""
 
     kind: str  # "dev-consul" or "consul"
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=free_port)  # the real agent's is its own
     workdir: Path | None = None  # where the Consul's log goes (required)
     proc: subprocess.Popen[bytes] | None = None
+    agent: ConsulAgent | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ConsulProc:
-        if self.kind == "dev-consul":
-            cmd = [str(ZEDCTL), "dev-consul", "--port", str(self.port)]
-        else:
-            binary = real_consul_binary()
-            assert binary, "no real Consul binary"
-            ports = [free_port() for _ in range(3)]
-            cmd = [
-                binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-                "-http-port", str(self.port), "-serf-lan-port", str(ports[0]),
-                "-serf-wan-port", str(ports[1]), "-server-port", str(ports[2]),
-                "-dns-port", "-1", "-grpc-port", "-1", "-log-level", "warn",
-            ]  # fmt: skip
         assert self.workdir is not None
+        if self.kind != "dev-consul":
+            # the same ports again on a restart; -dev keeps nothing across one
+            if self.agent is None:
+                self.agent = ConsulAgent(self.workdir / "consul", mode="dev")
+                self.port = self.agent.http_port
+            self.proc = self.agent.start(timeout=30).proc
+            return self
+        cmd = [str(ZEDCTL), "dev-consul", "--port", str(self.port)]
         with open(self.workdir / f"consul-{self.kind}.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 30
@@ -76,7 +73,7 @@ class ConsulProc:
         raise RuntimeError(f"{self.kind} not ready on port {self.port}")
 
     def _answers(self) -> bool:
-        """A leader, and KV reads answered (a -dev agent needs both)."""
+        """A leader, and KV reads answered."""
         try:
             r = requests.get(self.url + "/v1/status/leader", timeout=1)
             if r.status_code != 200 or not r.json():

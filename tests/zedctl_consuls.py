@@ -2,7 +2,7 @@
 
 - `start_dev_consul`: `zedctl dev-consul` in a subprocess (optionally ACL-protected or
   on another host address such as ::1).
-- `start_real_consul`: `.tools/bin/consul agent -dev` on free loopback ports, with a
+- `start_real_consul`: `consul agent -dev` (a ConsulAgent) on free loopback ports, with a
   unix socket next to its TCP address, and optionally ACLs (master token "root") and
   HTTPS (a throwaway CA, a server certificate for "consul.test" only, a client
   certificate; client certificates required on HTTPS).
@@ -30,10 +30,10 @@ from typing import Any
 import pytest
 import requests
 from zedctl.devconsul.testing import free_port
+from zedctl.testnginx.consul import ConsulAgent, ConsulNotFound, ConsulStartError, find_consul
 
 ZEDCTL = Path(sys.executable).with_name("zedctl")
 REPO = Path(__file__).resolve().parents[1]
-CONSUL_BINARY = Path(os.environ.get("CONSUL_BINARY") or REPO / ".tools" / "bin" / "consul")
 CONSUL_ENV = (
     "CONSUL_HTTP_ADDR",
     "CONSUL_HTTP_TOKEN",
@@ -176,18 +176,14 @@ def ipv6_loopback() -> bool:
 def start_real_consul(folder: Path, acl: bool = False, tls: bool = False) -> Consul:
     """`consul agent -dev` on free loopback ports, plus a unix socket (and ::1 when the
     machine has it: `Consul.ipv6`)."""
-    if not CONSUL_BINARY.exists():
-        pytest.skip(f"no real Consul at {CONSUL_BINARY} (make deps installs one)")
+    try:
+        binary = find_consul()
+    except ConsulNotFound as err:
+        pytest.skip(f"no real Consul: {err}")
     folder.mkdir(parents=True, exist_ok=True)
-    http, lan, wan, server = (free_port() for _ in range(4))
     sock = str(folder / "http.sock")
     v6 = " ::1" if ipv6_loopback() else ""
-    args = [
-        str(CONSUL_BINARY), "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-        "-http-port", str(http), "-serf-lan-port", str(lan), "-serf-wan-port", str(wan),
-        "-server-port", str(server), "-dns-port", "-1", "-grpc-port", "-1",
-        "-hcl", f'addresses {{ http = "127.0.0.1{v6} unix://{sock}" }}',
-    ]  # fmt: skip
+    args = ["-hcl", f'addresses {{ http = "127.0.0.1{v6} unix://{sock}" }}']
     token = None
     if acl:
         token = "root"
@@ -208,11 +204,15 @@ def start_real_consul(folder: Path, acl: bool = False, tls: bool = False) -> Con
             "-hcl", f'key_file = "{certs["server.key"]}"',
             "-hcl", "verify_incoming_https = true",
         ]  # fmt: skip
-    log = open(folder / "consul.log", "wb")  # noqa: SIM115 - lives as long as the agent
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    consul = Consul("consul", proc, f"http://127.0.0.1:{http}", token, sock, https, certs)
+    agent = ConsulAgent(folder, binary=binary, mode="dev", extra_args=args).start(wait=False)
+    try:
+        agent.wait_ready(timeout=30)
+    except ConsulStartError:
+        agent.stop()
+        raise
+    assert agent.proc is not None
+    consul = Consul("consul", agent.proc, agent.url, token, sock, https, certs)
     consul.ipv6 = bool(v6)
-    wait_ready(consul)
     return consul
 
 

@@ -142,7 +142,11 @@ class ConsulAgent:
     through `join`); `client`: a client agent joined through `join` (what each
     application node runs in production, forwarding to the servers).
 
-    `start()` returns once the agent answers with a leader (unless `wait=False`);
+    `extra_args` go after the agent's own (e.g. `-hcl` lines for ACLs, TLS or more
+    listen addresses).
+
+    `start()` returns once the agent names a leader and answers a KV read (unless
+    `wait=False`);
     `stop()` ends it with SIGTERM (SIGKILL after STOP_TIMEOUT), `kill()` with SIGKILL;
     `start()` again restarts it on the same ports and data directory.
     """
@@ -158,6 +162,7 @@ class ConsulAgent:
         bootstrap_expect: int = 0,
         join: Iterable[str] = (),
         host: str = "127.0.0.1",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.root = Path(root)
         self.binary = binary or find_consul()
@@ -168,6 +173,7 @@ class ConsulAgent:
         self.bootstrap_expect = bootstrap_expect
         self.join = list(join)
         self.host = host
+        self.extra_args = list(extra_args)
         self.picker = picker or PortPicker(host)
         self.http_port, self.serf_lan_port, self.serf_wan_port, self.server_port = pick_ports(
             self.picker, 4
@@ -231,6 +237,7 @@ class ConsulAgent:
             "-grpc-port=-1",
             "-disable-host-node-id",
             "-log-level=info",
+            *self.extra_args,
         ]
         return cmd
 
@@ -265,8 +272,22 @@ class ConsulAgent:
             return ""
         return got if isinstance(got, str) else ""
 
+    def answers_kv(self, timeout: float = 2.0) -> bool:
+        """Whether a KV read is answered (found, not found or denied by ACLs): a -dev
+        agent names its leader a moment before it serves KV."""
+        req = urllib.request.Request(self.url + "/v1/kv/zedcup-ready-probe")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(req, timeout=timeout):
+                return True
+        except urllib.error.HTTPError as err:
+            return err.code in (403, 404)
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+
     def wait_ready(self, timeout: float = START_TIMEOUT) -> str:
-        """Wait until the agent names a leader; answers the leader's address."""
+        """Wait until the agent names a leader and answers a KV read; answers the
+        leader's address."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is not None and self.proc.poll() is not None:
@@ -274,7 +295,7 @@ class ConsulAgent:
                     f"consul agent {self.node} exited with {self.proc.returncode}", self.log_tail()
                 )
             leader = self.leader(timeout=1.0)
-            if leader:
+            if leader and self.answers_kv(timeout=1.0):
                 return leader
             if time.monotonic() > deadline:
                 raise ConsulStartError(
