@@ -120,8 +120,7 @@ function _M.init(user)
     config.init()
 
     session.init(o)
-    require("zedcup.counters").init(shared[o.dicts.cache])
-    require("zedcup.node").init(shared[o.dicts.cache])
+    require("zedcup.node").init()
 
     opts = o
     initted = true
@@ -176,7 +175,6 @@ function _M.run_workers()
     end
     local timer = require "zedcup.timer"
     local watch = require "zedcup.watch"
-    local locks = shared[opts.dicts.locks]
 
     -- every worker acts on the node's changes within POLL_INTERVAL (zedcup.store)
     timer.every("zedcup update", require("zedcup.store").POLL_INTERVAL, update)
@@ -184,10 +182,10 @@ function _M.run_workers()
     -- soon as Consul is back
     timer.every("zedcup errors sync", SYNC_INTERVAL, state.sync)
     local apply = require "zedcup.config.apply"
-    watch.start("config", kv.config_prefix, apply.apply_global, watch_settings, locks, apply.global_alive)
-    watch.start("instances", kv.instances_prefix, apply.apply_instances, watch_settings, locks,
+    watch.start("config", kv.config_prefix, apply.apply_global, watch_settings, apply.global_alive)
+    watch.start("instances", kv.instances_prefix, apply.apply_instances, watch_settings,
                 apply.instances_alive)
-    watch.start("state", kv.state_prefix, state.apply, watch_settings, locks)
+    watch.start("state", kv.state_prefix, state.apply, watch_settings)
 
     session.run_workers()
     healthcheck.run_workers()
@@ -215,7 +213,7 @@ local function bad_name(instance)
     if type(instance) ~= "string" then
         error("instance must be a string (got " .. type(instance) .. ")", 3)
     end
-    if not config.valid_name(instance) then
+    if not schema.valid_name(instance) then
         return "instance: must be a non-empty name without '/', not '.' or '..' (got "
                .. schema.show(instance) .. ")"
     end

@@ -214,7 +214,17 @@ is gone, creating a new one
             ngx.say("holder after: ", session.holder("healthcheck"))
             ngx.say("release again: ", session.release("healthcheck"))
             ngx.say("acquire after release: ", session.acquire("healthcheck"))
+            -- a session Consul no longer knows: acquire fails (500), and the
+            -- node learns it from session/info (not from the message's words)
+            local old = session.id()
+            assert(require("zedcup.kv").client():put("/session/destroy/" .. old, ""))
+            local ok, err = session.acquire("other")
+            ngx.say("acquire with a destroyed session: ", ok, ", ",
+                    tostring(err):find("Consul answered 500", 1, true) ~= nil)
+            ngx.say("replaced at once: ", session.id() ~= nil and session.id() ~= old)
+            ngx.say("acquire with the new one: ", session.acquire("other"))
             ngx.say(select(2, pcall(session.acquire, "a/b")))
+            ngx.say(select(2, pcall(session.acquire, "..")))
         }
     }
 --- request
@@ -229,7 +239,11 @@ release: true
 holder after: nil
 release again: false
 acquire after release: true
-lock name must be a non-empty string without '/' (got a/b)
+acquire with a destroyed session: nil, true
+replaced at once: true
+acquire with the new one: true
+lock name: must be a non-empty name without '/', not '.' or '..' (got a/b)
+lock name: must be a non-empty name without '/', not '.' or '..' (got ..)
 --- no_error_log
 [error]
 [warn]

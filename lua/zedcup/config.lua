@@ -53,12 +53,7 @@ local global_sig = nil
 local cgen = -1
 
 
---- valid_name(name) -> whether `name` can be an instance name (schema name rule)
-local function valid_name(name)
-    return type(name) == "string" and name ~= "" and name ~= "." and name ~= ".."
-           and not str_find(name, "/", 1, true)
-end
-_M.valid_name = valid_name
+local valid_name = schema.valid_name
 
 
 --- compile(name, normalised, sig) -> plan | nil, err

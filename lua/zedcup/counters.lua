@@ -11,9 +11,11 @@
 -- Both are a table lookup and a few increments of worker-local numbers: no
 -- shared dict, no allocation once a host has its entry. Every worker's flush
 -- timer (every FLUSH_INTERVAL s, and before a scrape in the scraping worker)
--- adds the deltas to node-wide counters in the shared dict, which readers
+-- adds the deltas to node-wide counters in the node store, which readers
 -- (zedcup.status, zedcup.metrics) read by name; counts are per node and
 -- survive reloads, not restarts.
+
+local store = require "zedcup.store"
 
 local ngx = ngx
 local ngx_log = ngx.log
@@ -28,13 +30,11 @@ local _M = { _VERSION = "0.1.0" }
 local FLUSH_INTERVAL = 1
 _M.FLUSH_INTERVAL = FLUSH_INTERVAL
 
--- what a try or a request can add to, in order (the shm key suffixes)
+-- what a try or a request can add to, in order (the store's counter fields)
 local HOST_FIELDS = { "tries", "connect", "request", "status" }
 local INSTANCE_FIELDS = { "requests", "failovers", "no_host", "tries" }
 _M.HOST_FIELDS = HOST_FIELDS
 _M.INSTANCE_FIELDS = INSTANCE_FIELDS
-
-local dict -- the cache shared dict
 
 -- worker-local, keyed by the effective host record (a config change makes new
 -- records: their counts go on under the same names)
@@ -42,12 +42,6 @@ local hosts = {}     -- host record -> { inst, pool name, host name, tries, conn
 local insts = {}     -- instance name -> { requests, failovers, no_host, tries }
 local dirty = false
 local enabled = true -- per-request counting in this worker (enable())
-
-
---- init(cache_dict): the shared dict the node's counters live in (init_by_lua)
-function _M.init(cache_dict)
-    dict = cache_dict
-end
 
 
 local function host_entry(inst, pool, host)
@@ -123,29 +117,13 @@ function _M.enable(on)
 end
 
 
---- host_key(inst, pool, host, field) -> the shm key of a host counter (names never hold '/')
-local function host_key(inst, pool, host, field)
-    return "m:h/" .. inst .. "/" .. pool .. "/" .. host .. "/" .. field
-end
-
-
-local function instance_key(inst, field)
-    return "m:i/" .. inst .. "/" .. field
-end
-
-
-local function add(key, n)
-    local _, err = dict:incr(key, n, 0)
-    if err then
-        return nil, "adding to counter " .. key .. ": " .. tostring(err)
-    end
-    return true
-end
+local add_host_count = store.add_host_count
+local add_instance_count = store.add_instance_count
 
 
 --- flush() -> true | nil, err: adds this worker's counts to the node's (timer job)
 function _M.flush()
-    if not dirty or not dict then
+    if not dirty or not store.cache_dict() then
         return true
     end
     dirty = false
@@ -160,7 +138,7 @@ function _M.flush()
                 local f = HOST_FIELDS[i]
                 local n = e[f]
                 if n > 0 then
-                    local ok, err = add(host_key(e.inst, e.pool, e.host, f), n)
+                    local ok, err = add_host_count(e.inst, e.pool, e.host, f, n)
                     if ok then
                         e[f] = 0
                     else
@@ -178,7 +156,7 @@ function _M.flush()
             local n = e[f]
             if n > 0 then
                 any = true
-                local ok, err = add(instance_key(inst, f), n)
+                local ok, err = add_instance_count(inst, f, n)
                 if ok then
                     e[f] = 0
                 else
@@ -203,7 +181,7 @@ function _M.host(inst, pool_name, host_name)
     local out = {}
     for i = 1, #HOST_FIELDS do
         local f = HOST_FIELDS[i]
-        out[f] = dict and dict:get(host_key(inst, pool_name, host_name, f)) or 0
+        out[f] = store.host_count(inst, pool_name, host_name, f)
     end
     return out
 end
@@ -214,7 +192,7 @@ function _M.instance(inst)
     local out = {}
     for i = 1, #INSTANCE_FIELDS do
         local f = INSTANCE_FIELDS[i]
-        out[f] = dict and dict:get(instance_key(inst, f)) or 0
+        out[f] = store.instance_count(inst, f)
     end
     return out
 end
@@ -248,13 +226,13 @@ end
 --- run_workers(): starts this worker's flush timer (init_worker_by_lua)
 function _M.run_workers()
     local timer = require "zedcup.timer"
+    if timer.running("zedcup counters flush") then
+        return true
+    end
     local ok, err = timer.every("zedcup counters flush", FLUSH_INTERVAL, _M.flush)
     if not ok then
-        if not tostring(err):find("already running", 1, true) then
-            ngx_log(ngx_ERR, "[zedcup] counters: ", err)
-            return nil, err
-        end
-        return true
+        ngx_log(ngx_ERR, "[zedcup] counters: ", err)
+        return nil, err
     end
     ok, err = ngx.timer.at(EXIT_WAIT, on_exit)
     if not ok then

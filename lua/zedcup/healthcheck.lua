@@ -42,7 +42,6 @@ local ngx_now = ngx.now
 local ngx_update_time = ngx.update_time
 local spawn = ngx.thread.spawn
 local wait = ngx.thread.wait
-local shared = ngx.shared
 local worker_exiting = ngx.worker.exiting
 local type = type
 local pairs = pairs
@@ -377,9 +376,6 @@ local function worker_lock_ttl()
 end
 
 
-local function locks()
-    return shared[session.locks_dict()]
-end
 
 
 -- -> true when this worker of this node is the cluster's checker now
@@ -636,7 +632,7 @@ function _M.run_workers()
         ok, err = timer.every("revive", revive_interval, _M.revive)
     end
     if ok and not watch.running("healthcheck lock") then
-        ok, err = watch.start("healthcheck lock", lock_path, lock_seen, lock_watch_settings, locks())
+        ok, err = watch.start("healthcheck lock", lock_path, lock_seen, lock_watch_settings)
     end
     if not ok then
         ngx_log(ngx.ERR, "[zedcup] healthcheck: ", err)

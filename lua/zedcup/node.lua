@@ -4,7 +4,7 @@
 -- One worker per node (a shm token per tick) does, every TICK s:
 --   * transitions: compares the host state this node sees with the last tick's
 --     and keeps the last MAX_TRANSITIONS changes (and each host's latest) in
---     the shared dict, for status() and the dashboard;
+--     the node store, for status() and the dashboard;
 --   * configs: notes when each instance's config changed on this node;
 -- and every PUBLISH_INTERVAL s:
 --   * reads <prefix>/nodes/ (one read): the cluster's live nodes and whether
@@ -13,7 +13,7 @@
 --     node's session, so it loses its session when the node dies) when its
 --     content changed or the session is new: never per request, at most once
 --     per PUBLISH_INTERVAL. Records whose session is gone are deleted (CAS).
--- Everything status() needs from here is read from the shared dict, so any
+-- Everything status() needs from here is read from the node store, so any
 -- worker answers without Consul.
 
 local cjson = require "cjson.safe"
@@ -50,21 +50,7 @@ local PUBLISH_INTERVAL = 5    -- s, the shortest time between two record writes 
 local MAX_TRANSITIONS = 50
 _M.PUBLISH_INTERVAL = PUBLISH_INTERVAL
 
--- keys in the cache dict, all owned here
-local K_TICK = "n:tick"             -- token: one worker per node per tick
-local K_PUB = "n:pub"               -- token: one Consul round per PUBLISH_INTERVAL
-local K_NAMES = "n:names"           -- JSON list of the instances this node knows
-local K_CONFIGS = "n:configs"       -- JSON inst -> { sig =, at = }
-local K_DOWN = "n:down"             -- JSON host key -> { state =, at = } as last seen
-local K_TRANSITIONS = "n:transitions" -- JSON list, newest first
-local K_CLUSTER = "n:cluster"       -- JSON { nodes = [...], at = }
-local K_CONTACT = "n:contact"       -- unix s of the last Consul answer
-local K_CONTACT_OK = "n:contact_ok" -- whether the last Consul round answered
-local K_WRITTEN = "n:written"       -- "<session>\n<content md5>" of the last record write
-local K_STARTED = "n:started"
--- "n:tr/<inst>/<pool>/<host>/<state>": transitions of a host into a state (counters)
-
-local dict
+-- everything lives in the node store (zedcup.store)
 local info = {
     started = nil,
     hostname = nil,
@@ -72,24 +58,13 @@ local info = {
 }
 
 
---- init(cache_dict): in init_by_lua (a reload starts a new "started")
-function _M.init(cache_dict)
-    dict = cache_dict
+--- init(): in init_by_lua, after store.init() (a reload starts a new "started")
+function _M.init()
     info.started = ngx_time()
-    dict:set(K_STARTED, info.started)
+    store.node_started(info.started)
     -- the first Consul round comes one interval after a (re)load, not in the
     -- burst of a starting node (a KV write wakes the watchers of empty prefixes)
-    dict:set(K_PUB, true, PUBLISH_INTERVAL)
-end
-
-
-local function decode(key, default)
-    local raw = dict and dict:get(key)
-    local v = raw and json_decode(raw)
-    if v == nil then
-        return default
-    end
-    return v
+    store.node_publish_turn(PUBLISH_INTERVAL, true)
 end
 
 
@@ -99,7 +74,7 @@ end
 
 --- instance_names() -> sorted list of the instances this node knows
 function _M.instance_names()
-    local names = decode(K_NAMES, nil)
+    local names = store.node_instances()
     if type(names) ~= "table" then
         return {}
     end
@@ -109,7 +84,8 @@ end
 
 --- config_applied(inst) -> { index =, at = } | nil: when this node's config of inst last changed
 function _M.config_applied(inst)
-    local c = decode(K_CONFIGS, {})[inst]
+    local all = store.node_configs()
+    local c = type(all) == "table" and all[inst]
     if type(c) ~= "table" then
         return nil
     end
@@ -120,27 +96,27 @@ end
 --- transitions() -> the last host transitions this node saw, newest first:
 -- { { at =, instance =, pool =, host =, from =, to =, reason = }, ... }
 function _M.transitions()
-    local list = decode(K_TRANSITIONS, {})
+    local list = store.transitions()
     return type(list) == "table" and list or {}
 end
 
 
 --- last_transitions() -> { ["inst/pool/host"] = { at =, state = } }
 function _M.last_transitions()
-    local m = decode(K_DOWN, {})
+    local m = store.node_host_states()
     return type(m) == "table" and m or {}
 end
 
 
 --- transition_count(inst, pool, host, to) -> how often this node saw the host become `to`
 function _M.transition_count(inst, pool, host, to)
-    return dict and dict:get("n:tr/" .. inst .. "/" .. pool .. "/" .. host .. "/" .. to) or 0
+    return store.transition_count(store.host_key(inst, pool, host), to)
 end
 
 
 --- cluster() -> { nodes = { record (with its session), ... }, at = } | nil
 function _M.cluster()
-    local c = decode(K_CLUSTER, nil)
+    local c = store.cluster()
     return type(c) == "table" and c or nil
 end
 
@@ -148,8 +124,7 @@ end
 --- info(now) -> the node part of status()
 function _M.info(now)
     now = now or ngx_now()
-    local contact = dict and dict:get(K_CONTACT)
-    local reachable = dict and dict:get(K_CONTACT_OK)
+    local contact, reachable = store.consul_contact()
     local cluster = _M.cluster()
     local sid = session.id()
     -- who holds the checker lock right now (the node's lock watch), by session id;
@@ -172,7 +147,7 @@ function _M.info(now)
         name = session.node_name(),
         hostname = session.hostname(),
         version = schema.VERSION,
-        started = dict and dict:get(K_STARTED) or info.started,
+        started = store.node_started() or info.started,
         consul = {
             reachable = reachable,
             last_contact = contact,
@@ -242,7 +217,7 @@ end
 local function note_transitions(names)
     local now = ngx_now()
     local cur, reasons = current_states(names)
-    local prev = decode(K_DOWN, nil)
+    local prev = store.node_host_states()
     local list = nil
     local changed = false
     local last = {}
@@ -265,7 +240,7 @@ local function note_transitions(names)
                             from = p.state, to = s, reason = reasons[key] }
                 last[key] = { state = s, at = now }
                 changed = true
-                dict:incr("n:tr/" .. key .. "/" .. s, 1, 0)
+                store.count_transition(key, s)
             else
                 last[key] = p or { state = s, at = now }
                 changed = changed or p == nil
@@ -281,17 +256,20 @@ local function note_transitions(names)
         while #list > MAX_TRANSITIONS do
             tab_remove(list)
         end
-        dict:set(K_TRANSITIONS, json_encode(list))
+        store.transitions(list)
     end
     if changed then
-        dict:set(K_DOWN, json_encode(last))
+        store.node_host_states(last)
     end
     return cur
 end
 
 
 local function note_configs(names)
-    local configs = decode(K_CONFIGS, {})
+    local configs = store.node_configs()
+    if type(configs) ~= "table" then
+        configs = {}
+    end
     local changed = false
     local seen = {}
     for _, name in ipairs(names) do
@@ -313,7 +291,7 @@ local function note_configs(names)
         end
     end
     if changed then
-        dict:set(K_CONFIGS, json_encode(configs))
+        store.node_configs(configs)
     end
     return configs
 end
@@ -406,7 +384,7 @@ local function publish(cur, configs, cluster)
         name = session.node_name(),
         hostname = session.hostname(),
         version = schema.VERSION,
-        started = dict:get(K_STARTED) or info.started,
+        started = store.node_started() or info.started,
         checker = store.checker_holder() == sid,
         configs = cfg,
         down = down,
@@ -416,11 +394,11 @@ local function publish(cur, configs, cluster)
     local content = json_encode(rec)
     local parts = { sid, ngx_md5(content) }
     local mark = tab_concat(parts, "\n")
-    if dict:get(K_WRITTEN) == mark then
+    if store.record_written() == mark then
         return true
     end
     rec.written = ngx_time()
-    rec.consul.last_contact = dict:get(K_CONTACT)
+    rec.consul.last_contact = store.consul_contact()
     local body = json_encode(rec)
     if #down == 0 then
         -- cjson writes an empty table as an object: keep `down` a list
@@ -432,11 +410,11 @@ local function publish(cur, configs, cluster)
     end
     if res.body ~= true then
         -- another session holds it (a node of the same name): say it, once per content
-        dict:set(K_WRITTEN, mark)
+        store.record_written(mark)
         return nil, "node: " .. _M.record_key() .. " is held by another session (two nodes named "
                     .. session.node_name() .. "?)"
     end
-    dict:set(K_WRITTEN, mark)
+    store.record_written(mark)
     -- this node's view of the cluster has its own new record at once
     if cluster then
         rec.session = sid
@@ -452,7 +430,7 @@ local function publish(cur, configs, cluster)
                 return tostring(a.name) < tostring(b.name)
             end)
         end
-        dict:set(K_CLUSTER, json_encode(cluster))
+        store.cluster(cluster)
     end
     return true
 end
@@ -461,33 +439,32 @@ end
 --- tick() -> true | false (idle: Consul not asked) | nil, err (timer job, every
 -- worker; one per node acts)
 function _M.tick()
-    if worker_exiting() or not dict then
+    if worker_exiting() or not store.cache_dict() then
         return false
     end
-    if not dict:add(K_TICK, true, TICK * 0.9) then
+    if not store.node_tick_turn(TICK * 0.9) then
         return false
     end
     local names, err = known_names()
     if not names then
         return nil, err
     end
-    dict:set(K_NAMES, json_encode(names))
+    store.node_instances(names)
     local cur = note_transitions(names)
     local configs = note_configs(names)
 
     -- no Consul round before the node has its session (the record would be tied to
     -- nothing), nor more often than every PUBLISH_INTERVAL
-    if not session.id() or not dict:add(K_PUB, true, PUBLISH_INTERVAL - 0.1) then
+    if not session.id() or not store.node_publish_turn(PUBLISH_INTERVAL - 0.1) then
         return false -- neither a success nor a failure
     end
     local cluster
     cluster, err = read_cluster(kv.client())
-    dict:set(K_CONTACT_OK, cluster ~= nil)
+    store.consul_contact(cluster ~= nil)
     if not cluster then
         return nil, err
     end
-    dict:set(K_CONTACT, ngx_time())
-    dict:set(K_CLUSTER, json_encode(cluster))
+    store.cluster(cluster)
     return publish(cur, configs, cluster)
 end
 
@@ -495,8 +472,11 @@ end
 --- run_workers(): starts the tick in this worker (init_worker_by_lua)
 function _M.run_workers()
     local timer = require "zedcup.timer"
+    if timer.running("zedcup node") then
+        return true
+    end
     local ok, err = timer.every({ name = "zedcup node", backoff_cap = PUBLISH_INTERVAL }, TICK, _M.tick)
-    if not ok and not tostring(err):find("already running", 1, true) then
+    if not ok then
         ngx_log(ngx_ERR, "[zedcup] node: ", err)
         return nil, err
     end

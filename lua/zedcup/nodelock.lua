@@ -1,5 +1,7 @@
 -- zedcup.nodelock: a lock held by one worker of this nginx node, in a shared
 -- dict, for background jobs that must run once per node (Consul watchers).
+-- A building block: the caller gives the dict and the key (zedcup.store's
+-- worker locks), and `<key>:steal` next to it guards a takeover.
 -- The holder renews it each loop with a TTL longer than its blocking wait;
 -- a lock whose holder process is gone (crashed worker) is taken over at once.
 
@@ -54,11 +56,13 @@ function _M.acquire(dict, key, ttl)
 end
 
 
---- release(dict, key): drops the lock if this worker holds it
+--- release(dict, key) -> true when this worker held the lock (now dropped)
 function _M.release(dict, key)
     if dict:get(key) == worker_pid() then
         dict:delete(key)
+        return true
     end
+    return false
 end
 
 

@@ -194,14 +194,20 @@ local function to_number(v)
     return nil
 end
 
+--- valid_name(s) -> whether s is a name (of an instance, pool, host, cluster
+-- lock...): one Consul key segment, so not empty, no '/', not '.' or '..'
+function _M.valid_name(s)
+    return type(s) == "string" and s ~= "" and s ~= "." and s ~= ".."
+           and not str_find(s, "/", 1, true)
+end
+
 local FORMATS = {
     status_code = function(s)
         return str_find(s, "^[1-5]%d%d$") or str_find(s, "^[1-5]%dx$") or str_find(s, "^[1-5]xx$"),
                "must be a status code like 500, 50x or 5xx"
     end,
     name = function(s)
-        return s ~= "" and s ~= "." and s ~= ".." and not str_find(s, "/", 1, true),
-               "must be a non-empty name without '/', not '.' or '..'"
+        return _M.valid_name(s), "must be a non-empty name without '/', not '.' or '..'"
     end,
     path = function(s)
         return str_sub(s, 1, 1) == "/", "must start with '/'"

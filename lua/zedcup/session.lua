@@ -36,9 +36,7 @@
 -- Worker locks: worker_lock(name, ttl) elects one worker of the node for a job;
 -- the holder renews it each time it calls again.
 
-local deps = require "zedcup.deps"
 local kv = require "zedcup.kv"
-local nodelock = require "zedcup.nodelock"
 local timer = require "zedcup.timer"
 local schema = require "zedcup.schema"
 local config = require "zedcup.config"
@@ -49,7 +47,6 @@ local ngx_log = ngx.log
 local ngx_ERR = ngx.ERR
 local ngx_WARN = ngx.WARN
 local ngx_INFO = ngx.INFO
-local shared = ngx.shared
 local worker_pid = ngx.worker.pid
 local worker_exiting = ngx.worker.exiting
 local type = type
@@ -61,7 +58,6 @@ local error = error
 local math_min = math.min
 local math_max = math.max
 local math_huge = math.huge
-local str_find = string.find
 local str_format = string.format
 local json_encode = require("cjson.safe").encode
 local io_open = io.open
@@ -146,14 +142,8 @@ function _M.init(opts)
     -- in init_by_lua (the master, on start and on every reload): workers
     -- forked from here carry this generation
     store.init({ locks = conf.locks })
-    conf.gen = shared[conf.locks] and store.bump_generation() or 0
+    conf.gen = store.bump_generation()
     return true
-end
-
-
---- locks_dict() -> the name of the shared dict for locks (init opts.dicts.locks)
-function _M.locks_dict()
-    return conf.locks
 end
 
 
@@ -198,7 +188,7 @@ end
 
 
 local function dict()
-    local d = shared[conf.locks]
+    local d = store.locks_dict()
     if not d then
         return nil, "locks dictionary not found: " .. tostring(conf.locks)
     end
@@ -339,7 +329,7 @@ local function ensure(stale)
     end
 
     local lock
-    lock, err = deps.lock:new(conf.locks, { exptime = 30, timeout = 15 })
+    lock, err = store.new_lock({ exptime = 30, timeout = 15 })
     if not lock then
         return nil, "session: lock: " .. tostring(err)
     end
@@ -476,16 +466,24 @@ end
 
 
 local function check_name(name)
-    if type(name) ~= "string" or name == "" or str_find(name, "/", 1, true) then
-        error("lock name must be a non-empty string without '/' (got " .. tostring(name) .. ")", 3)
+    if not schema.valid_name(name) then
+        error("lock name: must be a non-empty name without '/', not '.' or '..' (got "
+              .. tostring(name) .. ")", 3)
     end
 end
 
 
--- Consul answers 500 to acquire/release with a session it does not know.
-local function session_unknown(res)
-    return res and res.status == 500 and type(res.body) == "string"
-        and (str_find(res.body, "session", 1, true) or str_find(res.body, "Session", 1, true))
+-- -> whether Consul no longer knows session `id`, asked after an acquire it
+-- refused with 500 (its answer to a session it does not know, whatever the
+-- wording): session/info lists it, or answers an empty list (Consul 1.8: `[]`,
+-- older versions `null`) | nil when Consul did not say
+local function session_gone(c, id)
+    local res = c:get("/session/info/" .. id)
+    if not res or res.status ~= 200 then
+        return nil
+    end
+    local body = res.body
+    return type(body) ~= "table" or body[1] == nil
 end
 
 
@@ -506,7 +504,7 @@ function _M.acquire(name)
         return res.body == true
     end
 
-    if session_unknown(res) then
+    if res and res.status == 500 and session_gone(consul(), id) then
         -- our session is gone: replace it now, the caller retries next time
         local _, cerr = ensure(id)
         if cerr then
@@ -526,10 +524,8 @@ function _M.release(name)
     end
     local res, err = consul():put_key(lock_key(name), _M.node_name(), { release = id })
     if res and res.status == 200 then
+        -- false also for a session Consul no longer knows
         return res.body == true
-    end
-    if session_unknown(res) then
-        return false
     end
     return nil, answer_error("session: release " .. lock_key(name), res, err)
 end
@@ -577,13 +573,7 @@ function _M.worker_lock(name, ttl)
     if type(ttl) ~= "number" or ttl <= 0 then
         error("ttl must be a positive number (got " .. tostring(ttl) .. ")", 2)
     end
-    local d, err = dict()
-    if not d then
-        return nil, err
-    end
-
-    local ok
-    ok, err = nodelock.acquire(d, store.worker_lock_key(name), ttl)
+    local ok, err = store.worker_lock(name, ttl)
     if ok == nil then
         return nil, "worker lock " .. name .. ": " .. tostring(err)
     end
@@ -594,23 +584,13 @@ end
 
 --- worker_unlock(name) -> true when this worker held the lock
 function _M.worker_unlock(name)
-    local d = dict()
-    if not d then
-        return false
-    end
-    local key = store.worker_lock_key(name)
-    if d:get(key) == worker_pid() then
-        d:delete(key)
-        return true
-    end
-    return false
+    return store.worker_unlock(name)
 end
 
 
 --- worker_lock_holder(name) -> pid of the worker holding it, or nil
 function _M.worker_lock_holder(name)
-    local d = dict()
-    return d and d:get(store.worker_lock_key(name)) or nil
+    return store.worker_lock_holder(name)
 end
 
 

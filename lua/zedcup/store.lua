@@ -24,6 +24,7 @@
 
 local cjson = require "cjson.safe"
 local deps = require "zedcup.deps"
+local nodelock = require "zedcup.nodelock"
 
 local ngx = ngx
 local shared = ngx.shared
@@ -68,6 +69,20 @@ local P_UP_AT = "up:"            -- .. host key: when Consul last brought it bac
 local P_CHECK = "c:"             -- .. host key: "<unix time> ok|<why>" (checker node)
 local P_WATCH_ERR = "werr:"      -- .. watch name: "<unix time> <error>" of its last failure
 local P_DISCOVERED = "d:"        -- .. inst .. "/" .. pool: JSON hosts from Consul's catalog
+local P_HOST_COUNT = "m:h/"      -- .. host key .. "/" .. field: request counters of a host
+local P_INST_COUNT = "m:i/"      -- .. inst .. "/" .. field: request counters of an instance
+local K_NODE_TICK = "n:tick"     -- token: one worker per node per node tick
+local K_NODE_PUB = "n:pub"       -- token: one node round with Consul per publish interval
+local K_NODE_NAMES = "n:names"   -- JSON sorted list of the instances the node knows
+local K_NODE_CONFIGS = "n:configs"  -- JSON inst -> { sig =, at =, index = }: config changes seen
+local K_NODE_HOSTS = "n:down"    -- JSON host key -> { state =, at = } as the node tick last saw it
+local K_NODE_TRANS = "n:transitions" -- JSON list of host transitions, newest first
+local P_NODE_TRANS = "n:tr/"     -- .. host key .. "/" .. state: transitions into a state
+local K_NODE_CLUSTER = "n:cluster"  -- JSON { nodes = [...], at = } from <prefix>/nodes/
+local K_NODE_CONTACT = "n:contact"  -- unix s of the node round's last Consul answer
+local K_NODE_CONTACT_OK = "n:contact_ok" -- whether the last node round had an answer
+local K_NODE_WRITTEN = "n:written"  -- "<session>\n<content md5>" of the last record write
+local K_NODE_STARTED = "n:started"  -- unix s of the node's last start or reload
 
 -- Keys of the locks dict ------------------------------------------------------
 local K_SESSION = "zedcup:session:id"
@@ -165,7 +180,7 @@ end
 
 --- update_names(fn): fn(set) changes the set in place; serialised per node
 function _M.update_names(fn)
-    local lock = deps.lock:new(names.locks, { exptime = 5, timeout = 5 })
+    local lock = _M.new_lock({ exptime = 5, timeout = 5 })
     local ok = lock and lock:lock(K_LOAD_LOCK)
     local set = _M.names()
     fn(set)
@@ -458,6 +473,174 @@ end
 
 
 ---------------------------------------------------------------------------
+-- Request counters (cache dict; zedcup.counters adds each worker's deltas)
+---------------------------------------------------------------------------
+
+local function add_count(key, n)
+    local _, err = cache:incr(key, n, 0)
+    if err then
+        return nil, "store: adding to counter " .. key .. ": " .. tostring(err)
+    end
+    return true
+end
+
+
+--- add_host_count(inst, pool, host, field, n) -> true | nil, err
+function _M.add_host_count(inst, pool, host, field, n)
+    return add_count(P_HOST_COUNT .. inst .. "/" .. pool .. "/" .. host .. "/" .. field, n)
+end
+
+
+--- host_count(inst, pool, host, field) -> the node's count (0 when none)
+function _M.host_count(inst, pool, host, field)
+    return cache and cache:get(P_HOST_COUNT .. inst .. "/" .. pool .. "/" .. host .. "/" .. field) or 0
+end
+
+
+--- add_instance_count(inst, field, n) -> true | nil, err
+function _M.add_instance_count(inst, field, n)
+    return add_count(P_INST_COUNT .. inst .. "/" .. field, n)
+end
+
+
+function _M.instance_count(inst, field)
+    return cache and cache:get(P_INST_COUNT .. inst .. "/" .. field) or 0
+end
+
+
+---------------------------------------------------------------------------
+-- The node's view of itself and of the cluster (cache dict; zedcup.node)
+---------------------------------------------------------------------------
+
+local function get_json(key)
+    local raw = cache and cache:get(key)
+    if raw == nil then
+        return nil
+    end
+    return json_decode(raw)
+end
+
+
+local function set_json(key, v)
+    local ok, err = cache:set(key, json_encode(v))
+    if not ok then
+        return nil, "store: " .. key .. ": " .. tostring(err)
+    end
+    return true
+end
+
+
+--- node_started(at?) -> unix s of the node's last start or reload; with at: records it
+function _M.node_started(at)
+    if at then
+        cache:set(K_NODE_STARTED, at)
+        return at
+    end
+    return cache and cache:get(K_NODE_STARTED)
+end
+
+
+--- node_tick_turn(ttl) -> true for the one worker of the node that ticks now
+function _M.node_tick_turn(ttl)
+    return cache:add(K_NODE_TICK, true, ttl) == true
+end
+
+
+--- node_publish_turn(ttl, hold?) -> true when this worker has the node's next
+-- round with Consul (none for ttl s after); hold: no round for ttl s from now
+function _M.node_publish_turn(ttl, hold)
+    if hold then
+        cache:set(K_NODE_PUB, true, ttl)
+        return false
+    end
+    return cache:add(K_NODE_PUB, true, ttl) == true
+end
+
+
+--- node_instances(list?) -> sorted list of the instances the node knows | nil
+function _M.node_instances(list)
+    if list then
+        return set_json(K_NODE_NAMES, list)
+    end
+    return get_json(K_NODE_NAMES)
+end
+
+
+--- node_configs(map?) -> inst -> { sig =, at =, index = }: when the node saw each config change
+function _M.node_configs(map)
+    if map then
+        return set_json(K_NODE_CONFIGS, map)
+    end
+    return get_json(K_NODE_CONFIGS)
+end
+
+
+--- node_host_states(map?) -> host key -> { state =, at = } as the node last saw it
+function _M.node_host_states(map)
+    if map then
+        return set_json(K_NODE_HOSTS, map)
+    end
+    return get_json(K_NODE_HOSTS)
+end
+
+
+--- transitions(list?) -> the node's last host transitions, newest first
+function _M.transitions(list)
+    if list then
+        return set_json(K_NODE_TRANS, list)
+    end
+    return get_json(K_NODE_TRANS)
+end
+
+
+--- count_transition(k, to): host k went into state `to` on this node
+function _M.count_transition(k, to)
+    cache:incr(P_NODE_TRANS .. k .. "/" .. to, 1, 0)
+end
+
+
+--- transition_count(k, to) -> how often host k went into state `to` on this node
+function _M.transition_count(k, to)
+    return cache and cache:get(P_NODE_TRANS .. k .. "/" .. to) or 0
+end
+
+
+--- cluster(c?) -> { nodes = [...], at = } as the node last read it | nil
+function _M.cluster(c)
+    if c then
+        return set_json(K_NODE_CLUSTER, c)
+    end
+    return get_json(K_NODE_CLUSTER)
+end
+
+
+--- consul_contact(ok?) -> unix s of the node round's last Consul answer, whether the
+-- last round had one; with ok (boolean): records a round's outcome
+function _M.consul_contact(ok)
+    if ok ~= nil then
+        cache:set(K_NODE_CONTACT_OK, ok)
+        if ok then
+            cache:set(K_NODE_CONTACT, ngx_time())
+        end
+    end
+    if not cache then
+        return nil, nil
+    end
+    return cache:get(K_NODE_CONTACT), cache:get(K_NODE_CONTACT_OK)
+end
+
+
+--- record_written(mark?) -> the mark of the node record's last write; with mark: records it
+function _M.record_written(mark)
+    if mark then
+        cache:set(K_NODE_WRITTEN, mark)
+        return mark
+    end
+    return cache:get(K_NODE_WRITTEN)
+end
+
+
+---------------------------------------------------------------------------
 -- Session, node generation, worker locks, checker (locks dict)
 ---------------------------------------------------------------------------
 
@@ -513,7 +696,7 @@ end
 
 --- bump_generation() -> the node's new generation (init(): start and reload)
 function _M.bump_generation()
-    return locks:incr(K_GEN, 1, 0)
+    return locks and locks:incr(K_GEN, 1, 0) or 0
 end
 
 
@@ -528,8 +711,31 @@ function _M.quit_token(gen)
 end
 
 
-function _M.worker_lock_key(name)
-    return P_WORKER_LOCK .. name
+--- worker_lock(name, ttl) -> true (this worker holds it, renewed) | false | nil, err
+-- (zedcup.nodelock in the locks dict: one worker of the node per job)
+function _M.worker_lock(name, ttl)
+    if not locks then
+        return nil, "locks dictionary not found: " .. tostring(names.locks)
+    end
+    return nodelock.acquire(locks, P_WORKER_LOCK .. name, ttl)
+end
+
+
+--- worker_unlock(name) -> true when this worker held worker lock `name`
+function _M.worker_unlock(name)
+    return locks ~= nil and nodelock.release(locks, P_WORKER_LOCK .. name) == true
+end
+
+
+--- worker_lock_holder(name) -> pid of the worker holding worker lock `name` | nil
+function _M.worker_lock_holder(name)
+    return locks and locks:get(P_WORKER_LOCK .. name) or nil
+end
+
+
+--- new_lock(opts) -> a resty.lock-style mutex in the locks dict (deps.lock)
+function _M.new_lock(opts)
+    return deps.lock:new(names.locks, opts)
 end
 
 

@@ -135,21 +135,20 @@ function _M.running(name)
 end
 
 
---- start(name, path_fn, apply_fn, settings_fn, dict, alive_fn?)
+--- start(name, path_fn, apply_fn, settings_fn, alive_fn?)
 -- apply_fn(entries, index, info) -> true | nil, err: on every change and every
 -- resync; info = { reset = Consul's index went below the highest seen,
 -- resync = the first answer after a start or a failure, seen = that highest index,
 -- sent_at = when the request was sent (ngx.now()) };
 -- alive_fn(): after every answer, changed or not;
 -- settings_fn() -> { wait =, lock_ttl =, backoff_cap = }
-function _M.start(name, path_fn, apply_fn, settings_fn, dict, alive_fn)
+function _M.start(name, path_fn, apply_fn, settings_fn, alive_fn)
     local w = {
         alive = alive_fn,
         name = name,
         path = path_fn,
         apply = apply_fn,
         settings = settings_fn,
-        dict = dict,
         index = 0,
         applied = false,
         info = {},
