@@ -474,3 +474,116 @@ refused: could not connect: .*connection refused
 $
 --- no_error_log
 [error]
+
+
+
+=== TEST 7: with Consul hung, checks keep their cadence: transitions are written off the checks, retried until Consul takes them
+--- timeout: 40
+--- http_config
+    lua_shared_dict zedcup_cache 1m;
+    lua_shared_dict zedcup_locks 1m;
+    lua_shared_dict zedcup_ipc 1m;
+    lua_shared_dict flags 1m;
+    lua_socket_log_errors off;
+    init_by_lua_block {
+        assert(require("zedcup").init({
+            prefix = "$TEST_ZEDCUP_PREFIX", node_name = "checker",
+            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
+        }))
+    }
+    init_worker_by_lua_block {
+        require("zedcup").run_workers()
+    }
+    # zedcup reaches Consul through this proxy; "hold" = "*" holds every request (a hung Consul)
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+        location / {
+            access_by_lua_block { require("zedcup_t").consul_proxy_access("$TEST_ZEDCUP_PREFIX") }
+            log_by_lua_block { require("zedcup_t").consul_proxy_log() }
+            proxy_pass http://127.0.0.1:$TEST_NGINX_CONSUL_PORT;
+            proxy_read_timeout 700s;
+            proxy_buffering off;
+        }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location = /health {
+            content_by_lua_block {
+                if ngx.shared.flags:get("sick") then
+                    return ngx.exit(503)
+                end
+                ngx.say("ok")
+            }
+        }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
+        location = /health { return 200 "ok"; }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local t = require "blocks_t"
+            local zedcup = require "zedcup"
+            local store = require "zedcup.store"
+            local healthcheck = require "zedcup.healthcheck"
+            local flags = ngx.shared.flags
+            -- the test reads Consul itself, not through the proxy
+            local consul = require("zedcup.consul"):new({ host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT,
+                                                          token = "$TEST_NGINX_CONSUL_TOKEN" })
+            local function down_value(host)
+                local res = assert(consul:get_key("$TEST_ZEDCUP_PREFIX/state/app/p/" .. host .. "/down"))
+                return res.status == 200 and res.body[1].Value or nil
+            end
+
+            assert(zedcup.configure({ healthcheck_interval = 0.1 }))
+            local hc = { path = "/health", interval = 0.1, fall = 1, rise = 1 }
+            assert(zedcup.configure_instance("app", { pools = { { name = "p", hosts = {
+                { name = "a", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1, healthcheck = hc },
+                { name = "b", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2, healthcheck = hc },
+            } } } }))
+            local state = require "zedcup.state"
+            ngx.say("both checked: ", t.poll(10, 0.05, function()
+                return state.last_check("app", "p", "a") and state.last_check("app", "p", "b")
+            end) and true)
+
+            -- Consul hangs; host a fails from now on
+            flags:set("hold", "*")
+            flags:set("sick", true)
+            ngx.update_time()
+            local t0, c0 = ngx.now(), store.counter("checks")
+            local n
+            t.poll(15, 0.05, function()
+                n = store.counter("checks") - c0
+                return n >= 30
+            end)
+            ngx.update_time()
+            local rate = n / (ngx.now() - t0)
+            -- 2 hosts every 0.1 s: 20/s; blocked on each write's 5 s read timeout it was below 1/s
+            ngx.say("checks per second while Consul hangs >= 5: ", rate >= 5,
+                    rate >= 5 and "" or (" (" .. n .. " checks, " .. rate .. "/s)"))
+            ngx.say("a's down waits to be written: ", healthcheck.transitions_pending() == 1)
+            ngx.say("not in Consul yet: ", down_value("a"))
+
+            flags:delete("hold")
+            ngx.say("a down once Consul answers: ", t.poll(15, 0.05, function() return down_value("a") end))
+            flags:delete("sick")
+            ngx.say("a up again: ", t.poll(10, 0.05, function() return down_value("a") == nil end))
+            ngx.say("b never down: ", down_value("b"))
+            t.poll(5, 0.02, function() return healthcheck.transitions_pending() == 0 end)
+            local s = healthcheck.stats()
+            ngx.say("marked down: ", s.marked_down, ", marked up: ", s.marked_up,
+                    ", pending: ", healthcheck.transitions_pending())
+        }
+    }
+--- request
+GET /t
+--- response_body
+both checked: true
+checks per second while Consul hangs >= 5: true
+a's down waits to be written: true
+not in Consul yet: nil
+a down once Consul answers: health check failed 1 times: Bad status code: 503
+a up again: true
+b never down: nil
+marked down: 1, marked up: 1, pending: 0

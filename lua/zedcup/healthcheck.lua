@@ -17,7 +17,8 @@
 -- Each result stays in this node's shared dict (state.record_check); `fall` consecutive failures
 -- of an up host mark it down, `rise` consecutive passes of a down host mark it
 -- up. Marking is a cluster-wide CAS in zedcup.state, so each transition fires
--- host_down / host_up once.
+-- host_down / host_up once; it is written off the checks (one writer per
+-- host, retried until Consul takes it), so Consul's latency never slows them.
 --
 -- Every host_revive_interval the same worker brings back hosts that failure
 -- accounting marked down and that have no healthcheck, once error_timeout has
@@ -298,6 +299,109 @@ local function host_down(inst, pool_name, host_name)
 end
 
 
+---------------------------------------------------------------------------
+-- Transitions: written to Consul off the checks, so a slow or hung Consul
+-- (every write waits out the read timeout) never slows the check cadence.
+-- One writer (a timer) per host with a transition to write: it retries until
+-- Consul takes it, one write at a time, so the up/down of a host are written
+-- in the order the checks saw them; a newer transition of the host replaces
+-- one not written yet (latest wins: an unwritten down followed by an up
+-- writes nothing).
+---------------------------------------------------------------------------
+
+-- worker-local (the checker's worker): host key -> { up =, inst =, pool =, host =, reason = }
+local pending = {}
+local writing = {}   -- host key -> true while its writer runs
+local WRITE_RETRY = 0.5  -- s between two tries of a transition Consul did not take
+
+
+local function write_one(t)
+    if t.up then
+        return state.mark_up(t.inst, t.pool, t.host, t.reason)
+    end
+    return state.mark_down(t.inst, t.pool, t.host, t.reason)
+end
+
+
+local function writer_loop(key)
+    while not worker_exiting() do
+        local t = pending[key]
+        if not t then
+            return
+        end
+        local won, err = write_one(t)
+        if won == nil then
+            if not t.logged then
+                t.logged = true
+                ngx_log(ngx_WARN, "[zedcup] healthcheck: marking ", key, t.up and " up: " or " down: ",
+                        err, " (retrying until Consul takes it)")
+            end
+            ngx_sleep(WRITE_RETRY)
+        else
+            if won then
+                counter(t.up and "marked_up" or "marked_down")
+            end
+            if pending[key] == t then
+                pending[key] = nil
+            end
+        end
+    end
+end
+
+
+local function writer(premature, key)
+    if not premature then
+        local ok, err = pcall(writer_loop, key)
+        if not ok then
+            ngx_log(ngx.ERR, "[zedcup] healthcheck: writing the transition of ", key, ": ", err)
+        end
+    end
+    writing[key] = nil
+end
+
+
+local function start_writer(key)
+    if writing[key] or not pending[key] then
+        return
+    end
+    local ok, err = ngx.timer.at(0, writer, key)
+    if not ok then
+        -- the next check of the host tries again
+        ngx_log(ngx_WARN, "[zedcup] healthcheck: writing the transition of ", key, ": ", err)
+        return
+    end
+    writing[key] = true
+end
+
+
+local function transition(job, up, reason)
+    local key = job.key
+    pending[key] = { up = up, inst = job.inst, pool = job.pool.name, host = job.host.name, reason = reason }
+    start_writer(key)
+end
+
+
+--- transitions_pending() -> how many host transitions this worker has not written yet
+function _M.transitions_pending()
+    local n = 0
+    for _ in pairs(pending) do
+        n = n + 1
+    end
+    return n
+end
+
+
+-- Down as the checks last decided (a transition not written yet), else as
+-- the cluster knows it
+local function wanted_down(key, inst, pool_name, host_name)
+    local t = pending[key]
+    if t then
+        return not t.up
+    end
+    return host_down(inst, pool_name, host_name)
+end
+
+
 local function account(job, ok, why)
     local inst, pool, host, hc, hs = job.inst, job.pool, job.host, job.hc, job.hs
     counter("checks")
@@ -307,7 +411,8 @@ local function account(job, ok, why)
         ngx_log(ngx_WARN, "[zedcup] healthcheck: recording the check of ", job.key, ": ", err)
     end
 
-    local down = host_down(inst, pool.name, host.name)
+    start_writer(job.key) -- one that could not start before
+    local down = wanted_down(job.key, inst, pool.name, host.name)
     if ok then
         hs.fails = 0
         if not down then
@@ -316,16 +421,8 @@ local function account(job, ok, why)
         end
         hs.passes = hs.passes + 1
         if hs.passes >= hc.rise then
-            local won, merr = state.mark_up(inst, pool.name, host.name,
-                                            hs.passes .. " passing health check(s)")
-            if won == nil then
-                ngx_log(ngx_WARN, "[zedcup] healthcheck: marking ", job.key, " up: ", merr)
-                return
-            end
+            transition(job, true, hs.passes .. " passing health check(s)")
             hs.passes = 0
-            if won then
-                counter("marked_up")
-            end
         end
         return
     end
@@ -338,16 +435,8 @@ local function account(job, ok, why)
     end
     hs.fails = hs.fails + 1
     if hs.fails >= hc.fall then
-        local won, merr = state.mark_down(inst, pool.name, host.name,
-                                          "health check failed " .. hs.fails .. " times: " .. tostring(why))
-        if won == nil then
-            ngx_log(ngx_WARN, "[zedcup] healthcheck: marking ", job.key, " down: ", merr)
-            return
-        end
+        transition(job, false, "health check failed " .. hs.fails .. " times: " .. tostring(why))
         hs.fails = 0
-        if won then
-            counter("marked_down")
-        end
     end
 end
 
@@ -374,8 +463,6 @@ end
 local function worker_lock_ttl()
     return math_max(session.global("worker_lock_ttl"), 3 * session.global("healthcheck_interval"))
 end
-
-
 
 
 -- -> true when this worker of this node is the cluster's checker now
@@ -409,6 +496,7 @@ local function elected()
         end
         holding = false
         hosts = {}
+        pending = {} -- the new checker decides from its own checks
         return false, err
     end
     if not holding then
@@ -497,7 +585,7 @@ function _M.pass()
                     seen[key] = hs
                     -- a host that is down is checked every unhealthy_interval (also
                     -- when it went down after its next check was scheduled)
-                    local sick = hc.unhealthy_interval and host_down(inst, pool.name, host.name)
+                    local sick = hc.unhealthy_interval and wanted_down(key, inst, pool.name, host.name)
                     if sick and hs.next_at > now + hc.unhealthy_interval then
                         hs.next_at = now + hc.unhealthy_interval
                     end

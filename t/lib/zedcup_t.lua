@@ -171,7 +171,8 @@ end
 -- /instances/ answer (an index going backwards after it); "hold" = a tree name
 -- (e.g. "state") holds every listing (?recurse) of that tree before it reaches
 -- Consul until the knob is deleted (at most 20 s), counting them in "held" (a
--- watcher then misses whatever is written and deleted meanwhile).
+-- watcher then misses whatever is written and deleted meanwhile); "hold" = "*"
+-- holds every request the same way (a hung Consul: SIGSTOP).
 function _M.consul_proxy_access(prefix)
     if type(prefix) ~= "string" then
         error("prefix must be a string (got " .. type(prefix) .. ")", 2)
@@ -187,10 +188,11 @@ function _M.consul_proxy_access(prefix)
     if ngx.req.get_method() ~= "GET" then
         flags:incr("writes:" .. uri, 1, 0)
     end
-    if flags:get("hold") == what and ngx.req.get_uri_args().recurse ~= nil then
+    local hold = flags:get("hold")
+    if hold == "*" or (hold == what and ngx.req.get_uri_args().recurse ~= nil) then
         flags:incr("held", 1, 0)
         local deadline = now() + 20
-        while flags:get("hold") == what and now() < deadline do
+        while flags:get("hold") == hold and now() < deadline do
             sleep(0.01)
             update_time()
         end
