@@ -264,14 +264,13 @@ function _M.load_global()
         return global_eff
     end
     local base = kv.config_prefix()
-    local entries, err = kv.get_tree(base, nil, nil, kv.client(COLD_READ_TIMEOUT))
+    local entries, index = kv.get_tree(base, nil, nil, kv.client(COLD_READ_TIMEOUT))
     if not entries then
-        return nil, "Could not retrieve config: " .. err
+        return nil, "Could not retrieve config: " .. tostring(index)
     end
     local rel, pending, sig = kv.relative(entries, base)
     if not pending then
-        local ok
-        ok, err = _M.accept_global(rel, sig, base)
+        local ok, err = _M.accept_global(rel, sig, base, index)
         if not ok then
             return nil, "Could not retrieve config: " .. err
         end
@@ -280,10 +279,11 @@ function _M.load_global()
 end
 
 
---- accept_global(rel, sig, base) -> true | nil, err: a listing of
--- <prefix>/config/ (relative keys, signature) into the store, unless the schema
--- refuses it (logged once; the last good one stays)
-function _M.accept_global(rel, sig, base)
+local function accept_global(rel, sig, base, index)
+    if index and (store.own_write(nil)) > index then
+        -- this node wrote the global config after Consul made this listing
+        return true
+    end
     local raw = store.global_raw()
     if raw and str_sub(raw, 1, #sig + 1) == sig .. "\n" then
         -- another worker stored it first: this worker's copy may still be older
@@ -298,9 +298,21 @@ function _M.accept_global(rel, sig, base)
     if not ok then
         return nil, "storing the global config failed: " .. tostring(err)
     end
-    store.config_changed()
-    _M.refresh()
-    return true
+    return true, true
+end
+
+
+--- accept_global(rel, sig, base, index?) -> true | nil, err: a listing of
+-- <prefix>/config/ (relative keys, signature; Consul's index of it) into the
+-- store, unless the schema refuses it (logged once; the last good one stays)
+-- or this node wrote the global config since Consul made the listing
+function _M.accept_global(rel, sig, base, index)
+    local ok, stored = store.update_configs(accept_global, rel, sig, base, index)
+    if stored then
+        store.config_changed()
+        _M.refresh()
+    end
+    return ok, not ok and stored or nil
 end
 
 

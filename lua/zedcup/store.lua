@@ -100,6 +100,7 @@ local K_HC_HOLDER = "zedcup:hc_holder"   -- session id holding the checker lock,
 local K_HC_KICK = "zedcup:hc_kick"       -- this node just took the checker lock
 local P_HC_STAT = "zedcup:hc:"           -- .. counter name
 local K_LOAD_LOCK = "zedcup:names"       -- resty.lock key guarding the names set
+local K_CONFIGS_LOCK = "zedcup:configs" -- resty.lock key: one changer of the configs at a time
 
 
 --- init(dict_names): { cache =, locks =, ipc = } shared dict names (in
@@ -216,6 +217,22 @@ end
 
 function _M.set_global_raw(raw)
     return cache:set(K_GLOBAL, raw)
+end
+
+
+--- update_configs(fn, ...) -> fn's results: fn runs alone on the node among
+-- the changers of configs (this node's writers and the watchers' appliers,
+-- in different workers: an applier that checked for a newer own write just
+-- before a writer recorded one must not store its older listing after the
+-- writer stored the new config)
+function _M.update_configs(fn, ...)
+    local lock = _M.new_lock({ exptime = 5, timeout = 5 })
+    local ok = lock and lock:lock(K_CONFIGS_LOCK)
+    local r1, r2 = fn(...)
+    if ok then
+        lock:unlock()
+    end
+    return r1, r2
 end
 
 

@@ -62,8 +62,7 @@ local function current_sig(configs, name)
 end
 
 
---- apply_instances(entries, index, info) -> true | nil, err: a listing of <prefix>/instances/
-function _M.apply_instances(entries, index, info)
+local function apply_instances(entries, index, info)
     index = index or 0
     local configs = store.configs()
     local base = kv.instances_prefix()
@@ -175,6 +174,16 @@ function _M.apply_instances(entries, index, info)
         end
     end)
     _M.instances_alive()
+    return true, changed
+end
+
+
+--- apply_instances(entries, index, info) -> true | nil, err: a listing of <prefix>/instances/
+function _M.apply_instances(entries, index, info)
+    local ok, changed = store.update_configs(apply_instances, entries, index, info)
+    if not ok then
+        return nil, changed
+    end
     if changed then
         store.config_changed()
         config.refresh()
@@ -218,7 +227,7 @@ function _M.apply_global(entries, index, info)
     elseif #rel > 0 and store.global_kept() then
         store.global_kept(false)
     end
-    return config.accept_global(rel, sig, base)
+    return config.accept_global(rel, sig, base, index)
 end
 
 

@@ -42,10 +42,11 @@ function _M.instance(name, conf)
     if not index then
         return nil, err
     end
-    store.set_own_write(name, index, ngx_now())
-
     local ok
-    ok, err = store.configs():set(name, nil, { name = name, sig = signature(entries), conf = normalised })
+    ok, err = store.update_configs(function()
+        store.set_own_write(name, index, ngx_now())
+        return store.configs():set(name, nil, { name = name, sig = signature(entries), conf = normalised })
+    end)
     if not ok then
         return nil, "storing instance " .. name .. " in the shared dict failed: " .. tostring(err)
     end
@@ -91,8 +92,10 @@ function _M.global(conf)
     if not index then
         return nil, err
     end
-    store.set_own_write(nil, index, ngx_now())
-    store.set_global_raw(signature(entries) .. "\n" .. json_encode(normalised))
+    store.update_configs(function()
+        store.set_own_write(nil, index, ngx_now())
+        store.set_global_raw(signature(entries) .. "\n" .. json_encode(normalised))
+    end)
     store.config_changed()
     config.refresh()
     return true
