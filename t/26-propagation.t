@@ -155,7 +155,8 @@ TEST_ZEDCUP_CONSUL = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3 }
             local t0 = ngx.now()
             for i = 1, 16 do
                 threads[i] = ngx.thread.spawn(function()
-                    local w, text = T.ask(port, "/which")
+                    -- (the block's limit is "all within 3 s", below)
+                    local w, text = T.ask(port, "/which", 10000)
                     return w, text
                 end)
             end

@@ -44,16 +44,16 @@ function _M.which()
     handler:set_keepalive()
 end
 
--- GET `path` from 127.0.0.1:`port` over a fresh HTTP/1.0 connection (2 s
--- timeout) and split a "<worker id> <text>\n" body.
+-- GET `path` from 127.0.0.1:`port` over a fresh HTTP/1.0 connection
+-- (timeout_ms, default 2000) and split a "<worker id> <text>\n" body.
 -- -> worker id (number), text | nil, nil when the body has another shape.
 -- A failed connect raises (the block fails).
-function _M.ask(port, path)
+function _M.ask(port, path, timeout_ms)
     if type(port) ~= "number" then
         error("zedcup_t.ask: port must be a number, got " .. type(port), 2)
     end
     local sock = tcp()
-    sock:settimeout(2000)
+    sock:settimeout(timeout_ms or 2000)
     assert(sock:connect("127.0.0.1", port))
     sock:send("GET " .. path .. " HTTP/1.0\r\nHost: localhost\r\n\r\n")
     local data = sock:receive("*a")
