@@ -8,6 +8,7 @@ Prints, per scenario:
   on it (reconfigure, host marked down, removal), median of --rounds;
 - restart: Consul restarted empty (index reset), then a change: until every worker uses it;
 - quit: `nginx -s quit` of the checker node of two: until the other holds the lock;
+- stop: the same with `nginx -s stop` (fast shutdown: no Lua runs, the session lapses);
 - outage: Consul hung (SIGSTOP) for --outage s under load: client errors, and how long
   after SIGCONT health checks run again (interval 1 s);
 - cold: a node started with Consul hung: time to the first answer, Consul lookups;
@@ -141,7 +142,8 @@ def bench_restart(tmp: Path, consul: ConsulProc) -> None:
         node.server.stop()
 
 
-def bench_quit(tmp: Path, consul: ConsulProc) -> None:
+def bench_quit(tmp: Path, consul: ConsulProc, stop: bool = False) -> None:
+    """nginx -s quit (SIGQUIT), or with stop nginx -s stop (SIGTERM: no Lua runs)"""
     a = free_port()
     prefix = new_prefix()
     n1 = start_node(tmp, consul.port, prefix, {"A": a}, name="q1")
@@ -155,19 +157,20 @@ def bench_quit(tmp: Path, consul: ConsulProc) -> None:
         time.sleep(1)
         assert n1.server.proc
         t0 = time.monotonic()
-        os.kill(n1.server.proc.pid, signal.SIGQUIT)
+        os.kill(n1.server.proc.pid, signal.SIGTERM if stop else signal.SIGQUIT)
 
         def taken() -> bool:
             e = consul.get(lock)
             return bool(e and e.get("Session") and e["Session"] != held)
 
-        ok, _ = wait_for(taken, 30, step=0.005)
+        ok, _ = wait_for(taken, 70, step=0.005)
         took = time.monotonic() - t0
+        what = "stop" if stop else "quit"
         print(
-            f"quit: nginx -s quit of the checker node -> the other node holds the lock after "
-            f"{took * 1000:.0f} ms"
+            f"{what}: nginx -s {what} of the checker node -> the other node holds the lock "
+            f"after {took * 1000:.0f} ms (session_ttl 30: Consul TTL 13.5 s, lock delay 1 s)"
             if ok
-            else "quit: no takeover within 30 s"
+            else f"{what}: no takeover within 70 s"
         )
     finally:
         n1.server.stop()
@@ -330,7 +333,9 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=1000)
     p.add_argument("--writes-for", type=float, default=60)
     p.add_argument(
-        "--only", default="propagation,restart,quit,outage,cold,writes", help="comma-separated"
+        "--only",
+        default="propagation,restart,quit,stop,outage,cold,writes",
+        help="comma-separated",
     )
     args = p.parse_args()
     only = set(args.only.split(","))
@@ -345,6 +350,8 @@ def main() -> None:
                 bench_restart(tmp, consul)
             if "quit" in only:
                 bench_quit(tmp, consul)
+            if "stop" in only:
+                bench_quit(tmp, consul, stop=True)
             if "outage" in only:
                 bench_outage(tmp, consul, args.outage)
             if "cold" in only:

@@ -139,6 +139,9 @@ def test_quit_of_the_checker_node_hands_the_lock_over_at_once(
     wait_for(lambda: not (set(n1.server.worker_pids()) & old_workers), 10)
     e = consul.get(lock)
     assert e and e["Session"] == held
+    # no old worker destroyed the session on its way out (the registry entry would go with it)
+    reg = consul.get(registry)
+    assert reg and reg["Session"] == held
     # the reloaded node goes on checking (interval 1 s); the other node does not check
     before = n1.checks()
     more, _ = wait_for(lambda: n1.checks() >= before + 2, 10)
