@@ -1,5 +1,5 @@
-# zedcup.handler: the seed README's example and the handler API, end to end
-# (real nginx, dev-consul, real backends on RAND ports).
+# zedcup.handler: the handler API, end to end (real nginx, dev-consul, real backends on
+# RAND ports). The seed README's example is t/31-readme-example.t.
 #
 # The preamble below (zedcup initialised against the session's Consul) goes in front of
 # each block's http_config, except where a block says `own`.
@@ -20,208 +20,7 @@
 
 __DATA__
 
-=== TEST 1: the seed README's example, verbatim locations, two workers: configure then request
---- workers: 2
---- http_config own
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-
-        require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = {
-                host = "127.0.0.1",
-                port = $TEST_NGINX_CONSUL_PORT,
-                token = "$TEST_NGINX_CONSUL_TOKEN",
-            },
-        })
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
-        location / { return 200 "web01"; }
-    }
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
-        location / { return 200 "web02"; }
-    }
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
-        location / { return 200 "dr01"; }
-    }
---- config
-    location /_configure {
-        content_by_lua_block {
-            local conf = {
-                pools = {
-                    {
-                        name = "primary",
-                        timeout = 100,
-                        healthcheck = {
-                            path = "/_health"
-                        },
-                        hosts = {
-                            { name = "web01", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 },
-                            { name = "web02", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 }
-                        }
-                    },
-                    {
-                        name = "secondary",
-                        hosts = {
-                            {
-                                name = "dr01", host = "127.0.0.1", weight = 10, port = "$TEST_NGINX_RAND_PORT_3",
-                                healthcheck = {
-                                    path = "/dr_check",
-                                    headers = {
-                                        ["Host"] = "www.example.com"
-                                    }
-                                },
-                            }
-                        }
-                    },
-                }
-            }
-
-            local ok, err = require("zedcup").configure_instance("test", conf)
-            if not ok then error(err) end
-        }
-    }
-
-    location / {
-        content_by_lua_block {
-            local handler, err = require("zedcup").create_handler("test")
-            assert(handler, err)
-
-            local res, err = handler:request({ path = "/test" })
-            assert(res, err)
-
-            ngx.say(res.status)
-            ngx.say(res:read_body())
-
-            handler:set_keepalive()
-
-        }
-    }
---- pipelined_requests
-GET /_configure
-GET /
-GET /
---- response_body_like
-^200\nweb0[12]\n200\nweb0[12]\n$
---- no_error_log
-[error]
-[warn]
-
-
-
-=== TEST 2: the seed README's example with the primary pool dead: every request fails over to dr01
---- workers: 2
---- http_config own
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-
-        require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = {
-                host = "127.0.0.1",
-                port = $TEST_NGINX_CONSUL_PORT,
-                token = "$TEST_NGINX_CONSUL_TOKEN",
-            },
-        })
-    }
-
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
-
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
-        location / { return 200 "dr01"; }
-    }
---- config
-    location /_configure {
-        content_by_lua_block {
-            local conf = {
-                pools = {
-                    {
-                        name = "primary",
-                        timeout = 100,
-                        healthcheck = {
-                            path = "/_health"
-                        },
-                        hosts = {
-                            { name = "web01", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 },
-                            { name = "web02", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 }
-                        }
-                    },
-                    {
-                        name = "secondary",
-                        hosts = {
-                            {
-                                name = "dr01", host = "127.0.0.1", weight = 10, port = "$TEST_NGINX_RAND_PORT_3",
-                                healthcheck = {
-                                    path = "/dr_check",
-                                    headers = {
-                                        ["Host"] = "www.example.com"
-                                    }
-                                },
-                            }
-                        }
-                    },
-                }
-            }
-
-            local ok, err = require("zedcup").configure_instance("test", conf)
-            if not ok then error(err) end
-        }
-    }
-
-    location / {
-        content_by_lua_block {
-            local handler, err = require("zedcup").create_handler("test")
-            assert(handler, err)
-
-            local res, err = handler:request({ path = "/test" })
-            assert(res, err)
-
-            ngx.say(res.status)
-            ngx.say(res:read_body())
-
-            handler:set_keepalive()
-
-        }
-    }
---- pipelined_requests
-GET /_configure
-GET /
-GET /
-GET /
---- response_body
-200
-dr01
-200
-dr01
-200
-dr01
---- no_error_log
-[error]
-
-
-
-=== TEST 3: hot path: a cache-hit create_handler + request touches no shared dict, JSON or timer (counted by wrapping them)
+=== TEST 1: hot path: a cache-hit create_handler + request touches no shared dict, JSON or timer (counted by wrapping them)
 --- http_config own
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -309,7 +108,7 @@ config() is cached, not copied: true
 
 
 
-=== TEST 4: connect(): a raw cosocket, a lua-resty style driver (connect + set_timeout) and a unix socket host
+=== TEST 2: connect(): a raw cosocket, a lua-resty style driver (connect + set_timeout) and a unix socket host
 --- http_config
     server {
         listen unix:$TEST_NGINX_SERVROOT/logs/b.sock;
@@ -363,7 +162,7 @@ http over unix: unix keepalive: 1
 
 
 
-=== TEST 5: ssl: verify defaults to true (a self-signed backend fails), ssl_verify = false accepted, SNI defaults to the request's Host, sni_name overrides it
+=== TEST 3: ssl: verify defaults to true (a self-signed backend fails), ssl_verify = false accepted, SNI defaults to the request's Host, sni_name overrides it
 --- http_config
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1 ssl;
@@ -409,7 +208,7 @@ $
 
 
 
-=== TEST 6: request() streams the client body with get_client_body_reader() (one attempt: a stream cannot be replayed)
+=== TEST 4: request() streams the client body with get_client_body_reader() (one attempt: a stream cannot be replayed)
 --- http_config
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
