@@ -5,32 +5,40 @@
 # Every block sets healthcheck_interval and host_revive_interval to 0.1s with zedcup.configure();
 # the running timers pick the new intervals up at once (timer recheck).
 
-__DATA__
+# Every block but TEST 3: zedcup with its workers against the session's Consul (the
+# preamble below); TEST 1 names its node and logs host events (--- vars).
 
-=== TEST 1: fall failures mark a host down, rise passes bring it back; each transition fires once
---- timeout: 20
+--- vars
+# more options of zedcup.init()
+TEST_ZEDCUP_INIT_EXTRA =
+# Lua run in init_by_lua after zedcup.init()
+TEST_ZEDCUP_AFTER_INIT =
 --- http_config
     lua_shared_dict zedcup_cache 1m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
     lua_shared_dict flags 1m;
-    lua_socket_log_errors off;
     init_by_lua_block {
         assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX", node_name = "checker",
+            prefix = "$TEST_ZEDCUP_PREFIX", $TEST_ZEDCUP_INIT_EXTRA
             consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
                        token = "$TEST_NGINX_CONSUL_TOKEN" },
         }))
+        $TEST_ZEDCUP_AFTER_INIT
     }
     init_worker_by_lua_block {
-        local zedcup = require "zedcup"
-        zedcup.run_workers()
-        for _, ev in ipairs({ "host_down", "host_up" }) do
-            zedcup.bind(ev, function(inst, data)
-                ngx.log(ngx.NOTICE, "event ", ev, " ", inst, "/", data.pool.name, "/", data.host.name)
-            end)
-        end
+        require("zedcup").run_workers()
     }
+
+__DATA__
+
+=== TEST 1: fall failures mark a host down, rise passes bring it back; each transition fires once
+--- timeout: 20
+--- vars
+TEST_ZEDCUP_INIT_EXTRA = node_name = "checker",
+TEST_ZEDCUP_AFTER_INIT = require("zedcup_t").trace_host_events()
+--- http_config
+    lua_socket_log_errors off;
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location = /health {
@@ -105,10 +113,10 @@ passing checks before up: true
 last check: ok
 marked down: 1, marked up: 1
 --- grep_error_log re
-event host_\w+ [\w/]+
+EVENT host_\w+ [\w/]+
 --- grep_error_log_out
-event host_down app/primary/web01
-event host_up app/primary/web01
+EVENT host_down app/primary/web01
+EVENT host_up app/primary/web01
 --- no_error_log
 [error]
 
@@ -117,20 +125,7 @@ event host_up app/primary/web01
 === TEST 2: HTTPS checks: the healthcheck's ssl (or the instance's) applies, and certificates are verified unless told not to
 --- timeout: 20
 --- http_config
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
     lua_socket_log_errors off;
-    init_by_lua_block {
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
-                       token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
     # a throwaway self-signed certificate for CN=localhost, made for these tests
     map $server_port $test_cert {
         default "-----BEGIN CERTIFICATE-----\nMIIBfzCCASWgAwIBAgIUEzooVJgJ40UxzP96W8p/rjeGK6MwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyMTA4MTEyOFoYDzIxMjYxMDI4\nMDgxMTI4WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO\nPQMBBwNCAATGdR+SJwGlWshrPsHrM7M3ZjUdM8LAeEZhJYKo/9Uugg6bPHA2H9kL\nxPaUyUimS7W3JWQPgVGrqm3VUWNP5Jcao1MwUTAdBgNVHQ4EFgQUewDCguA8NViJ\nPCKVALAs89R24u4wHwYDVR0jBBgwFoAUewDCguA8NViJPCKVALAs89R24u4wDwYD\nVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiAaX0pFfybwhl0ZEo6fUN5M\nemF5is0MCSJbKD3qqcRIUAIhAOoclZ1RG4Gd1JS0gzTJt1jAlURoxbfwd+WNhvRG\n5jLV\n-----END CERTIFICATE-----\n";
@@ -217,7 +212,7 @@ $
 
 
 === TEST 3: the effective healthcheck: host beats pool beats instance, true means the defaults, status codes default to the pool's
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 1m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -278,20 +273,7 @@ truefalsetruefalse
 === TEST 4: a check sends the configured method, path and headers, with zedcup's User-Agent by default
 --- timeout: 20
 --- http_config
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
     lua_shared_dict seen 1m;
-    init_by_lua_block {
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
-                       token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / {
@@ -335,20 +317,6 @@ check: ok
 === TEST 5: revive: a down host without a healthcheck comes back after error_timeout; one with a failing healthcheck stays down
 --- timeout: 20
 --- http_config
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
-    init_by_lua_block {
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
-                       token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location = /health {
@@ -424,20 +392,7 @@ revived: 1, marked up: 1
 === TEST 6: unix socket hosts (unix:/path and /path) are checked over the socket; a refused connection is a failure
 --- timeout: 20
 --- http_config
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
     lua_socket_log_errors off;
-    init_by_lua_block {
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
-                       token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
     server {
         listen unix:$TEST_NGINX_SERVROOT/logs/backend.sock;
         location = /health { return 200 "ok"; }
