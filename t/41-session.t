@@ -1,20 +1,33 @@
 # zedcup.session: one Consul session per node, cluster locks held with it, worker locks
 #
-# Each block sets up zedcup.kv and zedcup.session directly (no instances needed) and
-# shortens the global intervals by wrapping session.global before the workers start.
+# Every block but TEST 6 sets up zedcup.kv and zedcup.session directly (no instances
+# needed; the preamble below); --- vars change the Consul, the session's options or
+# the global config values the session reads (shortened intervals, through the
+# session.global seam, before the workers start).
+
+--- vars
+TEST_ZEDCUP_CONSUL = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT }
+TEST_ZEDCUP_SESSION = { dicts = { locks = "locks" } }
+TEST_ZEDCUP_GLOBALS = {}
+--- http_config
+    lua_shared_dict locks 1m;
+    init_by_lua_block {
+        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX", $TEST_ZEDCUP_CONSUL)
+        local session = require "zedcup.session"
+        session.init($TEST_ZEDCUP_SESSION)
+        local global, over = session.global, $TEST_ZEDCUP_GLOBALS
+        session.global = function(name)
+            if over[name] ~= nil then return over[name] end
+            return global(name)
+        end
+    }
 
 __DATA__
 
 === TEST 1: both workers of a node share one session, named after the node, holding its registry key
 --- workers: 2
 --- http_config
-    lua_shared_dict locks 1m;
     lua_shared_dict seen 1m;
-    init_by_lua_block {
-        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX",
-            { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT })
-        require("zedcup.session").init({ dicts = { locks = "locks" } })
-    }
     init_worker_by_lua_block {
         local session = require "zedcup.session"
         assert(session.run_workers())
@@ -88,20 +101,9 @@ node name: true
 === TEST 2: renewal keeps the session alive past its TTL, one worker renewing per interval
 --- workers: 2
 --- timeout: 30
+--- vars
+TEST_ZEDCUP_GLOBALS = { session_ttl = 10, session_renew_interval = 1 }
 --- http_config
-    lua_shared_dict locks 1m;
-    init_by_lua_block {
-        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX",
-            { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT })
-        local session = require "zedcup.session"
-        session.init({ dicts = { locks = "locks" } })
-        local global = session.global
-        local over = { session_ttl = 10, session_renew_interval = 1 }
-        session.global = function(name)
-            if over[name] ~= nil then return over[name] end
-            return global(name)
-        end
-    }
     init_worker_by_lua_block {
         assert(require("zedcup.session").run_workers())
     }
@@ -140,19 +142,9 @@ renewals in range: true \(\d+\)
 
 
 === TEST 3: a session destroyed behind the node's back is replaced; the dead one's registry entry goes
+--- vars
+TEST_ZEDCUP_GLOBALS = { session_renew_interval = 0.2 }
 --- http_config
-    lua_shared_dict locks 1m;
-    init_by_lua_block {
-        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX",
-            { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT })
-        local session = require "zedcup.session"
-        session.init({ dicts = { locks = "locks" } })
-        local global = session.global
-        session.global = function(name)
-            if name == "session_renew_interval" then return 0.2 end
-            return global(name)
-        end
-    }
     init_worker_by_lua_block {
         assert(require("zedcup.session").run_workers())
     }
@@ -193,13 +185,8 @@ is gone, creating a new one
 
 
 === TEST 4: cluster locks: acquire, holder, release, and acquire again at once after a release
---- http_config
-    lua_shared_dict locks 1m;
-    init_by_lua_block {
-        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX",
-            { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT })
-        require("zedcup.session").init({ dicts = { locks = "locks" }, node_name = "edge-1" })
-    }
+--- vars
+TEST_ZEDCUP_SESSION = { dicts = { locks = "locks" }, node_name = "edge-1" }
 --- config
     location = /t {
         content_by_lua_block {
@@ -252,13 +239,8 @@ lock name: must be a non-empty name without '/', not '.' or '..' (got ..)
 
 === TEST 5: two nodes: one holds a lock; when its session dies the other gets it after the lock delay
 --- nodes: 2
---- http_config
-    lua_shared_dict locks 1m;
-    init_by_lua_block {
-        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX",
-            { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT })
-        require("zedcup.session").init({ dicts = { locks = "locks" }, node_name = "node$TEST_NGINX_NODE" })
-    }
+--- vars
+TEST_ZEDCUP_SESSION = { dicts = { locks = "locks" }, node_name = "node$TEST_NGINX_NODE" }
 --- config
     location = /acquire {
         content_by_lua_block {
@@ -311,7 +293,7 @@ node1 acquire: false
 
 === TEST 6: worker locks: one worker of the node holds one, another takes it when it lets go
 --- workers: 2
---- http_config
+--- http_config own
     lua_shared_dict locks 1m;
     lua_shared_dict held 1m;
     lua_shared_dict ticks 1m;
@@ -382,20 +364,12 @@ new holder: true
 
 
 === TEST 7: with Consul unreachable, renewal keeps retrying every interval and logs the failure once, not a flood
+--- vars
+# nothing listens on this port
+TEST_ZEDCUP_CONSUL = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 }
+TEST_ZEDCUP_GLOBALS = { session_renew_interval = 0.05 }
 --- http_config
-    lua_shared_dict locks 1m;
     lua_socket_log_errors off;
-    init_by_lua_block {
-        -- nothing listens on this port
-        require("zedcup.kv").init("$TEST_ZEDCUP_PREFIX", { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 })
-        local session = require "zedcup.session"
-        session.init({ dicts = { locks = "locks" } })
-        local global = session.global
-        session.global = function(name)
-            if name == "session_renew_interval" then return 0.05 end
-            return global(name)
-        end
-    }
     init_worker_by_lua_block {
         assert(require("zedcup.session").run_workers())
     }
