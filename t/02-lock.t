@@ -1,10 +1,13 @@
-# zedcup.lock: lua-resty-lock's API in a shared dict (new, lock, unlock, expire)
+# zedcup.lock: lua-resty-lock's API in a shared dict (new, lock, unlock, expire).
+#
+# Every block: the shared dict `locks` (the preamble below).
+
+--- http_config
+    lua_shared_dict locks 1m;
 
 __DATA__
 
 === TEST 1: lock() on a free key returns 0, unlock() returns 1, a second unlock() says "unlocked"
---- http_config
-    lua_shared_dict locks 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -33,8 +36,6 @@ unlock: 1
 [error]
 
 === TEST 2: new() works called as lock:new() too, and one object holds one lock at a time ("locked")
---- http_config
-    lua_shared_dict locks 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -57,8 +58,6 @@ unlock: 1
 [error]
 
 === TEST 3: a busy lock times out after `timeout` seconds with "timeout"; timeout 0 does not wait
---- http_config
-    lua_shared_dict locks 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -104,8 +103,6 @@ still held by holder: 1
 [error]
 
 === TEST 4: a waiter gets the lock once the holder unlocks; elapsed is the sum of its backoff steps
---- http_config
-    lua_shared_dict locks 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -141,8 +138,6 @@ unlock: 1
 [error]
 
 === TEST 5: a lock that is never released expires after exptime; the old holder's unlock() then leaves the new holder alone
---- http_config
-    lua_shared_dict locks 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -172,8 +167,6 @@ free: 0
 [error]
 
 === TEST 6: expire() extends or shortens the held lock; without a lock it says "unlocked"
---- http_config
-    lua_shared_dict locks 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -214,8 +207,6 @@ ttl reset to exptime: true
 [error]
 
 === TEST 7: a lock object collected by the GC releases its lock
---- http_config
-    lua_shared_dict locks 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -238,8 +229,6 @@ free after gc: 0
 [error]
 
 === TEST 8: new() returns nil, err for a missing dict and raises on bad arguments, naming them; lock(nil) is nil, "nil key" and a number key its text (as lua-resty-lock)
---- http_config
-    lua_shared_dict locks 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -272,8 +261,6 @@ falsetimeout must be a number >= 0 (got x)
 [error]
 
 === TEST 9: light threads contending for one key never overlap
---- http_config
-    lua_shared_dict locks 1m;
 --- config
     location = /t {
         content_by_lua_block {
@@ -307,7 +294,6 @@ done: 50 overlaps: 0
 === TEST 10: two workers contending for one key never overlap
 --- workers: 2
 --- http_config
-    lua_shared_dict locks 1m;
     lua_shared_dict state 1m;
     init_worker_by_lua_block {
         local t = require "blocks_t"
