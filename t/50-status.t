@@ -1,25 +1,38 @@
 # zedcup.status(), status_page() and metrics(): this node's view from its own
 # memory (no Consul call), as a table, JSON, a dashboard and Prometheus text.
 
-__DATA__
+# Every block: zedcup with its workers (the preamble below); --- vars name the node or
+# put a counting proxy in front of Consul.
 
-=== TEST 1: status() shows pools in order, host states with reasons, counts, and the node; no Consul call
---- workers: 2
---- timeout: 20
+--- vars
+# more options of zedcup.init()
+TEST_ZEDCUP_INIT_EXTRA =
+# the port zedcup finds Consul on
+TEST_ZEDCUP_CONSUL_PORT = $TEST_NGINX_CONSUL_PORT
 --- http_config
     lua_shared_dict zedcup_cache 1m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
+    lua_shared_dict flags 1m;
     init_by_lua_block {
         assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX", node_name = "node-a",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
+            prefix = "$TEST_ZEDCUP_PREFIX", $TEST_ZEDCUP_INIT_EXTRA
+            consul = { host = "127.0.0.1", port = $TEST_ZEDCUP_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
         }))
     }
     init_worker_by_lua_block {
         require("zedcup").run_workers()
     }
+
+__DATA__
+
+=== TEST 1: status() shows pools in order, host states with reasons, counts, and the node; no Consul call
+--- workers: 2
+--- timeout: 20
+--- vars
+TEST_ZEDCUP_INIT_EXTRA = node_name = "node-a",
+--- http_config
+    lua_socket_log_errors off;
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / { return 200 "web01"; }
@@ -108,19 +121,6 @@ $
 === TEST 2: counters: tries and requests counted in worker memory reach status() and metrics() from every worker
 --- workers: 2
 --- timeout: 20
---- http_config
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    init_by_lua_block {
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
 --- config
     location = /count {
         content_by_lua_block {
@@ -213,21 +213,11 @@ has # TYPE zedcup_host_requests_total counter
 
 === TEST 3: Consul answering errors: status() and metrics() keep answering from memory and say Consul is unreachable
 --- timeout: 30
+--- vars
+TEST_ZEDCUP_INIT_EXTRA = node_name = "node-c",
+TEST_ZEDCUP_CONSUL_PORT = $TEST_NGINX_RAND_PORT_3
 --- http_config
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
     lua_socket_log_errors off;
-    init_by_lua_block {
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX", node_name = "node-c",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
         location / {
@@ -289,19 +279,7 @@ reachable again
 === TEST 4: operator holds: a host and a pool held down show as down for a manual reason, with since
 --- timeout: 20
 --- http_config
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
     lua_socket_log_errors off;
-    init_by_lua_block {
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
 --- config
     location = /t {
         content_by_lua_block {
