@@ -1,14 +1,13 @@
 # Names as Consul key segments: URL-escaped on every request, dot segments
 # refused, folder-only keys not taken for instances; and init's builtin_deps.
+#
+# Every block but TEST 4 and 5 (which test init() itself): zedcup initialised against
+# the session's Consul (the preamble below).
 
-__DATA__
-
-=== TEST 1: instance, pool and host names with ' ', '?', '%', '#' and '+' are escaped in every key URL: write, read, list, state, remove
 --- http_config
     lua_shared_dict zedcup_cache 1m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
 
     init_by_lua_block {
         require "resty.core"
@@ -17,6 +16,12 @@ __DATA__
             consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
         }))
     }
+
+__DATA__
+
+=== TEST 1: instance, pool and host names with ' ', '?', '%', '#' and '+' are escaped in every key URL: write, read, list, state, remove
+--- http_config
+    lua_socket_log_errors off;
 
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
@@ -94,18 +99,6 @@ after remove: 0 state: 0 list: a
 
 
 === TEST 2: names '.' and '..' are refused for instances, pools, hosts and header keys (dot segments would name other keys)
---- http_config
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
 --- config
     location = /t {
         content_by_lua_block {
@@ -152,18 +145,6 @@ nothing else written: instances/.../pools/1/hosts/1/host instances/.../pools/1/h
 --- timeout: 15
 --- workers: 2
 --- http_config
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
     init_worker_by_lua_block {
         require("zedcup").run_workers()
     }
@@ -201,7 +182,7 @@ Instance not found
 
 
 === TEST 4: init({ builtin_deps = true }) forces zedcup's built-in building blocks even when lua-resty-* are installed; a non-boolean is refused
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 1m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
@@ -247,7 +228,7 @@ $
 
 
 === TEST 5: init() refuses a prefix with empty, '.' or '..' segments (as zedctl does): Consul's router would resolve them to other keys
---- http_config
+--- http_config own
     lua_shared_dict zedcup_cache 1m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
