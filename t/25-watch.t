@@ -1,8 +1,11 @@
 # The Consul watchers (zedcup.watch): one per node and prefix, blocking on
 # their own index, resetting it when it goes backwards; and every Consul answer's
 # status checked. Consul is reached through a counting proxy in the same nginx
-# (RAND_PORT_3), set up with zedcup by the preamble below (TEST 2 has its own).
+# (RAND_PORT_3), set up with zedcup by the preamble below (TEST 2 runs no workers).
 
+--- vars
+# init_worker_by_lua (TEST 2: nothing)
+TEST_ZEDCUP_RUN_WORKERS = require("zedcup").run_workers()
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -18,7 +21,7 @@
     }
 
     init_worker_by_lua_block {
-        require("zedcup").run_workers()
+        $TEST_ZEDCUP_RUN_WORKERS
     }
 
     lua_shared_dict flags 1m;
@@ -69,33 +72,8 @@ requests while idle for 1.5 s <= 3: true
 
 
 === TEST 2: defect "configure() ignored Consul's HTTP status": every write checks it and fails with the status
---- http_config own
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-
-    lua_shared_dict flags 1m;
-    # the path to Consul goes through this proxy, which counts and can misbehave
-    server {
-        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
-        location / {
-            access_by_lua_block { require("zedcup_t").consul_proxy_access("$TEST_ZEDCUP_PREFIX") }
-            header_filter_by_lua_block { require("zedcup_t").consul_proxy_header_filter() }
-            log_by_lua_block { require("zedcup_t").consul_proxy_log() }
-            proxy_pass http://127.0.0.1:$TEST_NGINX_CONSUL_PORT;
-            proxy_read_timeout 700s;
-            proxy_buffering off;
-        }
-    }
+--- vars
+TEST_ZEDCUP_RUN_WORKERS =
 --- config
     location = /t {
         content_by_lua_block {
