@@ -52,7 +52,6 @@ local tostring = tostring
 local math_max = math.max
 local math_min = math.min
 local ngx_sleep = ngx.sleep
-local str_find = string.find
 local str_lower = string.lower
 local str_gsub = string.gsub
 
@@ -135,9 +134,7 @@ local function bad_status(codes, status)
 end
 
 
-local function is_ip(host)
-    return str_find(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil or str_find(host, ":", 1, true) ~= nil
-end
+local is_ip = resolver.is_literal
 
 
 local function header(headers, name)

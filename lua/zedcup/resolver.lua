@@ -62,12 +62,15 @@ local hosts, hosts_read = nil, nil
 local started = false
 
 
+--- is_literal(host) -> whether `host` needs no name resolution: an IPv4 or
+-- IPv6 literal (has a colon; names cannot) or unix:/path. The one reading.
 local function is_literal(host)
     if find(host, "^%d+%.%d+%.%d+%.%d+$") or find(host, ":", 1, true) then
-        return true  -- IPv4, IPv6 (has a colon; names cannot) or unix:/path
+        return true
     end
     return false
 end
+_M.is_literal = is_literal
 
 
 local function read_resolv_conf(path)

@@ -14,7 +14,6 @@ local tostring = tostring
 local pairs = pairs
 local ipairs = ipairs
 local str_byte = string.byte
-local str_find = string.find
 local str_sub = string.sub
 
 local resolver_peers = require("zedcup.resolver").peers
@@ -57,9 +56,7 @@ end
 
 
 -- an IPv4 or IPv6 literal: what balancer_by_lua can set as a peer without DNS
-local function is_ip(h)
-    return str_find(h, "^%d+%.%d+%.%d+%.%d+$") ~= nil or str_find(h, ":", 1, true) ~= nil
-end
+local is_ip = require("zedcup.resolver").is_literal
 
 
 --- address(host) -> the address to connect to, whether it is a unix socket:

@@ -24,7 +24,6 @@ local ipairs = ipairs
 local pairs = pairs
 local tostring = tostring
 local str_find = string.find
-local str_sub = string.sub
 local tab_sort = table.sort
 
 
@@ -34,7 +33,7 @@ local _M = { _VERSION = "0.1.0" }
 -- "<address>:<port>", or the unix socket path
 local function address(host)
     local h = host.host
-    if str_sub(h, 1, 5) == "unix:" or str_sub(h, 1, 1) == "/" then
+    if schema.is_unix(h) then
         return h
     end
     if str_find(h, ":", 1, true) then
