@@ -6,13 +6,16 @@
 # the running timers pick the new intervals up at once (timer recheck).
 
 # Every block but TEST 3: zedcup with its workers against the session's Consul (the
-# preamble below); TEST 1 names its node and logs host events (--- vars).
+# preamble below); TEST 1 names its node and logs host events, TEST 7 reaches Consul
+# through a proxy (--- vars).
 
 --- vars
 # more options of zedcup.init()
 TEST_ZEDCUP_INIT_EXTRA =
 # Lua run in init_by_lua after zedcup.init()
 TEST_ZEDCUP_AFTER_INIT =
+# where zedcup finds Consul (TEST 7: through a proxy that can hang)
+TEST_ZEDCUP_CONSUL_AT = host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT
 --- http_config
     lua_shared_dict zedcup_cache 1m;
     lua_shared_dict zedcup_locks 1m;
@@ -21,8 +24,7 @@ TEST_ZEDCUP_AFTER_INIT =
     init_by_lua_block {
         assert(require("zedcup").init({
             prefix = "$TEST_ZEDCUP_PREFIX", $TEST_ZEDCUP_INIT_EXTRA
-            consul = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
-                       token = "$TEST_NGINX_CONSUL_TOKEN" },
+            consul = { $TEST_ZEDCUP_CONSUL_AT, token = "$TEST_NGINX_CONSUL_TOKEN" },
         }))
         $TEST_ZEDCUP_AFTER_INIT
     }
@@ -434,21 +436,11 @@ $
 
 === TEST 7: with Consul hung, checks keep their cadence: transitions are written off the checks, retried until Consul takes them
 --- timeout: 40
+--- vars
+TEST_ZEDCUP_INIT_EXTRA = node_name = "checker",
+TEST_ZEDCUP_CONSUL_AT = host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3
 --- http_config
-    lua_shared_dict zedcup_cache 1m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-    lua_shared_dict flags 1m;
     lua_socket_log_errors off;
-    init_by_lua_block {
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX", node_name = "checker",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
-    init_worker_by_lua_block {
-        require("zedcup").run_workers()
-    }
     # zedcup reaches Consul through this proxy; "hold" = "*" holds every request (a hung Consul)
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
