@@ -1289,3 +1289,109 @@ nilssl handshake with 127.0.0.1:\d+ failed: 18: self.signed certificate
 $
 --- no_error_log
 [error]
+
+
+
+=== TEST 20: framing fields in any case, folded or repeated still frame the body; res.headers, built on first use, has every field
+--- http_config
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / {
+            content_by_lua_block {
+                local replies = {
+                    ["/lower"] = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nX-A: 1\r\n\r\nabc",
+                    ["/upper-te"] = "HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                    ["/folded-close"] = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive,\r\n close\r\n\r\nabc",
+                    ["/two-connections"] = "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\nconnection: close\r\n\r\nabc",
+                    ["/same-lengths"] = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+                    ["/te-and-length"] = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                }
+                local sock = assert(ngx.req.socket(true))
+                assert(sock:send(replies[ngx.var.uri]))
+            }
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "zedcup.http"
+            for _, path in ipairs({ "/lower", "/upper-te", "/folded-close", "/two-connections",
+                                    "/same-lengths", "/te-and-length" }) do
+                local httpc = http.new()
+                assert(httpc:connect("127.0.0.1", $TEST_NGINX_RAND_PORT_1))
+                local res = assert(httpc:request({ path = path }))
+                local body = res:read_body()
+                local headers = res.headers
+                local names = {}
+                for k, v in pairs(headers) do
+                    names[#names + 1] = k .. "=" .. (type(v) == "table" and table.concat(v, "|") or v)
+                end
+                table.sort(names)
+                -- (the server closes once it answered: pooling may find it closed)
+                local ka, why = httpc:set_keepalive()
+                local reuse = (ka == 2 or (why and why:find("refused", 1, true))) and why or "reusable"
+                local length = headers["CONTENT-LENGTH"]
+                ngx.say(path, ": ", body, " ", reuse, " [", table.concat(names, " "),
+                        "] same table: ", rawequal(res.headers, headers), " length: ",
+                        type(length) == "table" and table.concat(length, "|") or tostring(length))
+            end
+        }
+    }
+--- request
+GET /t
+--- response_body
+/lower: abc reusable [X-A=1 content-length=3] same table: true length: 3
+/upper-te: abc reusable [TRANSFER-ENCODING=chunked] same table: true length: nil
+/folded-close: abc connection must be closed [Connection=keep-alive, close Content-Length=3] same table: true length: 3
+/two-connections: abc connection must be closed [Connection=keep-alive|close Content-Length=3] same table: true length: 3
+/same-lengths: abc reusable [Content-Length=3|3] same table: true length: 3|3
+/te-and-length: abc reusable [Content-Length=100 Transfer-Encoding=chunked] same table: true length: 100
+--- no_error_log
+[error]
+
+
+
+=== TEST 21: plain GETs (their request heads are cached) carry each server's Host and each path
+--- http_config
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
+        location / {
+            content_by_lua_block {
+                ngx.print(ngx.var.request_method, " ", ngx.var.http_host, " ", ngx.var.request_uri, " ",
+                          ngx.var.http_user_agent)
+            }
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "zedcup.http"
+            local ports = { $TEST_NGINX_RAND_PORT_1, $TEST_NGINX_RAND_PORT_2 }
+            for i, path in ipairs({ "/a", "/a", "/b?x=1", "/b?x=1", "/a", "/a%20b" }) do
+                local port = ports[(i - 1) % 2 + 1]
+                local httpc = http.new()
+                assert(httpc:connect("127.0.0.1", port))
+                local res = assert(httpc:request({ path = path, method = i == 6 and "GET" or nil }))
+                local body = res:read_body()
+                ngx.say(body == "GET 127.0.0.1:" .. port .. " " .. path .. " zedcup.http/0.1.0"
+                        or body)
+                httpc:set_keepalive()
+            end
+            local httpc = http.new()
+            assert(httpc:connect("127.0.0.1", ports[1]))
+            ngx.say(httpc:request({ path = "/bad path" }))
+        }
+    }
+--- request
+GET /t
+--- response_body
+true
+true
+true
+true
+true
+true
+nilsend request failed: invalid path "/bad path"
+--- no_error_log
+[error]

@@ -41,6 +41,10 @@ local mt = { __index = _M }
 
 local NO_HOSTS = "No available upstream hosts"
 
+local function http_new()
+    return deps.http.new()
+end
+
 -- host config -> the last of its addresses used (hosts given as names)
 local turns = setmetatable({}, { __mode = "k" })
 
@@ -48,14 +52,16 @@ local turns = setmetatable({}, { __mode = "k" })
 --- new(plan, key?) -> handler
 -- key: the request's key for hashing methods (default: the pool's hash_key).
 -- The table is sized for the fields a successful request sets (plan, name, p,
--- pool, host, httpc, used, open), so it is never resized on the common path
--- (a key or an ewma pool's t0 add one): nil fields in a constructor reserve no room.
+-- pool, host, httpc, open, and key or an ewma pool's t0), so it is never
+-- resized on the common path.
 function _M.new(plan, key)
     local self = tab_new(0, 8)
     self.plan = plan
     self.name = plan.name
     self.key = key
-    return setmetatable(self, mt)
+    -- not a tail call: a trace that returns from setmetatable aborts (LuaJIT)
+    setmetatable(self, mt)
+    return self
 end
 
 
@@ -171,7 +177,14 @@ local function connect_host(self, sock, is_http, pool, host)
         end
     end
 
-    set_timeout(sock, pool.timeout)
+    -- a plain HTTP client: one call sets the connect timeout and the read
+    -- timeout of what follows (with TLS the handshake reads under pool.timeout)
+    local plain = is_http and not ssl and sock.set_timeouts
+    if plain then
+        sock:set_timeouts(pool.timeout, pool.read_timeout, pool.read_timeout)
+    else
+        set_timeout(sock, pool.timeout)
+    end
 
     local ok, err
     if is_http then
@@ -203,15 +216,17 @@ local function connect_host(self, sock, is_http, pool, host)
         return nil, err
     end
 
-    set_timeout(sock, pool.read_timeout)
+    if not plain then
+        set_timeout(sock, pool.read_timeout)
+    end
     return true
 end
 
 
-local function connect(self, sock, is_http)
+-- picks and connects hosts until one connects -> sock | nil, err
+local function connect_next(self, sock, is_http)
     local plan = self.plan
     local down = down_for(self.name)
-    end_try(self, nil)
     while true do
         local p, host = select_next(plan, down, self.failed, self.key)
         if not p then
@@ -219,8 +234,7 @@ local function connect(self, sock, is_http)
         end
         local pool = p.config
         local s = sock or tcp()
-        local timed = p.balancer.timed
-        local t0 = timed and ngx_now()
+        local t0 = p.balancer.timed and ngx_now() or nil
         local ok, err = connect_host(self, s, is_http, pool, host)
         if ok then
             self.p, self.pool, self.host = p, pool, host
@@ -228,9 +242,35 @@ local function connect(self, sock, is_http)
             report_connected(self.name, pool, host, self.listeners)
             return s
         end
-        select_release(p, host, "connect", timed and ngx_now() - t0 or nil)
+        select_release(p, host, "connect", t0 and ngx_now() - t0 or nil)
         failure(self, "connect", pool, host, err or "connect failed")
     end
+end
+
+
+-- The usual case, a first host that connects, has no loop (a loop here would
+-- end LuaJIT's trace of every request); connect_next() does the rest.
+local function connect(self, sock, is_http)
+    if self.open then
+        end_try(self, nil)
+    end
+    local p, host = select_next(self.plan, down_for(self.name), self.failed, self.key)
+    if not p then
+        return nil, NO_HOSTS
+    end
+    local pool = p.config
+    local s = sock or tcp()
+    local t0 = p.balancer.timed and ngx_now() or nil
+    local ok, err = connect_host(self, s, is_http, pool, host)
+    if ok then
+        self.p, self.pool, self.host = p, pool, host
+        self.open, self.t0 = true, t0
+        report_connected(self.name, pool, host, self.listeners)
+        return s
+    end
+    select_release(p, host, "connect", t0 and ngx_now() - t0 or nil)
+    failure(self, "connect", pool, host, err or "connect failed")
+    return connect_next(self, sock, is_http)
 end
 
 
@@ -251,36 +291,16 @@ end
 -- status_codes count against the host and move on to the next host. When
 -- no host gives a good response, the last response received is returned. A
 -- streamed body (a function) cannot be replayed, so it gets one attempt.
-function _M.request(self, params)
+-- The rest of request() once a try failed (res nil, err) or answered with a
+-- status in the pool's status_codes: the next hosts, until one answers well
+-- or none is left.
+local function request_more(self, params, res, err)
     local replayable = type(params) ~= "table" or type(params.body) ~= "function"
     local last_res, last_httpc, last_p, last_pool, last_host
     local last_err
 
     while true do
         local httpc = self.httpc
-        if not httpc or self.used then
-            if httpc then
-                -- a connection of an earlier request() on this handler (a
-                -- kept-alive one is already back in its pool: close is a no-op)
-                httpc:close()
-                self.httpc = nil
-            end
-            httpc = deps.http.new()
-        end
-        local ok, err = connect(self, httpc, true)
-        if not ok then
-            report_done(self.name, nil)
-            if last_res then
-                self.httpc, self.p, self.pool, self.host = last_httpc, last_p, last_pool, last_host
-                return last_res
-            end
-            return nil, last_err or err
-        end
-        self.httpc = httpc
-        self.used = true
-
-        local res
-        res, err = httpc:request(params)
         local pool, host = self.pool, self.host
         if not res then
             httpc:close()
@@ -311,18 +331,59 @@ function _M.request(self, params)
             last_res, last_httpc, last_p, last_pool, last_host = res, httpc, self.p, pool, host
             self.httpc = nil
         end
+
+        httpc = http_new()
+        local ok
+        ok, err = connect(self, httpc, true)
+        if not ok then
+            report_done(self.name, nil)
+            if last_res then
+                self.httpc, self.p, self.pool, self.host = last_httpc, last_p, last_pool, last_host
+                return last_res
+            end
+            return nil, last_err or err
+        end
+        self.httpc = httpc
+        res, err = httpc:request(params)
     end
 end
 
 
---- get_client_body_reader(chunksize?, sock?) -> reader | nil, err
-function _M.get_client_body_reader(self, ...)
+--- request(params) -> res | nil, err  (lua-resty-http's request())
+-- Connect errors, request errors and status codes listed in the pool's
+-- status_codes count against the host and move on to the next host. When
+-- no host gives a good response, the last response received is returned. A
+-- streamed body (a function) cannot be replayed, so it gets one attempt.
+function _M.request(self, params)
     local httpc = self.httpc
-    if not httpc then
-        httpc = deps.http.new()
-        self.httpc = httpc
+    if httpc then
+        -- a connection of an earlier request() on this handler (a kept-alive
+        -- one is already back in its pool: close is a no-op)
+        httpc:close()
+        self.httpc = nil
     end
-    return httpc:get_client_body_reader(...)
+    httpc = http_new()
+    local ok, err = connect(self, httpc, true)
+    if not ok then
+        report_done(self.name, nil)
+        return nil, err
+    end
+    self.httpc = httpc
+    local res
+    res, err = httpc:request(params)
+    if res and not self.p.codes[res.status] then
+        end_try(self, nil)
+        report_done(self.name, self.plan.pool_of[self.host])
+        return res
+    end
+    return request_more(self, params, res, err)
+end
+
+
+--- get_client_body_reader(chunksize?, sock?) -> reader | nil, err
+-- (the reader reads the downstream request: it needs no connection of ours)
+function _M.get_client_body_reader(_, ...)
+    return http_new():get_client_body_reader(...)
 end
 
 

@@ -205,7 +205,58 @@ end
 -- Reading heads (status line + fields, also used for trailers)
 ---------------------------------------------------------------------------
 
--- Reads field lines up to the empty line into a new header table.
+-- Adds one field line (not a continuation) to a header table -> its lower-case
+-- name | nil when the line has no field name
+local function add_line(headers, names, line)
+    local colon = str_find(line, ":", 1, true)
+    if not colon or colon == 1 then
+        return nil
+    end
+    local name = str_sub(line, 1, colon - 1)
+    local from = colon + 1
+    local b = str_byte(line, from)
+    while b == 32 or b == 9 do
+        from = from + 1
+        b = str_byte(line, from)
+    end
+    local value = str_sub(line, from)
+    b = str_byte(value, -1)
+    if b == 32 or b == 9 then
+        value = str_match(value, "^(.-)[ \t]*$")
+    end
+    return add_header(headers, names, name, value)
+end
+
+-- A continuation line (obs-fold): RFC 7230 3.2.4 says to join it with a space.
+local function add_continuation(headers, names, last, line)
+    local more = str_match(line, "^[ \t]*(.-)[ \t]*$")
+    local stored = names[last]
+    local old = rawget(headers, stored)
+    if type(old) == "table" then
+        old[#old] = old[#old] .. " " .. more
+    else
+        rawset(headers, stored, old .. " " .. more)
+    end
+end
+
+-- The header table of field lines already checked by read_head.
+local function parse_lines(lines, n)
+    local headers = new_headers()
+    local names = getmetatable(headers).names
+    local last
+    for i = 1, n do
+        local line = lines[i]
+        local c = str_byte(line, 1)
+        if c == 32 or c == 9 then
+            add_continuation(headers, names, last, line)
+        else
+            last = add_line(headers, names, line)
+        end
+    end
+    return headers
+end
+
+-- Reads field lines up to the empty line into a new header table (trailers).
 local function read_fields(sock, what)
     local headers = new_headers()
     local names = getmetatable(headers).names
@@ -221,36 +272,15 @@ local function read_fields(sock, what)
 
         local c = str_byte(line, 1)
         if c == 32 or c == 9 then
-            -- obs-fold: RFC 7230 3.2.4 says to join it with a space
             if not last then
                 return nil, "read " .. what .. " failed: continuation line without a field"
             end
-            local more = str_match(line, "^[ \t]*(.-)[ \t]*$")
-            local stored = names[last]
-            local old = rawget(headers, stored)
-            if type(old) == "table" then
-                old[#old] = old[#old] .. " " .. more
-            else
-                rawset(headers, stored, old .. " " .. more)
-            end
+            add_continuation(headers, names, last, line)
         else
-            local colon = str_find(line, ":", 1, true)
-            if not colon or colon == 1 then
+            last = add_line(headers, names, line)
+            if not last then
                 return nil, "read " .. what .. " failed: invalid field line \"" .. line .. "\""
             end
-            local name = str_sub(line, 1, colon - 1)
-            local from = colon + 1
-            local b = str_byte(line, from)
-            while b == 32 or b == 9 do
-                from = from + 1
-                b = str_byte(line, from)
-            end
-            local value = str_sub(line, from)
-            b = str_byte(value, -1)
-            if b == 32 or b == 9 then
-                value = str_match(value, "^(.-)[ \t]*$")
-            end
-            last = add_header(headers, names, name, value)
         end
     end
 end
@@ -283,8 +313,29 @@ local function has_space(s)
     return false
 end
 
--- Returns status, reason, minor version, headers.
--- The status line is "HTTP/1.<0|1> <3 digits>", then nothing or " <reason>".
+-- the value of a field line whose colon is at `colon`, without surrounding blanks
+local function line_value(line, colon)
+    local from = colon + 1
+    local b = str_byte(line, from)
+    while b == 32 or b == 9 do
+        from = from + 1
+        b = str_byte(line, from)
+    end
+    local value = str_sub(line, from)
+    b = str_byte(value, -1)
+    if b == 32 or b == 9 then
+        value = str_match(value, "^(.-)[ \t]*$")
+    end
+    return value
+end
+
+-- Reads a response head. Field lines are kept as they came (res.headers is
+-- built from them on first use: a caller that never looks pays nothing for
+-- it); only the fields that frame the exchange are read now.
+-- -> status, reason, minor version, lines, n, connection, transfer-encoding,
+-- content-length (nil when absent), eager (a field was folded or framing
+-- fields repeat: the caller parses the lines at once and reads them there)
+-- | nil, err
 local function read_head(sock)
     local line, err = sock:receive("*l")
     if not line then
@@ -302,12 +353,51 @@ local function read_head(sock)
     end
     local b1, b2, b3 = str_byte(line, 10, 12)
     local reason = str_sub(line, 14)
-    local headers
-    headers, err = read_fields(sock, "headers")
-    if not headers then
-        return nil, err
+
+    local lines = tab_new(8, 0)
+    local n = 0
+    local conn, te, cl, eager
+    while true do
+        line, err = sock:receive("*l")
+        if not line then
+            return nil, "read headers failed: " .. err
+        end
+        if line == "" then
+            break
+        end
+        local c = str_byte(line, 1)
+        if c == 32 or c == 9 then
+            if n == 0 then
+                return nil, "read headers failed: continuation line without a field"
+            end
+            eager = true
+        else
+            local colon = str_find(line, ":", 1, true)
+            if not colon or colon == 1 then
+                return nil, "read headers failed: invalid field line \"" .. line .. "\""
+            end
+            -- Connection (10 bytes), Content-Length (14), Transfer-Encoding (17)
+            if (colon == 11 or colon == 15 or colon == 18)
+                and (c == 67 or c == 99 or c == 84 or c == 116)
+            then
+                local lname = lower_name(str_sub(line, 1, colon - 1))
+                if lname == "connection" then
+                    eager = eager or conn ~= nil
+                    conn = line_value(line, colon)
+                elseif lname == "content-length" then
+                    eager = eager or cl ~= nil
+                    cl = line_value(line, colon)
+                elseif lname == "transfer-encoding" then
+                    eager = eager or te ~= nil
+                    te = line_value(line, colon)
+                end
+            end
+        end
+        n = n + 1
+        lines[n] = line
     end
-    return (b1 - 48) * 100 + (b2 - 48) * 10 + b3 - 48, reason, minor - 48, headers
+    return (b1 - 48) * 100 + (b2 - 48) * 10 + b3 - 48, reason, minor - 48,
+           lines, n, conn, te, cl, eager
 end
 
 
@@ -320,7 +410,8 @@ function _M.new()
     if not sock then
         return nil, "create socket failed: " .. tostring(err)
     end
-    return setmetatable({
+    -- not a tail call: a trace that returns from setmetatable aborts (LuaJIT)
+    local self = setmetatable({
         sock = sock,
         connected = false,
         -- why the current connection may not be pooled (nil = it may)
@@ -330,6 +421,7 @@ function _M.new()
         -- bumped per request: stale body readers must not read a newer response
         gen = 0,
     }, mt)
+    return self
 end
 
 function _M.set_timeout(self, ms)
@@ -783,23 +875,36 @@ local function header_value(names, headers, lname)
     end
 end
 
--- res: a pipelined response to fill in (request_pipeline), else a new one
-local function new_response(self, method, status, reason, minor, headers, res)
+-- res: a pipelined response to fill in (request_pipeline), else a new one.
+-- lines..eager: read_head's. Eight fields, so a response fits a hash part of
+-- 8; res.headers (on first use) and res.trailers (chunked bodies) add to them.
+local function new_response(self, method, status, reason, minor, lines, n, conn, te, cl, eager,
+                            res)
     if res then
-        res.status, res.reason, res.headers, res.has_body = status, reason, headers, false
+        res.status, res.reason, res.has_body, res._lines = status, reason, false, lines
         res._client, res._gen, res._kind, res._left = self, self.gen, "none", 0
     else
+        -- no nil fields here: they would count in the size of the hash part
         res = setmetatable({
             status = status,
             reason = reason,
-            headers = headers,
+            _lines = lines,
             has_body = false,
-            trailers = nil,
             _client = self,
             _gen = self.gen,
             _kind = "none",
             _left = 0,
         }, response_mt)
+    end
+    if eager then
+        -- folded or repeated framing fields: the header table decides
+        local headers = parse_lines(lines, n)
+        local names = getmetatable(headers).names
+        conn = header_value(names, headers, "connection")
+        te = header_value(names, headers, "transfer-encoding")
+        cl = header_value(names, headers, "content-length")
+        res._lines = nil
+        res.headers = headers
     end
 
     if status == 101 then
@@ -807,8 +912,6 @@ local function new_response(self, method, status, reason, minor, headers, res)
         return res
     end
 
-    local names = getmetatable(headers).names
-    local conn = header_value(names, headers, "connection")
     if conn ~= nil then
         if has_token(conn, "close") then
             self.no_reuse = self.no_reuse or "response has Connection: close"
@@ -823,7 +926,6 @@ local function new_response(self, method, status, reason, minor, headers, res)
         return res
     end
 
-    local te = header_value(names, headers, "transfer-encoding")
     if te ~= nil then
         if type(te) == "table" then
             te = tab_concat(te, ",")
@@ -834,7 +936,6 @@ local function new_response(self, method, status, reason, minor, headers, res)
             res._kind = "close"
         end
     else
-        local cl = header_value(names, headers, "content-length")
         if cl == nil then
             res._kind = "close"
         else
@@ -867,10 +968,61 @@ local function new_response(self, method, status, reason, minor, headers, res)
 end
 
 local pipelined_mt
+local interim, receive_response
+
+-- Request heads of plain GETs (no headers, body or query: what a proxying
+-- handler sends most), by Host header and path: one string to send, nothing
+-- to build. Bounded: emptied when full.
+local head_cache = {}
+local head_cache_n = 0
+local HEAD_CACHE_MAX = 512
+
+local function plain_get_head(self, path)
+    local hh = self.host_header
+    local by_host = head_cache[hh]
+    local head = by_host and by_host[path]
+    if head then
+        return head
+    end
+    if type(path) ~= "string" or has_space(path) then
+        return nil    -- the general path says what is wrong
+    end
+    head = "GET " .. path .. " HTTP/1.1\r\nHost: " .. hh .. "\r\n" .. USER_AGENT_LINE .. "\r\n"
+    if head_cache_n >= HEAD_CACHE_MAX then
+        tab_clear(head_cache)
+        head_cache_n = 0
+        by_host = nil
+    end
+    if not by_host then
+        by_host = {}
+        head_cache[hh] = by_host
+    end
+    by_host[path] = head
+    head_cache_n = head_cache_n + 1
+    return head
+end
 
 -- pipelined: send only, and return a response read on first use
 -- (request_pipeline)
 local function do_request(self, params, path, query, pipelined)
+    if params.headers == nil and params.body == nil and (query == nil or query == "")
+        and not pipelined and self.connected and not self.pending and not self.no_reuse
+    then
+        local method, version = params.method, params.version
+        if (method == nil or method == "GET") and (version == nil or version == 1.1) then
+            local head = plain_get_head(self, path)
+            if head then
+                local sock = self.sock
+                self.gen = self.gen + 1
+                local ok, err = sock:send(head)
+                if not ok then
+                    return fail(self, "send request failed: " .. err)
+                end
+                return receive_response(self, "GET", sock, nil, nil, nil, nil, nil, true)
+            end
+        end
+    end
+
     local version = params.version or 1.1
     if version ~= 1.1 and version ~= 1 then
         error("params.version must be 1.0 or 1.1, got " .. tostring(version), 3)
@@ -1063,15 +1215,35 @@ local function do_request(self, params, path, query, pipelined)
         return setmetatable({ _client = self, _method = method }, pipelined_mt)
     end
 
-    local status, reason, minor, rheaders
+    return receive_response(self, method, sock, body, btype, frame, clen, expect, body_sent)
+end
+
+-- Reads the response to the request just sent (see do_request for the body
+-- arguments: a body withheld for Expect: 100-continue goes out on a 100).
+function receive_response(self, method, sock, body, btype, frame, clen, expect, body_sent)
+    local status, reason, minor, lines, n, conn, te, cl, eager = read_head(sock)
+    if not status then
+        return fail(self, reason)
+    end
+    if status < 200 and status ~= 101 then
+        -- interim responses (apart from the common path: a loop there would
+        -- end LuaJIT's traces of every request)
+        return interim(self, method, sock, status, body, btype, frame, clen, expect,
+                       body_sent)
+    end
+    if not body_sent then
+        -- a final answer to "Expect: 100-continue": the body was never sent,
+        -- and the server may or may not be waiting for it
+        self.no_reuse = self.no_reuse or "request body not sent (final status before 100 Continue)"
+    end
+    return new_response(self, method, status, reason, minor, lines, n, conn, te, cl, eager)
+end
+
+-- Reads past 1xx responses: a 100 Continue sends a withheld body (Expect);
+-- other interim responses (102, 103...) carry nothing for us.
+function interim(self, method, sock, status, body, btype, frame, clen, expect, body_sent)
+    local reason, minor, lines, n, conn, te, cl, eager, ok, err
     while true do
-        status, reason, minor, rheaders = read_head(sock)
-        if not status then
-            return fail(self, reason)
-        end
-        if status >= 200 or status == 101 then
-            break
-        end
         if status == 100 and expect and not body_sent then
             ok, err = send_body(sock, body, btype, frame, clen)
             if not ok then
@@ -1079,16 +1251,20 @@ local function do_request(self, params, path, query, pipelined)
             end
             body_sent = true
         end
-        -- other interim responses (102, 103...) carry nothing for us
+        status, reason, minor, lines, n, conn, te, cl, eager = read_head(sock)
+        if not status then
+            return fail(self, reason)
+        end
+        if status >= 200 or status == 101 then
+            break
+        end
     end
-
     if not body_sent then
         -- a final answer to "Expect: 100-continue": the body was never sent,
         -- and the server may or may not be waiting for it
         self.no_reuse = self.no_reuse or "request body not sent (final status before 100 Continue)"
     end
-
-    return new_response(self, method, status, reason, minor, rheaders)
+    return new_response(self, method, status, reason, minor, lines, n, conn, te, cl, eager)
 end
 
 function _M.request(self, params)
@@ -1120,9 +1296,9 @@ local function load_pipelined(res)
     end
 
     local sock = self.sock
-    local status, reason, minor, headers
+    local status, reason, minor, lines, n, conn, te, cl, eager
     repeat
-        status, reason, minor, headers = read_head(sock)
+        status, reason, minor, lines, n, conn, te, cl, eager = read_head(sock)
         if not status then
             _, err = fail(self, reason)
             res.err = err
@@ -1132,7 +1308,8 @@ local function load_pipelined(res)
 
     self.gen = self.gen + 1
     local ok
-    ok, err = new_response(self, res._method, status, reason, minor, headers, res)
+    ok, err = new_response(self, res._method, status, reason, minor, lines, n, conn, te, cl, eager,
+                           res)
     if not ok then
         res.status, res.err = nil, err
     end
@@ -1243,8 +1420,23 @@ local function make_reader(res)
     return reader
 end
 
+-- res.headers on first use: built from the field lines read_head kept
+local function make_headers(res)
+    local lines = rawget(res, "_lines")
+    if not lines then
+        return nil
+    end
+    local headers = parse_lines(lines, #lines)
+    res._lines = nil
+    res.headers = headers
+    return headers
+end
+
 response_mt = {
     __index = function(res, k)
+        if k == "headers" then
+            return make_headers(res)
+        end
         if k == "body_reader" then
             return make_reader(res)
         end
