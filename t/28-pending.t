@@ -3,16 +3,13 @@
 # take over a stale marker with check-index), Flags = unix time, check-index
 # on every later transaction, delete-cas at the end. zedctl runs as a real
 # process next to the Lua writer.
+#
+# Every block: zedcup initialised against the session's Consul (the preamble below).
 
-__DATA__
-
-=== TEST 1: a zedctl write racing Lua writes of the same 300-host instance: each write is whole or refused, the tree is never a mix, no `_pending` is left
---- timeout: 60
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
     lua_shared_dict zedcup_ipc 1m;
-    lua_socket_log_errors off;
 
     init_by_lua_block {
         require "resty.core"
@@ -21,6 +18,13 @@ __DATA__
             consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
         }))
     }
+
+__DATA__
+
+=== TEST 1: a zedctl write racing Lua writes of the same 300-host instance: each write is whole or refused, the tree is never a mix, no `_pending` is left
+--- timeout: 60
+--- http_config
+    lua_socket_log_errors off;
 --- config
     location = /t {
         content_by_lua_block {
@@ -144,18 +148,6 @@ final tree: l, mixes seen between writes: 0
 
 === TEST 2: the Lua writer respects a fresh `_pending` that zedctl left, takes over a stale one, and zedctl reads the result
 --- timeout: 20
---- http_config
-    lua_shared_dict zedcup_cache 4m;
-    lua_shared_dict zedcup_locks 1m;
-    lua_shared_dict zedcup_ipc 1m;
-
-    init_by_lua_block {
-        require "resty.core"
-        assert(require("zedcup").init({
-            prefix = "$TEST_ZEDCUP_PREFIX",
-            consul = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" },
-        }))
-    }
 --- config
     location = /t {
         content_by_lua_block {
