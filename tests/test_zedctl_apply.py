@@ -11,13 +11,9 @@ import pty
 import select
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import yaml
-from zedctl_consuls import ZEDCTL, Consul, Lines, Zedctl, backends, operator_env
+from zedctl_consuls import ZEDCTL, Consul, Lines, Zedctl, operator_fixtures
 
 FILE = """\
 instances:
@@ -34,16 +30,8 @@ instances:
 """
 
 
-@pytest.fixture(scope="module", params=["dev-consul", "consul"])
-def consul(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Consul]:
-    yield from backends(tmp_path_factory, request.param)
-
-
-@pytest.fixture
-def zed(consul: Consul, tmp_path: Path) -> Zedctl:
-    return Zedctl(operator_env(consul, f"op/{uuid.uuid4()}"), tmp_path)
+# the fixtures: `consul` (module-wide, dev-consul and the real one), `zed` (a fresh prefix)
+consul, zed = operator_fixtures()
 
 
 def prefix(zed: Zedctl) -> str:

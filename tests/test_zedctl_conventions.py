@@ -16,7 +16,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,8 +27,8 @@ from zedctl_consuls import (
     Lines,
     Zedctl,
     acl_token,
-    backends,
     operator_env,
+    operator_fixtures,
     start_dev_consul,
     start_real_consul,
     wait_ready,
@@ -49,16 +48,8 @@ instances:
 """
 
 
-@pytest.fixture(scope="module", params=["dev-consul", "consul"])
-def consul(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Consul]:
-    yield from backends(tmp_path_factory, request.param)
-
-
-@pytest.fixture
-def zed(consul: Consul, tmp_path: Path) -> Zedctl:
-    return Zedctl(operator_env(consul, f"op/{uuid.uuid4()}"), tmp_path)
+# the fixtures: `consul` (module-wide, dev-consul and the real one), `zed` (a fresh prefix)
+consul, zed = operator_fixtures()
 
 
 class _UnixForwarder:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,6 +298,25 @@ def backends(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Iterator[Co
         yield consul
     finally:
         consul.stop()
+
+
+def operator_fixtures() -> tuple[Any, Any]:
+    """The fixtures of a zedctl operator test module, bound to its names there
+    (`consul, zed = operator_fixtures()`): `consul`, a module-wide Consul of each kind
+    (dev-consul, then the real one), and `zed`, the zedctl of an operator's shell
+    pointed at it with a fresh key prefix."""
+
+    @pytest.fixture(scope="module", params=["dev-consul", "consul"])
+    def consul(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Consul]:
+        yield from backends(tmp_path_factory, request.param)
+
+    @pytest.fixture
+    def zed(consul: Consul, tmp_path: Path) -> Zedctl:
+        return Zedctl(operator_env(consul, f"op/{uuid.uuid4()}"), tmp_path)
+
+    return consul, zed
 
 
 class Lines:
