@@ -359,18 +359,24 @@ direct lower-case method: 200 POST
                 "https://[::1]/foo/bar?a=1&b=2",
                 "//[0:0:0:0:0:0:0:0]?a=1",
             }
+            -- each path's lines; direct's are compared with deps' (blocks_t.sayer)
+            local out = {}
             for _, via in ipairs({ "deps", "direct" }) do
+                local say
+                say, out[via] = require("blocks_t").sayer()
                 local http = via == "deps" and deps.http or require "zedcup.http"
                 local httpc = http.new()
                 for _, uri in ipairs(uris) do
                     local scheme, host, port, path, query = unpack(httpc:parse_uri(uri, false))
-                    ngx.say(scheme, " ", host, " ", port, " ", path, " [", query, "]")
+                    say(scheme, " ", host, " ", port, " ", path, " [", query, "]")
                     scheme, host, port, path = unpack(httpc:parse_uri(uri))
-                    ngx.say("  in path: ", path)
+                    say("  in path: ", path)
                 end
-                ngx.say(httpc:parse_uri("http:///example.com"))
-                ngx.say(http:parse_uri("ftp://example.com/"))
+                say(httpc:parse_uri("http:///example.com"))
+                say(http:parse_uri("ftp://example.com/"))
             end
+            for _, line in ipairs(out.deps) do ngx.say(line) end
+            ngx.say("direct, the same as deps: ", table.concat(out.direct, "\n") == table.concat(out.deps, "\n"))
         }
     }
 --- request
@@ -390,20 +396,7 @@ http [0:0:0:0:0:0:0:0] 80 / [a=1]
   in path: /?a=1
 nilbad uri: http:///example.com
 nilbad uri: ftp://example.com/
-http example.com 80 / []
-  in path: /
-https example.com 443 /foo/bar [a=1&b=2]
-  in path: /foo/bar?a=1&b=2
-http example.com 80 / [a=1&b=2]
-  in path: /?a=1&b=2
-http example.com 80 /foo/bar [a=1&b=2]
-  in path: /foo/bar?a=1&b=2
-https [::1] 443 /foo/bar [a=1&b=2]
-  in path: /foo/bar?a=1&b=2
-http [0:0:0:0:0:0:0:0] 80 / [a=1]
-  in path: /?a=1
-nilbad uri: http:///example.com
-nilbad uri: ftp://example.com/
+direct, the same as deps: true
 --- no_error_log
 [error]
 
@@ -1148,22 +1141,26 @@ a table per iteration is seen: true true
         content_by_lua_block {
             local deps = require "zedcup.deps"
             deps.init({ builtin = true })
+            -- each path's lines; direct's are compared with deps' (blocks_t.sayer)
+            local out = {}
             for _, via in ipairs({ "deps", "direct" }) do
+                local say
+                say, out[via] = require("blocks_t").sayer()
                 local resty_lock = via == "deps" and deps.lock or require "zedcup.lock"
                 for i = 1, 2 do
                     local lock, err = resty_lock:new("my_locks")
                     if not lock then
-                        ngx.say("failed to create lock: ", err)
+                        say("failed to create lock: ", err)
                     end
 
                     local elapsed, err = lock:lock("my_key")
-                    ngx.say("lock: ", elapsed, ", ", err)
+                    say("lock: ", elapsed, ", ", err)
 
                     local ok, err = lock:unlock()
                     if not ok then
-                        ngx.say("failed to unlock: ", err)
+                        say("failed to unlock: ", err)
                     end
-                    ngx.say("unlock: ", ok)
+                    say("unlock: ", ok)
                 end
 
                 -- the cache-lock workflow, two light threads missing the same key
@@ -1193,23 +1190,23 @@ a table per iteration is seen: true true
                 end
                 local t1 = ngx.thread.spawn(handler, "a")
                 local t2 = ngx.thread.spawn(handler, "b")
-                ngx.say(select(2, ngx.thread.wait(t1)))
-                ngx.say(select(2, ngx.thread.wait(t2)))
-                ngx.say("fetches: ", fetches)
+                say(select(2, ngx.thread.wait(t1)))
+                say(select(2, ngx.thread.wait(t2)))
+                say("fetches: ", fetches)
 
                 -- one object holds one lock
                 local lock = assert(resty_lock:new("my_locks", { exptime = 10 }))
-                ngx.say("lock: ", lock:lock("a_" .. via))
-                ngx.say("again: ", lock:lock("b_" .. via))
+                say("lock: ", lock:lock("a_" .. via))
+                say("again: ", lock:lock("b_" .. via))
 
                 -- expire(timeout) resets the ttl of the held lock
-                ngx.say("expire: ", lock:expire(0.05))
+                say("expire: ", lock:expire(0.05))
                 ngx.sleep(0.1)
                 local other = assert(resty_lock:new("my_locks", { timeout = 0 }))
-                ngx.say("taken after expiry: ", other:lock("a_" .. via))
-                ngx.say("other expire(): ", other:expire(), " unlock: ", other:unlock())
-                ngx.say("unlocked expire: ", other:expire())
-                ngx.say("unlocked unlock: ", other:unlock())
+                say("taken after expiry: ", other:lock("a_" .. via))
+                say("other expire(): ", other:expire(), " unlock: ", other:unlock())
+                say("unlocked expire: ", other:expire())
+                say("unlocked unlock: ", other:unlock())
 
                 -- "timeout cannot be bigger than exptime": the wait stops at exptime
                 local holder = assert(resty_lock:new("my_locks", { exptime = 10 }))
@@ -1219,9 +1216,11 @@ a table per iteration is seen: true true
                 local t0 = ngx.now()
                 local elapsed, err = waiter:lock("held_" .. via)
                 ngx.update_time()
-                ngx.say("capped wait: ", elapsed, " ", err, " ", ngx.now() - t0 < 1)
+                say("capped wait: ", elapsed, " ", err, " ", ngx.now() - t0 < 1)
                 assert(holder:unlock())
             end
+            for _, line in ipairs(out.deps) do ngx.say(line) end
+            ngx.say("direct, the same as deps: ", table.concat(out.direct, "\n") == table.concat(out.deps, "\n"))
         }
     }
 --- request
@@ -1242,21 +1241,7 @@ other expire(): true unlock: 1
 unlocked expire: nilunlocked
 unlocked unlock: nilunlocked
 capped wait: nil timeout true
-lock: 0, nil
-unlock: 1
-lock: 0, nil
-unlock: 1
-a fetched at once: true
-b waited true, then hit fetched
-fetches: 1
-lock: 0
-again: nillocked
-expire: true
-taken after expiry: 0
-other expire(): true unlock: 1
-unlocked expire: nilunlocked
-unlocked unlock: nilunlocked
-capped wait: nil timeout true
+direct, the same as deps: true
 --- no_error_log
 [error]
 

@@ -15,6 +15,8 @@ local type = type
 local error = error
 local tostring = tostring
 local assert = assert
+local select = select
+local concat = table.concat
 
 local _M = {}
 
@@ -91,6 +93,23 @@ function _M.wait_count(dict, key, n, timeout, step)
     return _M.poll(timeout, step, function()
         return (dict:get(key) or 0) >= n
     end)
+end
+
+
+-- A stand-in for ngx.say that keeps the lines: -> say(...), lines. say()
+-- joins its arguments as ngx.say does (nil, booleans and numbers as text) and
+-- appends the line to `lines`; a block runs the same code through two paths
+-- and compares their lines instead of printing them twice.
+function _M.sayer()
+    local lines = {}
+    local function say(...)
+        local parts = {}
+        for i = 1, select("#", ...) do
+            parts[i] = tostring((select(i, ...)))
+        end
+        lines[#lines + 1] = concat(parts)
+    end
+    return say, lines
 end
 
 
