@@ -36,7 +36,11 @@ __DATA__
         content_by_lua_block {
             local deps = require "zedcup.deps"
             deps.init({ builtin = true })
+            -- each path's lines; direct's are compared with deps' (blocks_t.sayer)
+            local out = {}
             for _, via in ipairs({ "deps", "direct" }) do
+                local say
+                say, out[via] = require("blocks_t").sayer()
                 local http = via == "deps" and deps.http or require "zedcup.http"
                 for i = 1, 2 do
                     local httpc = http.new()
@@ -50,10 +54,10 @@ __DATA__
                         keepalive_pool = 10,
                     })
                     if not res then
-                        ngx.say("failed to request: ", err)
+                        say("failed to request: ", err)
                         return
                     end
-                    ngx.say(via, " ", res.status, " ", res.headers["Content-Length"] == tostring(#res.body),
+                    say(res.status, " ", res.headers["Content-Length"] == tostring(#res.body),
                             " n=", res.headers["X-Conn-Requests"], " ", res.body)
                 end
 
@@ -64,28 +68,27 @@ __DATA__
                     query = { a = 1, b = "two words", flag = true },
                 })
                 if not res then
-                    ngx.say("failed to request: ", err)
+                    say("failed to request: ", err)
                     return
                 end
-                ngx.say(via, " ", res.status, " ", res.body)
+                say(res.status, " ", res.body)
                 -- the query in the uri is used when params has none
                 res = assert(http.new():request_uri("http://127.0.0.1:$TEST_NGINX_RAND_PORT_1/q?x=1&y=2",
                                                     { keepalive = false }))
-                ngx.say(via, " ", res.body)
+                say(res.body)
             end
+            for _, line in ipairs(out.deps) do ngx.say(line) end
+            ngx.say("direct, the same as deps: ", table.concat(out.direct, "\n") == table.concat(out.deps, "\n"))
         }
     }
 --- request
 GET /t
 --- response_body
-deps 200 true n=1 POST /helloworld [] application/x-www-form-urlencoded tls=false body=a=1&b=2
-deps 200 true n=2 POST /helloworld [] application/x-www-form-urlencoded tls=false body=a=1&b=2
-deps 200 GET /tls [a=1&b=two words&flag=true] nil tls=true body=nil
-deps GET /q [x=1&y=2] nil tls=false body=nil
-direct 200 true n=1 POST /helloworld [] application/x-www-form-urlencoded tls=false body=a=1&b=2
-direct 200 true n=2 POST /helloworld [] application/x-www-form-urlencoded tls=false body=a=1&b=2
-direct 200 GET /tls [a=1&b=two words&flag=true] nil tls=true body=nil
-direct GET /q [x=1&y=2] nil tls=false body=nil
+200 true n=1 POST /helloworld [] application/x-www-form-urlencoded tls=false body=a=1&b=2
+200 true n=2 POST /helloworld [] application/x-www-form-urlencoded tls=false body=a=1&b=2
+200 GET /tls [a=1&b=two words&flag=true] nil tls=true body=nil
+GET /q [x=1&y=2] nil tls=false body=nil
+direct, the same as deps: true
 --- no_error_log
 [error]
 
@@ -303,7 +306,11 @@ keepalive: 1
         content_by_lua_block {
             local deps = require "zedcup.deps"
             deps.init({ builtin = true })
+            -- each path's lines; direct's are compared with deps' (blocks_t.sayer)
+            local out = {}
             for _, via in ipairs({ "deps", "direct" }) do
+                local say
+                say, out[via] = require("blocks_t").sayer()
                 local http = via == "deps" and deps.http or require "zedcup.http"
                 local function try(params)
                     local httpc = http.new()
@@ -311,7 +318,7 @@ keepalive: 1
                     local res = assert(httpc:request(params))
                     assert(res:read_body())
                     local ok, err = httpc:set_keepalive()
-                    ngx.say(via, " ", params.path, " ", params.version or 1.1, ": ", ok, " ", err)
+                    say(params.path, " ", params.version or 1.1, ": ", ok, " ", err)
                 end
                 try({ path = "/" })
                 try({ path = "/", version = 1.0 })
@@ -321,25 +328,22 @@ keepalive: 1
                 -- methods go out upper-cased, as lua-resty-http sends them
                 local res = assert(http.new():request_uri("http://127.0.0.1:$TEST_NGINX_RAND_PORT_1/m",
                                                           { method = "post", body = "x" }))
-                ngx.say(via, " lower-case method: ", res.status, " ", res.body)
+                say("lower-case method: ", res.status, " ", res.body)
             end
+            for _, line in ipairs(out.deps) do ngx.say(line) end
+            ngx.say("direct, the same as deps: ", table.concat(out.direct, "\n") == table.concat(out.deps, "\n"))
         }
     }
 --- request
 GET /t
 --- response_body
-deps / 1.1: 1 nil
-deps / 1: 2 connection must be closed
-deps / 1: 1 nil
-deps / 1.1: 2 connection must be closed
-deps /bye 1.1: 2 connection must be closed
-deps lower-case method: 200 POST
-direct / 1.1: 1 nil
-direct / 1: 2 connection must be closed
-direct / 1: 1 nil
-direct / 1.1: 2 connection must be closed
-direct /bye 1.1: 2 connection must be closed
-direct lower-case method: 200 POST
+/ 1.1: 1 nil
+/ 1: 2 connection must be closed
+/ 1: 1 nil
+/ 1.1: 2 connection must be closed
+/bye 1.1: 2 connection must be closed
+lower-case method: 200 POST
+direct, the same as deps: true
 --- no_error_log
 [error]
 
@@ -483,7 +487,11 @@ direct keepalive: nilkeepalive refused: not connected
             local deps = require "zedcup.deps"
             deps.init({ builtin = true })
             local token = "$TEST_NGINX_CONSUL_TOKEN"
+            -- each path's lines; direct's are compared with deps' (blocks_t.sayer)
+            local out = {}
             for _, via in ipairs({ "deps", "direct" }) do
+                local say
+                say, out[via] = require("blocks_t").sayer()
                 local resty_consul = via == "deps" and deps.consul or require "zedcup.consul"
                 local consul = resty_consul:new({
                     host            = "$TEST_NGINX_CONSUL_HOST",
@@ -504,14 +512,14 @@ direct keepalive: nilkeepalive refused: not connected
                     ngx.log(ngx.ERR, err)
                     return
                 end
-                ngx.say(via, " leader: ", res.status, " ", type(res.body))
+                say("leader: ", res.status, " ", type(res.body))
 
                 res = assert(consul:put("/kv/" .. prefix .. "/json", { a = { 1, 2 } }))
-                ngx.say(via, " put table: ", res.status, " ", res.body, " ", type(res.headers))
+                say("put table: ", res.status, " ", res.body, " ", type(res.headers))
 
                 for i, v in ipairs({ "one", 2, true }) do
                     res = assert(consul:put_key(prefix .. "/k" .. i, v))
-                    ngx.say(via, " put_key ", type(v), ": ", res.status, " ", res.body)
+                    say("put_key ", type(v), ": ", res.status, " ", res.body)
                 end
 
                 res, err = consul:list_keys(prefix .. "/")
@@ -529,47 +537,37 @@ direct keepalive: nilkeepalive refused: not connected
                         ngx.log(ngx.ERR, err)
                         return
                     end
-                    ngx.say(via, " ", key:sub(#prefix + 2), " = ", res.body[1].Value) -- base64-decoded
+                    say(key:sub(#prefix + 2), " = ", res.body[1].Value) -- base64-decoded
                 end
-                ngx.say(via, " index header: ", tonumber(res.headers["X-Consul-Index"]) > 0)
+                say("index header: ", tonumber(res.headers["X-Consul-Index"]) > 0)
 
                 res = assert(consul:list_keys(prefix .. "/", { separator = "/" }))
-                ngx.say(via, " with separator: ", #res.body)
+                say("with separator: ", #res.body)
                 res = assert(consul:delete_key(prefix, { recurse = true }))
-                ngx.say(via, " delete_key recurse: ", res.status, " ", res.body)
-                ngx.say(via, " gone: ", consul:get_key(prefix .. "/k1").status)
+                say("delete_key recurse: ", res.status, " ", res.body)
+                say("gone: ", consul:get_key(prefix .. "/k1").status)
             end
+            for _, line in ipairs(out.deps) do ngx.say(line) end
+            ngx.say("direct, the same as deps: ", table.concat(out.direct, "\n") == table.concat(out.deps, "\n"))
         }
     }
 --- request
 GET /t
 --- response_body
-deps leader: 200 string
-deps put table: 200 true table
-deps put_key string: 200 true
-deps put_key number: 200 true
-deps put_key boolean: 200 true
-deps json = {"a":[1,2]}
-deps k1 = one
-deps k2 = 2
-deps k3 = true
-deps index header: true
-deps with separator: 4
-deps delete_key recurse: 200 true
-deps gone: 404
-direct leader: 200 string
-direct put table: 200 true table
-direct put_key string: 200 true
-direct put_key number: 200 true
-direct put_key boolean: 200 true
-direct json = {"a":[1,2]}
-direct k1 = one
-direct k2 = 2
-direct k3 = true
-direct index header: true
-direct with separator: 4
-direct delete_key recurse: 200 true
-direct gone: 404
+leader: 200 string
+put table: 200 true table
+put_key string: 200 true
+put_key number: 200 true
+put_key boolean: 200 true
+json = {"a":[1,2]}
+k1 = one
+k2 = 2
+k3 = true
+index header: true
+with separator: 4
+delete_key recurse: 200 true
+gone: 404
+direct, the same as deps: true
 --- no_error_log
 [error]
 
@@ -584,7 +582,11 @@ direct gone: 404
             local token = "$TEST_NGINX_CONSUL_TOKEN"
             local opts = { host = "$TEST_NGINX_CONSUL_HOST", port = $TEST_NGINX_CONSUL_PORT,
                            default_args = { token = token ~= "" and token or nil } }
+            -- each path's lines; direct's are compared with deps' (blocks_t.sayer)
+            local out = {}
             for _, via in ipairs({ "deps", "direct" }) do
+                local say
+                say, out[via] = require("blocks_t").sayer()
                 local resty_consul = via == "deps" and deps.consul or require "zedcup.consul"
                 local p = "$TEST_ZEDCUP_PREFIX/" .. via .. "/"
                 local txn_payload = {
@@ -607,21 +609,21 @@ direct gone: 404
 
                 local res, err = consul:txn(txn_payload)
                 if not res then
-                    ngx.say(err)
+                    say(err)
                     return
                 end
 
-                ngx.say(via, " ", res.status, " ", res.body.Results[2].KV.Value) -- "bar"
+                say(res.status, " ", res.body.Results[2].KV.Value) -- "bar"
 
                 res = assert(consul:txn(require("cjson").encode({
                     { KV = { Verb = "set", Key = p .. "raw", Value = ngx.encode_base64("pre-encoded") } },
                     { KV = { Verb = "get", Key = p .. "raw" } },
                 }), { dc = "dc1" }))
-                ngx.say(via, " json payload: ", res.status, " ", res.body.Results[2].KV.Value)
+                say("json payload: ", res.status, " ", res.body.Results[2].KV.Value)
 
                 -- lua-resty-consul's own test suite expects nil (not a raised error) for these
                 local function show(what, res, err)
-                    ngx.say(via, " ", what, ": ", res == nil, " ", err ~= nil)
+                    say(what, ": ", res == nil, " ", err ~= nil)
                 end
                 show("get_key()", consul:get_key())
                 show("get_key({})", consul:get_key({}))
@@ -633,39 +635,29 @@ direct gone: 404
                 show("list_keys({})", consul:list_keys({}))
                 show("get(42)", consul:get(42))
                 show("txn()", consul:txn())
-                ngx.say(via, " foo untouched: ", consul:get_key(p .. "foo").body[1].Value)
+                say("foo untouched: ", consul:get_key(p .. "foo").body[1].Value)
             end
+            for _, line in ipairs(out.deps) do ngx.say(line) end
+            ngx.say("direct, the same as deps: ", table.concat(out.direct, "\n") == table.concat(out.deps, "\n"))
         }
     }
 --- request
 GET /t
 --- response_body
-deps 200 bar
-deps json payload: 200 pre-encoded
-deps get_key(): true true
-deps get_key({}): true true
-deps put_key(): true true
-deps put_key('foo'): true true
-deps put_key({}): true true
-deps delete_key(): true true
-deps delete_key({}): true true
-deps list_keys({}): true true
-deps get(42): true true
-deps txn(): true true
-deps foo untouched: bar
-direct 200 bar
-direct json payload: 200 pre-encoded
-direct get_key(): true true
-direct get_key({}): true true
-direct put_key(): true true
-direct put_key('foo'): true true
-direct put_key({}): true true
-direct delete_key(): true true
-direct delete_key({}): true true
-direct list_keys({}): true true
-direct get(42): true true
-direct txn(): true true
-direct foo untouched: bar
+200 bar
+json payload: 200 pre-encoded
+get_key(): true true
+get_key({}): true true
+put_key(): true true
+put_key('foo'): true true
+put_key({}): true true
+delete_key(): true true
+delete_key({}): true true
+list_keys({}): true true
+get(42): true true
+txn(): true true
+foo untouched: bar
+direct, the same as deps: true
 --- no_error_log
 [error]
 
@@ -750,7 +742,11 @@ unchanged: 200 v2 same index: true waited: true
                 return user -- table or nil
             end
 
+            -- each path's lines; direct's are compared with deps' (blocks_t.sayer)
+            local out = {}
             for _, via in ipairs({ "deps", "direct" }) do
+                local say
+                say, out[via] = require("blocks_t").sayer()
                 local mlcache = via == "deps" and deps.mlcache or require "zedcup.cache"
                 local cache, err = mlcache.new("my_cache_" .. via, "cache_shared_dict", {
                     lru_size = 1000,
@@ -764,31 +760,31 @@ unchanged: 200 v2 same index: true waited: true
 
                 local user_id = 3
                 local user, err, hit = cache:get("users:" .. user_id, nil, fetch_user, user_id)
-                ngx.say(via, " user exists: ", user.name, " ", err, " ", hit)
+                say("user exists: ", user.name, " ", err, " ", hit)
                 user, err, hit = cache:get("users:" .. user_id, nil, fetch_user, user_id)
-                ngx.say(via, " again: ", user.name, " ", hit)
+                say("again: ", user.name, " ", hit)
 
                 user, err, hit = cache:get("users:4", nil, fetch_user, 4)
-                ngx.say(via, " user does not exist: ", user, " ", err, " ", hit)
-                ngx.say(via, " cached miss: ", cache:get("users:4", nil, fetch_user, 4))
+                say("user does not exist: ", user, " ", err, " ", hit)
+                say("cached miss: ", cache:get("users:4", nil, fetch_user, 4))
 
                 user, err, hit = cache:get("users:13", nil, fetch_user, 13)
-                ngx.say(via, " failing callback: ", user, " ", err, " ", hit)
-                ngx.say(via, " not cached: ", select(3, cache:get("users:13")))
+                say("failing callback: ", user, " ", err, " ", hit)
+                say("not cached: ", select(3, cache:get("users:13")))
 
                 local ok, thrown = cache:get("boom", nil, function() error("kaboom") end)
-                ngx.say(via, " thrown: ", ok, " ", thrown:find("callback threw an error: ", 1, true) == 1,
+                say("thrown: ", ok, " ", thrown:find("callback threw an error: ", 1, true) == 1,
                         " ", thrown:find("kaboom", 1, true) ~= nil)
 
                 -- the callback's third value overrides ttl; a negative one skips caching
-                ngx.say(via, " ttl -1: ", cache:get("nocache", nil, function() return "v", nil, -1 end))
-                ngx.say(via, " ttl -1 again: ", select(3, cache:get("nocache")))
+                say("ttl -1: ", cache:get("nocache", nil, function() return "v", nil, -1 end))
+                say("ttl -1 again: ", select(3, cache:get("nocache")))
                 cache:get("short", nil, function() return "s", nil, 0.2 end)
                 cache:get("perkey", { ttl = 0.2 }, function() return "p" end)
                 cache:get("negkey", { neg_ttl = 0.2 }, function() return nil end)
-                ngx.say(via, " cached: ", select(3, cache:get("perkey")), " ", select(3, cache:get("negkey")))
+                say("cached: ", select(3, cache:get("perkey")), " ", select(3, cache:get("negkey")))
                 ngx.sleep(0.25)
-                ngx.say(via, " expired: ", select(3, cache:get("short")), " ", select(3, cache:get("perkey")),
+                say("expired: ", select(3, cache:get("short")), " ", select(3, cache:get("perkey")),
                         " ", select(3, cache:get("negkey")))
 
                 -- README's l1_serializer: compile code once, when the value enters L1
@@ -812,52 +808,40 @@ unchanged: 200 v2 same index: true waited: true
                         return
                     end
                 end
-                ngx.say(via, " ", user.f("lua"), ", compiled ", compiled, " time(s)")
-                ngx.say(via, " serializer error: ", cache:get("bad", { l1_serializer = function()
+                say(user.f("lua"), ", compiled ", compiled, " time(s)")
+                say("serializer error: ", cache:get("bad", { l1_serializer = function()
                     return nil, "nope"
                 end }, function() return {} end))
 
                 local value, err, hit_lvl = cache:get("key")
                 if value == nil and hit_lvl == -1 then
-                    ngx.say(via, " miss (no value): ", err)
+                    say("miss (no value): ", err)
                 end
-                ngx.say(via, " queries: ", queries)
+                say("queries: ", queries)
             end
+            for _, line in ipairs(out.deps) do ngx.say(line) end
+            ngx.say("direct, the same as deps: ", table.concat(out.direct, "\n") == table.concat(out.deps, "\n"))
         }
     }
 --- request
 GET /t
 --- response_body_like
-^deps user exists: John Doe nil 3
-deps again: John Doe 1
-deps user does not exist: nil nil 3
-deps cached miss: nilnil1
-deps failing callback: nil db timeout nil
-deps not cached: -1
-deps thrown: nil true true
-deps ttl -1: vnil3
-deps ttl -1 again: -1
-deps cached: 1 1
-deps expired: -1 -1 -1
-deps hi from lua, compiled 1 time\(s\)
-deps serializer error: nill1_serializer returned an error: nope
-deps miss \(no value\): nil
-deps queries: 4
-direct user exists: John Doe nil 3
-direct again: John Doe 1
-direct user does not exist: nil nil 3
-direct cached miss: nilnil1
-direct failing callback: nil db timeout nil
-direct not cached: -1
-direct thrown: nil true true
-direct ttl -1: vnil3
-direct ttl -1 again: -1
-direct cached: 1 1
-direct expired: -1 -1 -1
-direct hi from lua, compiled 1 time\(s\)
-direct serializer error: nill1_serializer returned an error: nope
-direct miss \(no value\): nil
-direct queries: 4
+^user exists: John Doe nil 3
+again: John Doe 1
+user does not exist: nil nil 3
+cached miss: nilnil1
+failing callback: nil db timeout nil
+not cached: -1
+thrown: nil true true
+ttl -1: vnil3
+ttl -1 again: -1
+cached: 1 1
+expired: -1 -1 -1
+hi from lua, compiled 1 time\(s\)
+serializer error: nill1_serializer returned an error: nope
+miss \(no value\): nil
+queries: 4
+direct, the same as deps: true
 $
 --- no_error_log
 [error]
@@ -872,7 +856,11 @@ $
         content_by_lua_block {
             local deps = require "zedcup.deps"
             deps.init({ builtin = true })
+            -- each path's lines; direct's are compared with deps' (blocks_t.sayer)
+            local out = {}
             for _, via in ipairs({ "deps", "direct" }) do
+                local say
+                say, out[via] = require("blocks_t").sayer()
                 local mlcache = via == "deps" and deps.mlcache or require "zedcup.cache"
                 local cache = mlcache.new("my_cache_" .. via, "cache_shared_dict")
 
@@ -881,53 +869,49 @@ $
                     ngx.log(ngx.ERR, "could not peek cache: ", err)
                     return
                 end
-                ngx.say(via, " ", ttl, " ", value) -- nil nil
+                say(ttl, " ", value) -- nil nil
 
                 cache:get("key", { ttl = 1 }, function() return "some value" end)
                 ngx.update_time()
                 local t0 = ngx.now()
                 ngx.sleep(0.2)
                 local ttl, err, value, stale = cache:peek("key")
-                ngx.say(via, " ttl left <= 0.8: ", ttl > 0 and ttl <= 0.81, " ", err, " ", value, " ", stale)
+                say("ttl left <= 0.8: ", ttl > 0 and ttl <= 0.81, " ", err, " ", value, " ", stale)
 
                 ngx.update_time()
                 ngx.sleep(math.max(0.01, t0 + 1.05 - ngx.now()))
-                ngx.say(via, " expired, not asked for stale: ", cache:peek("key"))
+                say("expired, not asked for stale: ", cache:peek("key"))
                 ttl, err, value, stale = cache:peek("key", true)
-                ngx.say(via, " stale: ", ttl < 0, " ", err, " ", value, " ", stale)
+                say("stale: ", ttl < 0, " ", err, " ", value, " ", stale)
 
                 cache:get("forever", { ttl = 0 }, function() return 1 end)
-                ngx.say(via, " no expiry: ", cache:peek("forever"))
+                say("no expiry: ", cache:peek("forever"))
                 cache:get("neg", nil, function() return nil end)
                 ttl, err, value, stale = cache:peek("neg")
-                ngx.say(via, " negative: ", ttl > 0, " ", err, " ", value, " ", stale)
+                say("negative: ", ttl > 0, " ", err, " ", value, " ", stale)
 
                 -- resurrect_ttl: a failing callback serves the stale value, hit level 4
                 local c2 = mlcache.new("res_" .. via, "cache_shared_dict", { ttl = 0.1, resurrect_ttl = 5 })
                 c2:get("r", nil, function() return "old" end)
                 ngx.sleep(0.15)
                 -- the L1 copy expired with the ttl; the L2 entry is kept for resurrection
-                ngx.say(via, " resurrected: ", c2:get("r", nil, function() return nil, "backend down" end))
+                say("resurrected: ", c2:get("r", nil, function() return nil, "backend down" end))
             end
+            for _, line in ipairs(out.deps) do ngx.say(line) end
+            ngx.say("direct, the same as deps: ", table.concat(out.direct, "\n") == table.concat(out.deps, "\n"))
         }
     }
 --- request
 GET /t
 --- response_body
-deps nil nil
-deps ttl left <= 0.8: true nil some value false
-deps expired, not asked for stale: nil
-deps stale: true nil some value true
-deps no expiry: 0nil1false
-deps negative: true nil nil false
-deps resurrected: oldnil4
-direct nil nil
-direct ttl left <= 0.8: true nil some value false
-direct expired, not asked for stale: nil
-direct stale: true nil some value true
-direct no expiry: 0nil1false
-direct negative: true nil nil false
-direct resurrected: oldnil4
+nil nil
+ttl left <= 0.8: true nil some value false
+expired, not asked for stale: nil
+stale: true nil some value true
+no expiry: 0nil1false
+negative: true nil nil false
+resurrected: oldnil4
+direct, the same as deps: true
 --- error_log
 serving the stale value
 --- no_error_log
@@ -1258,7 +1242,11 @@ direct, the same as deps: true
             local deps = require "zedcup.deps"
             deps.init({ builtin = true })
             local lrucache = require "resty.lrucache.pureffi"
+            -- each path's lines; direct's are compared with deps' (blocks_t.sayer)
+            local out = {}
             for _, via in ipairs({ "deps", "direct" }) do
+                local say
+                say, out[via] = require("blocks_t").sayer()
                 local mlcache = via == "deps" and deps.mlcache or require "zedcup.cache"
                 local lru = lrucache.new(10)
                 local cache = assert(mlcache.new("opts_" .. via, "cache_shared_dict", {
@@ -1267,30 +1255,28 @@ direct, the same as deps: true
                     shm_locks = "lock_dict",
                     resty_lock_opts = { timeout = 1 },
                 }))
-                ngx.say(via, " value: ", cache:get("hit", { shm_set_tries = 1 }, function() return "v" end))
-                ngx.say(via, " in the given lru: ", (lru:get("hit")))
+                say("value: ", cache:get("hit", { shm_set_tries = 1 }, function() return "v" end))
+                say("in the given lru: ", (lru:get("hit")))
                 cache:get("miss", nil, function() return nil end)
-                ngx.say(via, " miss in shm_miss: ", ngx.shared.miss_dict:get_stale("opts_" .. via .. "\31miss") ~= nil,
+                say("miss in shm_miss: ", ngx.shared.miss_dict:get_stale("opts_" .. via .. "\31miss") ~= nil,
                         " not in shm: ", ngx.shared.cache_shared_dict:get("opts_" .. via .. "\31miss") == nil)
                 local ok, err = pcall(mlcache.new, "x", "cache_shared_dict", { ipc = {} })
-                ngx.say(via, " custom ipc: ", ok, " ", err)
+                say("custom ipc: ", ok, " ", err)
                 ok, err = pcall(cache.get, cache, "k", { shm_set_tries = 0 }, function() return 1 end)
-                ngx.say(via, " bad shm_set_tries: ", ok, " ", err)
+                say("bad shm_set_tries: ", ok, " ", err)
             end
+            for _, line in ipairs(out.deps) do ngx.say(line) end
+            ngx.say("direct, the same as deps: ", table.concat(out.direct, "\n") == table.concat(out.deps, "\n"))
         }
     }
 --- request
 GET /t
 --- response_body
-deps value: vnil3
-deps in the given lru: v
-deps miss in shm_miss: true not in shm: true
-deps custom ipc: false opts.ipc (a custom IPC library) is not supported by zedcup.cache: use opts.ipc_shm
-deps bad shm_set_tries: false opts.shm_set_tries must be a number >= 1 (got 0)
-direct value: vnil3
-direct in the given lru: v
-direct miss in shm_miss: true not in shm: true
-direct custom ipc: false opts.ipc (a custom IPC library) is not supported by zedcup.cache: use opts.ipc_shm
-direct bad shm_set_tries: false opts.shm_set_tries must be a number >= 1 (got 0)
+value: vnil3
+in the given lru: v
+miss in shm_miss: true not in shm: true
+custom ipc: false opts.ipc (a custom IPC library) is not supported by zedcup.cache: use opts.ipc_shm
+bad shm_set_tries: false opts.shm_set_tries must be a number >= 1 (got 0)
+direct, the same as deps: true
 --- no_error_log
 [error]
