@@ -40,13 +40,8 @@ __DATA__
 === TEST 1: each check kind marks its host down and brings it back; reasons name the kind's failure
 --- timeout: 30
 --- http_config
-    # a throwaway self-signed certificate for CN=localhost, made for these tests
-    map $server_port $test_cert {
-        default "-----BEGIN CERTIFICATE-----\nMIIBfzCCASWgAwIBAgIUEzooVJgJ40UxzP96W8p/rjeGK6MwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyMTA4MTEyOFoYDzIxMjYxMDI4\nMDgxMTI4WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO\nPQMBBwNCAATGdR+SJwGlWshrPsHrM7M3ZjUdM8LAeEZhJYKo/9Uugg6bPHA2H9kL\nxPaUyUimS7W3JWQPgVGrqm3VUWNP5Jcao1MwUTAdBgNVHQ4EFgQUewDCguA8NViJ\nPCKVALAs89R24u4wHwYDVR0jBBgwFoAUewDCguA8NViJPCKVALAs89R24u4wDwYD\nVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiAaX0pFfybwhl0ZEo6fUN5M\nemF5is0MCSJbKD3qqcRIUAIhAOoclZ1RG4Gd1JS0gzTJt1jAlURoxbfwd+WNhvRG\n5jLV\n-----END CERTIFICATE-----\n";
-    }
-    map $server_port $test_key {
-        default "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgZjJKr1qicT/kVxew\n9rLuuTugkG2NoWeiGgEDemEoagyhRANCAATGdR+SJwGlWshrPsHrM7M3ZjUdM8LA\neEZhJYKo/9Uugg6bPHA2H9kLxPaUyUimS7W3JWQPgVGrqm3VUWNP5Jca\n-----END PRIVATE KEY-----\n";
-    }
+    # a throwaway self-signed certificate for CN=localhost: $test_cert, $test_key
+    include $TEST_NGINX_REPO/t/lib/localhost_cert.conf;
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1 ssl;
         ssl_certificate data:$test_cert;
