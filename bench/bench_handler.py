@@ -1,7 +1,8 @@
 """Benchmark: zedcup's handler and balancer against native nginx and a raw cosocket.
 
 A backend nginx serves a small fixed response. A front nginx (one worker) has
-five locations that fetch it, all over keepalive connections:
+these locations that fetch it, all over keepalive connections (upstreams with
+`keepalive 64`, the same proxy settings):
 
 - /native:  proxy_pass to an upstream block (nginx's own proxy, the baseline)
 - /zedcup:  create_handler + handler:request + read_body + set_keepalive, with
@@ -12,13 +13,18 @@ five locations that fetch it, all over keepalive connections:
             and accounting on nginx's own proxy, as the README's snippet)
 - /client:  the HTTP client zedcup's handler uses (zedcup.deps http), driven
             directly without zedcup: splits /zedcup's cost into client and handler
+- /floor:   proxy_pass to an upstream whose balancer_by_lua only sets one
+            constant peer, with a log_by_lua that does nothing: what nginx's own
+            Lua hooks cost, the floor of /balance
+- /nolog:   /balance without zedcup.log() (not run unless chosen with -l)
 
 wrk (one thread, a fixed connection count) drives the locations interleaved
-over several rounds (native, zedcup, raw, balance, client, native, ...) after a warm-up,
-so load from other processes hits every location alike. The report gives the
+over several rounds (native, zedcup, raw, balance, client, floor, native, ...)
+after a warm-up, so load from other processes hits every location alike. The report gives the
 median and best requests/s per location and the median of the per-round ratios
 to native. Not a test: nothing is asserted.
 Usage: .venv/bin/python bench/bench_handler.py [-d SECONDS] [-c CONNS] [-r ROUNDS]
+                                              [-l native,balance,floor]
 """
 
 from __future__ import annotations
@@ -64,6 +70,14 @@ FRONT_HTTP = """
                 ngx.log(ngx.ERR, "bench: ", err)
                 return ngx.exit(zedcup.NO_PEER)
             end
+        }
+        keepalive 64;
+    }
+
+    upstream floor_backend {
+        server 0.0.0.1;   # placeholder: balancer_by_lua sets the one peer
+        balancer_by_lua_block {
+            require("ngx.balancer").set_current_peer("127.0.0.1", %(backend)d)
         }
         keepalive 64;
     }
@@ -150,9 +164,33 @@ FRONT_CONFIG = r"""
         proxy_pass http://zedcup_backend/backend;
         log_by_lua_block { require("zedcup").log() }
     }
+
+    location = /nolog {
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_pass http://zedcup_backend/backend;
+    }
+
+    location = /floor {
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_pass http://floor_backend/backend;
+        log_by_lua_block { local _ = ngx }
+    }
 """
 
-LOCATIONS = ("native", "zedcup", "raw", "balance", "client")
+LOCATIONS = ("native", "zedcup", "raw", "balance", "client", "floor", "nolog")
+DEFAULT_LOCATIONS = ("native", "zedcup", "raw", "balance", "client", "floor")
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 @dataclass
@@ -160,6 +198,7 @@ class Sample:
     requests_per_s: float
     non_2xx: int
     errors: int
+    cpu_us: float  # the front worker's CPU time per request
 
 
 @dataclass
@@ -167,13 +206,15 @@ class Series:
     location: str
     samples: list[Sample] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)  # to native, same round
+    cpu_ratios: list[float] = field(default_factory=list)  # native's CPU/request over this one's
 
     @property
     def rates(self) -> list[float]:
         return [s.requests_per_s for s in self.samples]
 
 
-def run_wrk(url: str, duration: int, connections: int) -> Sample:
+def run_wrk(url: str, duration: int, connections: int, pid: int) -> Sample:
+    cpu0 = cpu_seconds(pid)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", url],
         capture_output=True,
@@ -183,10 +224,14 @@ def run_wrk(url: str, duration: int, connections: int) -> Sample:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    cpu = cpu_seconds(pid) - cpu0
+    total = re.search(r"(\d+) requests in", out)
+    n = int(total.group(1)) if total else 0
     return Sample(
         requests_per_s=float(rps.group(1)) if rps else 0.0,
         non_2xx=int(bad.group(1)) if bad else 0,
         errors=sum(int(g) for g in errs.groups()) if errs else 0,
+        cpu_us=1e6 * cpu / n if n else 0.0,
     )
 
 
@@ -201,22 +246,25 @@ def machine() -> str:
     return f"nproc {os.cpu_count()}, {version}, front nginx 1 worker, loadavg {load}"
 
 
-def measure(base: str, rounds: int, duration: int, connections: int) -> list[Series]:
+def measure(
+    base: str, pid: int, rounds: int, duration: int, connections: int, locations: list[str]
+) -> list[Series]:
     fetch(f"{base}/setup")
-    for name in LOCATIONS:  # warm up keepalive pools, worker caches and the JIT
+    for name in locations:  # warm up keepalive pools, worker caches and the JIT
         body = fetch(f"{base}/{name}")
         if not body.startswith(b"0123456789abcdef"):
             raise RuntimeError(f"/{name} answered {body[:200]!r}, not the backend's body")
-        run_wrk(f"{base}/{name}", 1, connections)
-    series = {name: Series(name) for name in LOCATIONS}
+        run_wrk(f"{base}/{name}", 1, connections, pid)
+    series = {name: Series(name) for name in locations}
     for _ in range(rounds):
         round_samples = {
-            name: run_wrk(f"{base}/{name}", duration, connections) for name in LOCATIONS
+            name: run_wrk(f"{base}/{name}", duration, connections, pid) for name in locations
         }
-        native = round_samples["native"].requests_per_s or 1.0
+        native = round_samples["native"]
         for name, sample in round_samples.items():
             series[name].samples.append(sample)
-            series[name].ratios.append(sample.requests_per_s / native)
+            series[name].ratios.append(sample.requests_per_s / (native.requests_per_s or 1.0))
+            series[name].cpu_ratios.append(native.cpu_us / (sample.cpu_us or 1.0))
     return list(series.values())
 
 
@@ -227,15 +275,22 @@ def report(results: list[Series], args: argparse.Namespace) -> None:
     )
     print(
         f"{'location':<9} {'median r/s':>11} {'best r/s':>9} "
-        f"{'vs native (median)':>19} {'min..max':>12} {'non-2xx':>8} {'sock err':>8}"
+        f"{'vs native (median)':>19} {'min..max':>12} {'non-2xx':>8} {'sock err':>8} "
+        f"{'CPU us/req':>10} {'CPU vs native':>13}"
     )
     for s in results:
         print(
             f"{s.location:<9} {statistics.median(s.rates):>11.0f} {max(s.rates):>9.0f} "
             f"{statistics.median(s.ratios):>19.2f} "
             f"{min(s.ratios):>5.2f}..{max(s.ratios):<5.2f} "
-            f"{sum(x.non_2xx for x in s.samples):>8} {sum(x.errors for x in s.samples):>8}"
+            f"{sum(x.non_2xx for x in s.samples):>8} {sum(x.errors for x in s.samples):>8} "
+            f"{statistics.median(x.cpu_us for x in s.samples):>10.2f} "
+            f"{statistics.median(s.cpu_ratios):>13.2f}"
         )
+    print(
+        "CPU us/req: the front worker's CPU time (/proc) per request, median of the rounds; "
+        "CPU vs native: native's CPU/request over the location's, median of the per-round ratios"
+    )
 
 
 def main() -> int:
@@ -248,7 +303,20 @@ def main() -> int:
     parser.add_argument(
         "--lua-dir", type=Path, help="a directory whose zedcup modules shadow lua/ (experiments)"
     )
+    parser.add_argument(
+        "-l",
+        "--locations",
+        default=",".join(DEFAULT_LOCATIONS),
+        help=f"comma-separated locations to run, native always first (of {', '.join(LOCATIONS)})",
+    )
     args = parser.parse_args()
+    chosen = [x.strip() for x in args.locations.split(",") if x.strip()]
+    unknown = [x for x in chosen if x not in LOCATIONS]
+    if unknown:
+        parser.error(
+            f"--locations: unknown location {unknown[0]!r} (known: {', '.join(LOCATIONS)})"
+        )
+    locations = ["native"] + [x for x in dict.fromkeys(chosen) if x != "native"]
     lua_dir = f"{args.lua_dir.resolve()}/?.lua;" if args.lua_dir else ""
 
     if not shutil.which("wrk"):
@@ -277,7 +345,15 @@ def main() -> int:
                 error_log_level="warn",
             )
             with backend, front:
-                results = measure(front.url, args.rounds, args.duration, args.connections)
+                assert front.proc is not None  # one worker, no master: this is the worker
+                results = measure(
+                    front.url,
+                    front.proc.pid,
+                    args.rounds,
+                    args.duration,
+                    args.connections,
+                    locations,
+                )
     finally:
         consul.stop()
 
