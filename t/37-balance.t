@@ -418,7 +418,7 @@ balance(instance, key): the key decides: true
         server 0.0.0.1;
         balancer_by_lua_block {
             local zedcup = require "zedcup"
-            if ngx.ctx.zedcup_balance then
+            if require("ngx.balancer").get_last_failure() then
                 -- a retry: the down mark of b is lifted (a new state copy, as a worker gets)
                 local d = require("zedcup.state").down_for("inst")
                 d.primary = {}
@@ -514,3 +514,103 @@ every worker knows the name without a request: true
 --- no_error_log
 not resolved yet
 [crit]
+
+
+
+=== TEST 9: defect "an error_page redirect cleared the tries": proxy_intercept_errors with error_page 503 = @fb; log() at the server level still counts each intercepted 503 (the client gets the fallback), and a 2xx answer counts as a connect without reading nginx's variables
+--- http_config
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / {
+            content_by_lua_block {
+                ngx.shared.flags:incr("served busy", 1, 0)
+                ngx.status = 503
+                ngx.say("busy")
+            }
+        }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
+        location / { return 200 "ok"; }
+    }
+
+--- config
+    # at the server level: log() also runs in the location the error_page leads to
+    log_by_lua_block { require("zedcup").log() }
+    location /icept {
+        set $zedcup_instance icept;
+        proxy_pass http://zedcup_inst/;
+        proxy_intercept_errors on;
+        error_page 503 = @fb;
+    }
+    location @fb {
+        return 200 "fallback";
+    }
+    # the error_page's location proxies to the same instance again: the host
+    # that answered 503 is not picked again in this request
+    location /again {
+        set $zedcup_instance again;
+        proxy_pass http://zedcup_inst/;
+        proxy_intercept_errors on;
+        error_page 503 = @again;
+    }
+    location @again {
+        set $zedcup_instance again;
+        proxy_pass http://zedcup_inst;
+    }
+    location /fine {
+        set $zedcup_instance fine;
+        proxy_pass http://zedcup_inst/;
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local flags = ngx.shared.flags
+            local get = require("balance_t").get
+            local port = $TEST_NGINX_SERVER_PORT
+            assert(zedcup.configure_instance("icept", { pools = { { name = "p", max_errors = 1000, hosts = {
+                { name = "busy", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } } }))
+            assert(zedcup.configure_instance("again", { pools = { { name = "p", max_errors = 1000, hosts = {
+                { name = "busy", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1, weight = 3 },
+                { name = "ok", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 } } } } }))
+            assert(zedcup.configure_instance("fine", { pools = { { name = "p", hosts = {
+                { name = "ok", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 } } } } }))
+            local answers = {}
+            for _ = 1, 4 do
+                local status, body = get(port, "/icept")
+                answers[#answers + 1] = status .. " " .. body
+            end
+            ngx.say("client got: ", table.concat(answers, ", "))
+            ngx.say("503s served ", flags:get("served busy"), ", counted ", flags:get("REQUEST_ERROR busy"),
+                    ", connects ", flags:get("CONNECT busy"))
+            for _ = 1, 3 do
+                get(port, "/fine")
+            end
+            ngx.say("2xx: connects ", flags:get("CONNECT ok"), ", errors ", flags:get("REQUEST_ERROR ok") or 0)
+            flags:set("served busy", 0)
+            flags:set("REQUEST_ERROR busy", 0)
+            answers = {}
+            for _ = 1, 4 do
+                local status, body = get(port, "/again")
+                answers[status .. " " .. body] = (answers[status .. " " .. body] or 0) + 1
+            end
+            local served = flags:get("served busy")
+            ngx.say("proxied again: 200 ok x", answers["200 ok"], ", 503s served ", served,
+                    ", all counted: ", served == flags:get("REQUEST_ERROR busy"))
+            local c = require("zedcup.counters")
+            assert(c.flush())
+            local ic = c.instance("icept")
+            ngx.say("icept requests ", ic.requests, ", answered by no host ", ic.no_host, "; fine requests ",
+                    c.instance("fine").requests)
+        }
+    }
+--- request
+GET /t
+--- response_body
+client got: 200 fallback, 200 fallback, 200 fallback, 200 fallback
+503s served 4, counted 4, connects 4
+2xx: connects 3, errors 0
+proxied again: 200 ok x4, 503s served 4, all counted: true
+icept requests 4, answered by no host 4; fine requests 3
+--- error_log
+REQUEST_ERROR icept busy: Bad status code: 503

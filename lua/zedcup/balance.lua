@@ -8,9 +8,20 @@
 -- $upstream_header_time lists: a connect failure or timeout is a connect error,
 -- a failure after connecting or a status in the pool's status_codes a request
 -- error (zedcup.report: counts, events, host_down), and the try is released
--- to the pool's balancer. Hosts given as names get their addresses from
--- zedcup.resolver (never waiting in balancer_by_lua: a name not resolved yet is
--- passed over for this request, as if it failed).
+-- to the pool's balancer. A request of one try whose response status (ngx.status)
+-- is a 2xx not in status_codes, with no internal redirect, was answered by that
+-- host with that status: log() then reads no nginx variable ($upstream_header_time
+-- only when the pool's balancer learns response times).
+-- Hosts given as names get their addresses from zedcup.resolver (never waiting
+-- in balancer_by_lua: a name not resolved yet is passed over for this request,
+-- as if it failed).
+--
+-- The request's tries are kept in worker memory by the request's address, not
+-- in ngx.ctx (whose table, reference and cleanup cost more than all of
+-- balance()'s own work): the state is found again on nginx's retries and, after
+-- an internal redirect (error_page), by log(); the request's start time tells a
+-- state left by an earlier request at the same address (one whose log() never
+-- ran) from this request's. States are reused, so a request allocates nothing.
 
 local config = require "zedcup.config"
 local report = require "zedcup.report"
@@ -18,8 +29,13 @@ local resolver = require "zedcup.resolver"
 local selection = require "zedcup.select"
 local state = require "zedcup.state"
 
+local base = require "resty.core.base"
+local ffi = require "ffi"
+require "resty.core.request" -- ngx.req.start_time() through the FFI
+
 local ngx = ngx
 local ngx_var = ngx.var
+local ngx_req = ngx.req
 local ngx_log = ngx.log
 local ngx_WARN = ngx.WARN
 local tonumber = tonumber
@@ -30,6 +46,24 @@ local setmetatable = setmetatable
 local str_find = string.find
 local str_sub = string.sub
 local tab_new = require "table.new"
+local ffi_cast = ffi.cast
+local get_request = base.get_request
+local start_time = ngx_req.start_time
+local uintptr_t = ffi.typeof("uintptr_t")
+
+-- r->internal through the FFI where this ngx_lua has it (ngx.req.is_internal()
+-- is a plain C function, which ends JIT traces)
+local is_internal = ngx_req.is_internal
+do
+    local C = ffi.C
+    pcall(ffi.cdef, "int ngx_http_lua_ffi_req_is_internal(void *r);")
+    local ok, f = pcall(function() return C.ngx_http_lua_ffi_req_is_internal end)
+    if ok and f then
+        is_internal = function()
+            return f(get_request()) == 1
+        end
+    end
+end
 
 local plan_local = config.plan_local
 local down_for = state.down_for
@@ -52,6 +86,12 @@ local NO_HOSTS = "No available upstream hosts"
 -- ("no live upstreams"). Any HTTP status given to ngx.exit() there is a 500.
 _M.NO_PEER = -3 -- NGX_BUSY
 
+-- request address -> the request's state (below), from its first try until log()
+local live = {}
+-- states log() is done with, for the next requests (a request allocates no table)
+local spare, nspare = {}, 0
+local MAX_SPARE = 64
+
 local warned = setmetatable({}, { __mode = "k" }) -- host -> true: unresolved names warned about
 local turns = setmetatable({}, { __mode = "k" })  -- host (a name) -> index of its last address
 
@@ -73,14 +113,88 @@ local function set_peer(b, p, host, addr)
 end
 
 
+-- a state for a new request: b.plan, b.key, b.start (the request's start
+-- time), b.n tries as pairs in the array part (b[2k - 1] = pool entry,
+-- b[2k] = host), b.failed = { [host] = true } (hosts that failed in this
+-- request), b.repeated = the try that repeated the last host, if any
+local function new_state(rk, plan, key, start)
+    local b
+    if nspare > 0 then
+        b = spare[nspare]
+        spare[nspare] = nil
+        nspare = nspare - 1
+    else
+        b = tab_new(4, 5)
+    end
+    b.plan, b.key, b.start, b.n = plan, key, start, 0
+    live[rk] = b
+    return b
+end
+
+
+local function recycle(b)
+    for i = 1, b.n * 2 do
+        b[i] = nil
+    end
+    b.plan, b.key, b.failed, b.repeated = nil, nil, nil, nil
+    if nspare < MAX_SPARE then
+        nspare = nspare + 1
+        spare[nspare] = b
+    end
+end
+
+
+-- the try's host is a name: its addresses from zedcup.resolver (no I/O here),
+-- one after another; while it is being resolved, the other hosts
+local function pick_named(b, plan, down, p, host)
+    while true do
+        local addrs = resolve_peers(host.host)
+        if addrs then
+            local turn = (turns[host] or 0) % #addrs + 1
+            turns[host] = turn
+            return p, host, addrs[turn]
+        end
+        select_release(p, host, "connect", 0)
+        local fails = b.failed
+        if not fails then
+            fails = {}
+            b.failed = fails
+        end
+        fails[host] = true
+        if not warned[host] then
+            warned[host] = true
+            ngx_log(ngx_WARN, "[zedcup] balance(): ", plan.name, "/", p.config.name, "/", host.name,
+                    ": the name ", host.host, " is not resolved yet: skipped")
+        end
+        p, host = select_next(plan, down, fails, b.key)
+        if not p or plan.targets[host].peer then
+            return p, host
+        end
+    end
+end
+
+
 --- balance(instance, key?) -> true | nil, err
 function _M.balance(instance, key)
     if not ngx_balancer then
         ngx_balancer = require "ngx.balancer"
     end
-    local ctx = ngx.ctx
-    local b = ctx.zedcup_balance
+    local rk = tonumber(ffi_cast(uintptr_t, get_request()))
+    local b = live[rk]
     local plan, fails
+    -- a state here is this request's on nginx's retries (a last failure);
+    -- on a first try it is an earlier upstream of this request (an
+    -- error_page's location proxying again: its tries are kept) or a state an
+    -- earlier request at this address left
+    local start
+    if b and not ngx_balancer.get_last_failure() then
+        start = start_time()
+        if b.start ~= start or b.plan.name ~= instance then
+            live[rk] = nil
+            recycle(b)
+            b = nil
+        end
+    end
     if not b then
         local perr
         plan, perr = plan_local(instance)
@@ -95,51 +209,28 @@ function _M.balance(instance, key)
         if key ~= nil and type(key) ~= "string" then
             error("key must be a string (got " .. type(key) .. ")", 2)
         end
-        -- tries as pairs in the array part: b[2k - 1] = pool entry, b[2k] = host
-        b = tab_new(4, 4)
-        b.plan, b.key, b.n = plan, key, 0
-        ctx.zedcup_balance = b
+        b = new_state(rk, plan, key, start or start_time())
     else
-        -- nginx retries: the previous try failed (or gave a status nginx retries)
+        -- nginx retries: the previous try failed (or gave a status nginx
+        -- retries), or an earlier upstream of this request ended with it
         plan = b.plan
         fails = b.failed
-        if not fails then
-            fails = {}
-            b.failed = fails
-        end
         local last = b[b.n * 2]
         if last then
+            if not fails then
+                fails = {}
+                b.failed = fails
+            end
             fails[last] = true
         end
     end
 
     local down = down_for(plan.name)
-    local p, host, addr
-    while true do
-        p, host = select_next(plan, down, fails, b.key)
-        if not p or plan.targets[host].peer then
-            break
-        end
-        -- a name: its addresses from zedcup.resolver (no I/O here), one after
-        -- another; while it is being resolved, the other hosts
-        local addrs = resolve_peers(host.host)
-        if addrs then
-            local turn = (turns[host] or 0) % #addrs + 1
-            turns[host] = turn
-            addr = addrs[turn]
-            break
-        end
-        select_release(p, host, "connect", 0)
-        if not fails then
-            fails = {}
-            b.failed = fails
-        end
-        fails[host] = true
-        if not warned[host] then
-            warned[host] = true
-            ngx_log(ngx_WARN, "[zedcup] balance(): ", plan.name, "/", p.config.name, "/", host.name,
-                    ": the name ", host.host, " is not resolved yet: skipped")
-        end
+    local p, host = select_next(plan, down, fails, b.key)
+    local addr
+    if p and not plan.targets[host].peer then
+        p, host, addr = pick_named(b, plan, down, p, host)
+        fails = b.failed
     end
 
     local n = b.n
@@ -185,6 +276,12 @@ local function last_entries(list, n, out)
         for i = 1, n do
             out[i] = out[i + shift]
         end
+    elseif shift < 0 then
+        -- fewer entries than tries (tries nginx never made): the entries are
+        -- the last tries'
+        for i = n, 1, -1 do
+            out[i] = i + shift >= 1 and out[i + shift] or nil
+        end
     end
     return out
 end
@@ -225,20 +322,11 @@ local function account(inst, p, host, status, connect_time, header_time, picked)
 end
 
 
---- log(): in log_by_lua, after a request that balance() served
-function _M.log()
-    local b = ngx.ctx.zedcup_balance
-    if not b then
-        return
-    end
-    local n = b.n
-    local inst = b.plan.name
-    if n == 0 then
-        done(inst, nil) -- no usable host
-        return
-    end
+-- accounts for the tries of b (n > 0) from nginx's variables
+local function account_all(b, n, inst)
     local status = ngx_var.upstream_status
     if not status then
+        -- nginx made no try (the client went away first)
         for i = 1, n do
             if i ~= b.repeated then
                 select_release(b[i * 2 - 1], b[i * 2], nil, nil)
@@ -249,7 +337,7 @@ function _M.log()
     end
 
     if n == 1 and #status == 3 then
-        -- one try (the usual case): no lists to split
+        -- one try: no lists to split
         local p = b[1]
         local code = tonumber(status)
         local ct, ht
@@ -272,6 +360,46 @@ function _M.log()
         good = account(inst, b[i * 2 - 1], b[i * 2], status_l[i], connect_l[i], header_l[i], i ~= repeated)
     end
     done(inst, good and b.plan.pool_of[b[n * 2]] or nil)
+end
+
+
+--- log(): in log_by_lua, after a request that balance() served
+function _M.log()
+    local rk = tonumber(ffi_cast(uintptr_t, get_request()))
+    local b = live[rk]
+    if not b then
+        return
+    end
+    live[rk] = nil
+    if b.start ~= start_time() then
+        recycle(b) -- an earlier request's, whose log() never ran
+        return
+    end
+    local n = b.n
+    local inst = b.plan.name
+    if n == 0 then
+        done(inst, nil) -- no usable host
+        recycle(b)
+        return
+    end
+
+    if n == 1 then
+        -- one try (the usual case): a 2xx status not in status_codes, with
+        -- no internal redirect after the proxying (error_page), is the host's
+        -- answer: nothing to read from nginx's variables
+        local p, host = b[1], b[2]
+        local status = ngx.status
+        if status >= 200 and status < 300 and not p.codes[status] and not is_internal() then
+            connected(inst, p.config, host)
+            select_release(p, host, nil, p.balancer.timed and tonumber(ngx_var.upstream_header_time) or nil)
+            done(inst, b.plan.pool_of[host])
+            recycle(b)
+            return
+        end
+    end
+
+    account_all(b, n, inst)
+    recycle(b)
 end
 
 
