@@ -1395,3 +1395,87 @@ true
 nilsend request failed: invalid path "/bad path"
 --- no_error_log
 [error]
+
+
+
+=== TEST 22: a head and body split across reads anywhere, bare LF line ends, bytes after the response (not pooled, as ngx_lua refuses it)
+--- http_config
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / {
+            content_by_lua_block {
+                -- each part is written on its own, a moment apart, so the client's
+                -- reads end where the parts end
+                local big = string.rep("x", 100000)
+                local replies = {
+                    ["/split-status"] = { "HTTP/1.1 20", "0 OK\r\nContent-Length: 3\r\n\r\nabc" },
+                    ["/split-fields"] = { "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Le", "ngth: 3\r", "\n\r\nabc" },
+                    ["/split-body"] = { "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc", "def" },
+                    ["/big-body"] = { "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" .. big },
+                    ["/split-chunks"] = { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+                                          "c\r", "\n4\r\ndefg\r\n0\r\nX-T", "railer: 1\r\n\r\n" },
+                    ["/close-body"] = { "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc", "def" },
+                    ["/bare-lf"] = { "HTTP/1.1 200 OK\nX-A: 1\nContent-Length: 3\n\nabc" },
+                    ["/extra"] = { "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcGARBAGE" },
+                }
+                local sock = assert(ngx.req.socket(true))
+                local parts = replies[ngx.var.uri]
+                for i, part in ipairs(parts) do
+                    if i > 1 then
+                        ngx.sleep(0.02)
+                    end
+                    assert(sock:send(part))
+                end
+                if ngx.var.uri ~= "/close-body" then
+                    -- keep the connection until the client is done
+                    sock:settimeout(2000)
+                    sock:receive(1)
+                end
+            }
+        }
+    }
+--- config
+    location = /t {
+        content_by_lua_block {
+            local http = require "zedcup.http"
+            for _, path in ipairs({ "/split-status", "/split-fields", "/split-body", "/big-body",
+                                    "/split-chunks", "/close-body", "/bare-lf", "/extra" }) do
+                local httpc = http.new()
+                -- a pool per path: a pooled connection's server has stopped answering
+                assert(httpc:connect("127.0.0.1", $TEST_NGINX_RAND_PORT_1, { pool = path }))
+                local res, err = httpc:request({ path = path })
+                if not res then
+                    ngx.say(path, ": ", err)
+                else
+                    local body
+                    if path == "/close-body" then
+                        -- through body_reader, a byte at a time at first
+                        local parts = { res.body_reader(1), res.body_reader(2) }
+                        parts[3] = res:read_body()
+                        body = table.concat(parts)
+                    else
+                        body, err = res:read_body()
+                    end
+                    local trailers = res:read_trailers()
+                    local ka, why = httpc:set_keepalive()
+                    ngx.say(path, ": ", res.status, " ", #body > 10 and #body .. " bytes" or body, " ",
+                            tostring(err), " X-A=", tostring(res.headers["x-a"]), " trailer=",
+                            tostring(trailers["X-Trailer"]), " keepalive: ", tostring(ka), " ", tostring(why))
+                end
+                httpc:close()
+            end
+        }
+    }
+--- request
+GET /t
+--- response_body
+/split-status: 200 abc nil X-A=nil trailer=nil keepalive: 1 nil
+/split-fields: 200 abc nil X-A=1 trailer=nil keepalive: 1 nil
+/split-body: 200 abcdef nil X-A=nil trailer=nil keepalive: 1 nil
+/big-body: 200 100000 bytes nil X-A=nil trailer=nil keepalive: 1 nil
+/split-chunks: 200 abcdefg nil X-A=nil trailer=1 keepalive: 1 nil
+/close-body: 200 abcdef nil X-A=nil trailer=nil keepalive: 2 connection must be closed
+/bare-lf: 200 abc nil X-A=1 trailer=nil keepalive: 1 nil
+/extra: 200 abc nil X-A=nil trailer=nil keepalive: nil set keepalive failed: unread data in buffer
+--- no_error_log
+[error]

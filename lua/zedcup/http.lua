@@ -239,30 +239,40 @@ local function add_continuation(headers, names, last, line)
     end
 end
 
--- The header table of field lines already checked by read_head.
-local function parse_lines(lines, n)
+-- The header table of the field lines of a head (a string of lines, each
+-- ending with LF or CRLF), already checked by read_head.
+local function parse_lines(fields)
     local headers = new_headers()
     local names = getmetatable(headers).names
     local last
-    for i = 1, n do
-        local line = lines[i]
+    local pos, len = 1, #fields
+    while pos <= len do
+        local e = str_find(fields, "\n", pos, true) or len + 1
+        local stop = e - 1
+        if stop >= pos and str_byte(fields, stop) == 13 then
+            stop = stop - 1
+        end
+        local line = str_sub(fields, pos, stop)
         local c = str_byte(line, 1)
         if c == 32 or c == 9 then
             add_continuation(headers, names, last, line)
         else
             last = add_line(headers, names, line)
         end
+        pos = e + 1
     end
     return headers
 end
 
+local read_line
+
 -- Reads field lines up to the empty line into a new header table (trailers).
-local function read_fields(sock, what)
+local function read_fields(self, sock, what)
     local headers = new_headers()
     local names = getmetatable(headers).names
     local last
     while true do
-        local line, err = sock:receive("*l")
+        local line, err = read_line(self, sock)
         if not line then
             return nil, "read " .. what .. " failed: " .. err
         end
@@ -313,34 +323,40 @@ local function has_space(s)
     return false
 end
 
--- the value of a field line whose colon is at `colon`, without surrounding blanks
-local function line_value(line, colon)
-    local from = colon + 1
-    local b = str_byte(line, from)
-    while b == 32 or b == 9 do
+-- the value of a field whose line holds it in s[from..stop], without the
+-- blanks around it
+local function field_value(s, from, stop)
+    local b = str_byte(s, from)
+    while from <= stop and (b == 32 or b == 9) do
         from = from + 1
-        b = str_byte(line, from)
+        b = str_byte(s, from)
     end
-    local value = str_sub(line, from)
-    b = str_byte(value, -1)
-    if b == 32 or b == 9 then
-        value = str_match(value, "^(.-)[ \t]*$")
+    b = str_byte(s, stop)
+    while stop >= from and (b == 32 or b == 9) do
+        stop = stop - 1
+        b = str_byte(s, stop)
     end
-    return value
+    return str_sub(s, from, stop)
 end
 
--- Reads a response head. Field lines are kept as they came (res.headers is
--- built from them on first use: a caller that never looks pays nothing for
--- it); only the fields that frame the exchange are read now.
--- -> status, reason, minor version, lines, n, connection, transfer-encoding,
--- content-length (nil when absent), eager (a field was folded or framing
--- fields repeat: the caller parses the lines at once and reads them there)
--- | nil, err
-local function read_head(sock)
-    local line, err = sock:receive("*l")
-    if not line then
-        return nil, "read status line failed: " .. err
+-- Parses the response head in buf from pos. Field lines are kept as they came
+-- (res.headers is built from them on first use: a caller that never looks pays
+-- nothing for it); only the fields that frame the exchange are read now.
+-- -> status, reason, minor version, fields (the field lines, one string),
+-- connection, transfer-encoding, content-length (nil when absent), eager (a
+-- field was folded or framing fields repeat: the caller parses the fields at
+-- once and reads them there), the position after the head
+-- | nil, "status line" | "headers" (the head goes on past buf) | false, err
+local function parse_head(buf, pos)
+    local e = str_find(buf, "\n", pos, true)
+    if not e then
+        return nil, "status line"
     end
+    local stop = e - 1
+    if stop >= pos and str_byte(buf, stop) == 13 then
+        stop = stop - 1
+    end
+    local line = str_sub(buf, pos, stop)
     local minor = str_byte(line, 8)
     local after = str_byte(line, 13)
     if str_byte(line, 1) ~= 72 or str_byte(line, 2) ~= 84 or str_byte(line, 3) ~= 84
@@ -349,55 +365,175 @@ local function read_head(sock)
         or str_byte(line, 9) ~= 32 or not all_digits(line, 10, 12)
         or (after and after ~= 32)
     then
-        return nil, "read status line failed: invalid status line \"" .. line .. "\""
+        return false, "read status line failed: invalid status line \"" .. line .. "\""
     end
     local b1, b2, b3 = str_byte(line, 10, 12)
     local reason = str_sub(line, 14)
 
-    local lines = tab_new(8, 0)
-    local n = 0
+    local from = e + 1
+    local p = from
+    local nfields = 0
     local conn, te, cl, eager
     while true do
-        line, err = sock:receive("*l")
-        if not line then
-            return nil, "read headers failed: " .. err
+        e = str_find(buf, "\n", p, true)
+        if not e then
+            return nil, "headers"
         end
-        if line == "" then
-            break
+        stop = e - 1
+        if stop >= p and str_byte(buf, stop) == 13 then
+            stop = stop - 1
         end
-        local c = str_byte(line, 1)
+        if stop < p then
+            break   -- the empty line
+        end
+        local c = str_byte(buf, p)
         if c == 32 or c == 9 then
-            if n == 0 then
-                return nil, "read headers failed: continuation line without a field"
+            if nfields == 0 then
+                return false, "read headers failed: continuation line without a field"
             end
             eager = true
         else
-            local colon = str_find(line, ":", 1, true)
-            if not colon or colon == 1 then
-                return nil, "read headers failed: invalid field line \"" .. line .. "\""
+            local colon = str_find(buf, ":", p, true)
+            if not colon or colon > stop or colon == p then
+                return false, "read headers failed: invalid field line \""
+                              .. str_sub(buf, p, stop) .. "\""
             end
             -- Connection (10 bytes), Content-Length (14), Transfer-Encoding (17)
-            if (colon == 11 or colon == 15 or colon == 18)
+            local nlen = colon - p
+            if (nlen == 10 or nlen == 14 or nlen == 17)
                 and (c == 67 or c == 99 or c == 84 or c == 116)
             then
-                local lname = lower_name(str_sub(line, 1, colon - 1))
+                local lname = lower_name(str_sub(buf, p, colon - 1))
                 if lname == "connection" then
                     eager = eager or conn ~= nil
-                    conn = line_value(line, colon)
+                    conn = field_value(buf, colon + 1, stop)
                 elseif lname == "content-length" then
                     eager = eager or cl ~= nil
-                    cl = line_value(line, colon)
+                    cl = field_value(buf, colon + 1, stop)
                 elseif lname == "transfer-encoding" then
                     eager = eager or te ~= nil
-                    te = line_value(line, colon)
+                    te = field_value(buf, colon + 1, stop)
                 end
             end
         end
-        n = n + 1
-        lines[n] = line
+        nfields = nfields + 1
+        p = e + 1
     end
     return (b1 - 48) * 100 + (b2 - 48) * 10 + b3 - 48, reason, minor - 48,
-           lines, n, conn, te, cl, eager
+           str_sub(buf, from, p - 1), conn, te, cl, eager, e + 1
+end
+
+-- Bytes the client has read but not used yet: the head is read with one
+-- receiveany(), and what came with it (often the whole body) waits in
+-- self.buf from self.bpos; every read takes from there first. (After a 101,
+-- the new protocol's first bytes may be there.)
+local HEAD_READ = 16384          -- receiveany()'s limit
+local HEAD_MAX = 1048576         -- a response head longer than this is refused
+
+local function keep_rest(self, buf, pos)
+    if pos <= #buf then
+        self.buf, self.bpos = buf, pos
+    end
+end
+
+-- the head did not come whole with the first read: read on
+local function read_head_more(self, sock, buf, pos, what)
+    buf = str_sub(buf, pos)
+    while true do
+        if #buf > HEAD_MAX then
+            return nil, "read " .. what .. " failed: longer than " .. HEAD_MAX .. " bytes"
+        end
+        local more, err = sock:receiveany(HEAD_READ)
+        if not more then
+            return nil, "read " .. what .. " failed: " .. err
+        end
+        buf = buf .. more
+        local status, reason, minor, fields, conn, te, cl, eager, after = parse_head(buf, 1)
+        if status then
+            keep_rest(self, buf, after)
+            return status, reason, minor, fields, conn, te, cl, eager
+        end
+        if status == false then
+            return nil, reason
+        end
+        what = reason
+    end
+end
+
+-- -> parse_head's values (without the position) | nil, err
+local function read_head(self, sock)
+    local buf, pos = self.buf, self.bpos
+    if buf then
+        self.buf = nil
+    else
+        local err
+        buf, err = sock:receiveany(HEAD_READ)
+        if not buf then
+            return nil, "read status line failed: " .. err
+        end
+        pos = 1
+    end
+    local status, reason, minor, fields, conn, te, cl, eager, after = parse_head(buf, pos)
+    if not status then
+        if status == false then
+            return nil, reason
+        end
+        return read_head_more(self, sock, buf, pos, reason)
+    end
+    keep_rest(self, buf, after)
+    return status, reason, minor, fields, conn, te, cl, eager
+end
+
+-- -> up to n (or all) of the bytes read ahead | nil when there are none
+local function take_buffered(self, n)
+    local buf = self.buf
+    if not buf then
+        return nil
+    end
+    local pos = self.bpos
+    if n and pos + n <= #buf then
+        self.bpos = pos + n
+        return str_sub(buf, pos, pos + n - 1)
+    end
+    self.buf = nil
+    if pos == 1 then
+        return buf
+    end
+    return str_sub(buf, pos)
+end
+
+-- receive("*l") after the bytes read ahead
+function read_line(self, sock)
+    local buf = self.buf
+    if not buf then
+        return sock:receive("*l")
+    end
+    local pos = self.bpos
+    local e = str_find(buf, "\n", pos, true)
+    if e then
+        local stop = e - 1
+        if stop >= pos and str_byte(buf, stop) == 13 then
+            stop = stop - 1
+        end
+        if e == #buf then
+            self.buf = nil
+        else
+            self.bpos = e + 1
+        end
+        return str_sub(buf, pos, stop)
+    end
+    -- a line begun in what was read ahead
+    self.buf = nil
+    local begun = str_sub(buf, pos)
+    local line, err, partial = sock:receive("*l")
+    if not line then
+        return nil, err, begun .. (partial or "")
+    end
+    line = begun .. line
+    if str_byte(line, -1) == 13 then
+        line = str_sub(line, 1, -2)
+    end
+    return line
 end
 
 
@@ -410,17 +546,17 @@ function _M.new()
     if not sock then
         return nil, "create socket failed: " .. tostring(err)
     end
+    -- sized for what a request adds: host_header, no_reuse (why the current
+    -- connection may not be pooled, nil = it may), buf and bpos (read_head)
+    local self = tab_new(0, 8)
+    self.sock = sock
+    self.connected = false
+    -- true while a response body is still on the wire
+    self.pending = false
+    -- bumped per request: stale body readers must not read a newer response
+    self.gen = 0
     -- not a tail call: a trace that returns from setmetatable aborts (LuaJIT)
-    local self = setmetatable({
-        sock = sock,
-        connected = false,
-        -- why the current connection may not be pooled (nil = it may)
-        no_reuse = nil,
-        -- true while a response body is still on the wire
-        pending = false,
-        -- bumped per request: stale body readers must not read a newer response
-        gen = 0,
-    }, mt)
+    setmetatable(self, mt)
     return self
 end
 
@@ -437,6 +573,7 @@ local function fail(self, err)
     self.connected = false
     self.pending = false
     self.no_reuse = nil
+    self.buf = nil
     self.sock:close()
     return nil, err
 end
@@ -534,9 +671,7 @@ local function do_connect(self, scheme, host, port, copts)
     self.connected = true
     self.no_reuse = nil
     self.pending = false
-    self.scheme = scheme
-    self.host = host
-    self.port = port
+    self.buf = nil
     self.host_header = host_header(host, port, scheme)
 
     if scheme == "https" and sock:getreusedtimes() == 0 then
@@ -583,6 +718,7 @@ function _M.close(self)
     self.connected = false
     self.pending = false
     self.no_reuse = nil
+    self.buf = nil
     local ok, err = self.sock:close()
     if not ok then
         return nil, "close failed: " .. (was and err or "not connected")
@@ -616,6 +752,12 @@ function _M.set_keepalive(self, timeout, pool_size)
         self:close()
         ngx_log(DEBUG, "[zedcup] http: connection closed, not pooled: ", why)
         return 2, MUST_CLOSE
+    end
+    if self.buf then
+        -- the server sent more than the response (ngx_lua's answer, when the
+        -- bytes are still in its buffer)
+        self:close()
+        return nil, "set keepalive failed: unread data in buffer"
     end
     self.connected = false
     local ok, err = self.sock:setkeepalive(timeout, pool_size)
@@ -783,9 +925,15 @@ local function body_chunk(res, max)
         if max and max < n then
             n = max
         end
-        local data, err = sock:receive(n)
-        if not data then
-            return fail(self, "read body failed: " .. err)
+        local data = take_buffered(self, n)
+        if data then
+            n = #data
+        else
+            local err
+            data, err = sock:receive(n)
+            if not data then
+                return fail(self, "read body failed: " .. err)
+            end
         end
         n = res._left - n
         res._left = n
@@ -798,7 +946,7 @@ local function body_chunk(res, max)
     elseif kind == "chunked" then
         local left = res._left
         if left == 0 then
-            local line, err = sock:receive("*l")
+            local line, err = read_line(self, sock)
             if not line then
                 return fail(self, "read body failed: " .. err)
             end
@@ -812,7 +960,7 @@ local function body_chunk(res, max)
                 -- with an empty line; consume all of it now so the connection
                 -- is clean for the next request
                 local trailers
-                trailers, err = read_fields(sock, "trailers")
+                trailers, err = read_fields(self, sock, "trailers")
                 if not trailers then
                     return fail(self, err)
                 end
@@ -826,15 +974,20 @@ local function body_chunk(res, max)
         if max and max < n then
             n = max
         end
-        local data, err = sock:receive(n)
-        if not data then
-            return fail(self, "read body failed: " .. err)
+        local data = take_buffered(self, n)
+        if data then
+            n = #data
+        else
+            local err
+            data, err = sock:receive(n)
+            if not data then
+                return fail(self, "read body failed: " .. err)
+            end
         end
         left = left - n
         res._left = left
         if left == 0 then
-            local crlf
-            crlf, err = sock:receive("*l")
+            local crlf, err = read_line(self, sock)
             if crlf ~= "" then
                 return fail(self, "read body failed: " .. (err or "chunk not followed by CRLF"))
             end
@@ -843,7 +996,19 @@ local function body_chunk(res, max)
     end
 
     -- "close": the body ends where the server closes the connection
+    local ahead = take_buffered(self, max)
+    if ahead and max then
+        return ahead
+    end
     local data, err, partial = sock:receive(max or "*a")
+    if ahead then
+        -- everything up to the close was asked for
+        if data then
+            data = ahead .. data
+        else
+            partial = ahead .. (partial or "")
+        end
+    end
     local done = false
     if not data then
         if err ~= "closed" then
@@ -876,19 +1041,18 @@ local function header_value(names, headers, lname)
 end
 
 -- res: a pipelined response to fill in (request_pipeline), else a new one.
--- lines..eager: read_head's. Eight fields, so a response fits a hash part of
+-- fields..eager: read_head's. Eight fields, so a response fits a hash part of
 -- 8; res.headers (on first use) and res.trailers (chunked bodies) add to them.
-local function new_response(self, method, status, reason, minor, lines, n, conn, te, cl, eager,
-                            res)
+local function new_response(self, method, status, reason, minor, fields, conn, te, cl, eager, res)
     if res then
-        res.status, res.reason, res.has_body, res._lines = status, reason, false, lines
+        res.status, res.reason, res.has_body, res._lines = status, reason, false, fields
         res._client, res._gen, res._kind, res._left = self, self.gen, "none", 0
     else
         -- no nil fields here: they would count in the size of the hash part
         res = setmetatable({
             status = status,
             reason = reason,
-            _lines = lines,
+            _lines = fields,
             has_body = false,
             _client = self,
             _gen = self.gen,
@@ -898,7 +1062,7 @@ local function new_response(self, method, status, reason, minor, lines, n, conn,
     end
     if eager then
         -- folded or repeated framing fields: the header table decides
-        local headers = parse_lines(lines, n)
+        local headers = parse_lines(fields)
         local names = getmetatable(headers).names
         conn = header_value(names, headers, "connection")
         te = header_value(names, headers, "transfer-encoding")
@@ -1221,7 +1385,7 @@ end
 -- Reads the response to the request just sent (see do_request for the body
 -- arguments: a body withheld for Expect: 100-continue goes out on a 100).
 function receive_response(self, method, sock, body, btype, frame, clen, expect, body_sent)
-    local status, reason, minor, lines, n, conn, te, cl, eager = read_head(sock)
+    local status, reason, minor, fields, conn, te, cl, eager = read_head(self, sock)
     if not status then
         return fail(self, reason)
     end
@@ -1236,13 +1400,13 @@ function receive_response(self, method, sock, body, btype, frame, clen, expect, 
         -- and the server may or may not be waiting for it
         self.no_reuse = self.no_reuse or "request body not sent (final status before 100 Continue)"
     end
-    return new_response(self, method, status, reason, minor, lines, n, conn, te, cl, eager)
+    return new_response(self, method, status, reason, minor, fields, conn, te, cl, eager)
 end
 
 -- Reads past 1xx responses: a 100 Continue sends a withheld body (Expect);
 -- other interim responses (102, 103...) carry nothing for us.
 function interim(self, method, sock, status, body, btype, frame, clen, expect, body_sent)
-    local reason, minor, lines, n, conn, te, cl, eager, ok, err
+    local reason, minor, fields, conn, te, cl, eager, ok, err
     while true do
         if status == 100 and expect and not body_sent then
             ok, err = send_body(sock, body, btype, frame, clen)
@@ -1251,7 +1415,7 @@ function interim(self, method, sock, status, body, btype, frame, clen, expect, b
             end
             body_sent = true
         end
-        status, reason, minor, lines, n, conn, te, cl, eager = read_head(sock)
+        status, reason, minor, fields, conn, te, cl, eager = read_head(self, sock)
         if not status then
             return fail(self, reason)
         end
@@ -1264,7 +1428,7 @@ function interim(self, method, sock, status, body, btype, frame, clen, expect, b
         -- and the server may or may not be waiting for it
         self.no_reuse = self.no_reuse or "request body not sent (final status before 100 Continue)"
     end
-    return new_response(self, method, status, reason, minor, lines, n, conn, te, cl, eager)
+    return new_response(self, method, status, reason, minor, fields, conn, te, cl, eager)
 end
 
 function _M.request(self, params)
@@ -1296,9 +1460,9 @@ local function load_pipelined(res)
     end
 
     local sock = self.sock
-    local status, reason, minor, lines, n, conn, te, cl, eager
+    local status, reason, minor, fields, conn, te, cl, eager
     repeat
-        status, reason, minor, lines, n, conn, te, cl, eager = read_head(sock)
+        status, reason, minor, fields, conn, te, cl, eager = read_head(self, sock)
         if not status then
             _, err = fail(self, reason)
             res.err = err
@@ -1308,8 +1472,7 @@ local function load_pipelined(res)
 
     self.gen = self.gen + 1
     local ok
-    ok, err = new_response(self, res._method, status, reason, minor, lines, n, conn, te, cl, eager,
-                           res)
+    ok, err = new_response(self, res._method, status, reason, minor, fields, conn, te, cl, eager, res)
     if not ok then
         res.status, res.err = nil, err
     end
@@ -1426,7 +1589,7 @@ local function make_headers(res)
     if not lines then
         return nil
     end
-    local headers = parse_lines(lines, #lines)
+    local headers = parse_lines(lines)
     res._lines = nil
     res.headers = headers
     return headers
