@@ -27,7 +27,6 @@ TOOL_PKGS := lua5.1 lua-cjson lua-check openssl wrk ca-certificates chromium
 # Debian's python3 has no ensurepip (so no `python3 -m venv`) without python3-venv.
 VENV_PKGS := $(shell python3 -c 'import ensurepip, venv' 2>/dev/null || echo python3-venv)
 APT_PKGS  := $(NGINX_PKGS) $(TOOL_PKGS) $(VENV_PKGS)
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PYTEST_ARGS ?=
 
@@ -37,25 +36,7 @@ deps: system-deps python-deps consul
 
 # Installs only what is missing: no apt-get update (and nothing else) when all is there.
 system-deps:
-	@installed=$$(dpkg-query -W -f='$${Package} $${db:Status-Status}\n' $(APT_PKGS) 2>/dev/null || true)
-	missing=""
-	for pkg in $(APT_PKGS); do
-	    grep -qx "$$pkg installed" <<<"$$installed" || missing="$$missing $$pkg"
-	done
-	[ -n "$$missing" ] || exit 0
-	echo "make deps: installing Debian packages:$$missing"
-	# Debian's nginx postinst starts a system nginx on port 80, which fails (or lingers)
-	# without systemd; tests start their own. Forbid service starts during the install.
-	if [ ! -e /usr/sbin/policy-rc.d ]; then
-	    printf '#!/bin/sh\n# zedcup make deps: no service starts while installing\nexit 101\n' \
-	        | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null
-	    $(SUDO) chmod 755 /usr/sbin/policy-rc.d
-	    trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT
-	fi
-	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    -o Dpkg::Use-Pty=0 --no-install-recommends $$missing >/dev/null
-	echo "make deps: installed:$$missing"
+	@.ci/apt-install "make deps" $(APT_PKGS)
 
 python-deps: $(STAMP)
 
@@ -137,27 +118,7 @@ test-real: lint consul
 DOCKER_PKGS := docker.io docker-compose debootstrap
 
 docker-deps:
-	@installed=$$(dpkg-query -W -f='$${Package} $${db:Status-Status}\n' $(DOCKER_PKGS) 2>/dev/null || true)
-	missing=""
-	for pkg in $(DOCKER_PKGS); do
-	    grep -qx "$$pkg installed" <<<"$$installed" || missing="$$missing $$pkg"
-	done
-	[ -n "$$missing" ] || exit 0
-	if [ "$$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; then
-	    echo "make test-docker: not root and no sudo: not installing$$missing"; exit 0
-	fi
-	echo "make test-docker: installing Debian packages:$$missing"
-	# no service manager here: the suite starts its own dockerd, nothing starts at install
-	if [ ! -e /usr/sbin/policy-rc.d ]; then
-	    printf '#!/bin/sh\n# zedcup make test-docker: no service starts while installing\nexit 101\n' \
-	        | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null
-	    $(SUDO) chmod 755 /usr/sbin/policy-rc.d
-	    trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT
-	fi
-	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    -o Dpkg::Use-Pty=0 --no-install-recommends $$missing >/dev/null
-	echo "make test-docker: installed:$$missing"
+	@.ci/apt-install "make test-docker" --optional $(DOCKER_PKGS)
 
 test-docker: python-deps docker-deps
 	ZEDCUP_TEST_DOCKER=1 $(PYTEST) -q -rs -s -p no:cacheprovider tests/docker $(PYTEST_ARGS)
