@@ -598,6 +598,11 @@ function _M.pass()
         end
     end
     hosts = seen -- forgets hosts that left the config
+    for key in pairs(pending) do
+        if not seen[key] then
+            pending[key] = nil -- and their transitions not written yet (its writer stops)
+        end
+    end
 
     -- at most CONCURRENCY checks in flight; the worker lock is renewed
     -- between batches so a long pass never loses it
