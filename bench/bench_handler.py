@@ -17,6 +17,7 @@ these locations that fetch it, all over keepalive connections (upstreams with
             constant peer, with a log_by_lua that does nothing: what nginx's own
             Lua hooks cost, the floor of /balance
 - /nolog:   /balance without zedcup.log() (not run unless chosen with -l)
+- /floor_balancer: /floor without its log_by_lua (not run unless chosen with -l)
 
 wrk (one thread, a fixed connection count) drives the locations interleaved
 over several rounds (native, zedcup, raw, balance, client, floor, native, ...)
@@ -177,9 +178,15 @@ FRONT_CONFIG = r"""
         proxy_pass http://floor_backend/backend;
         log_by_lua_block { local _ = ngx }
     }
+
+    location = /floor_balancer {
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_pass http://floor_backend/backend;
+    }
 """
 
-LOCATIONS = ("native", "zedcup", "raw", "balance", "client", "floor", "nolog")
+LOCATIONS = ("native", "zedcup", "raw", "balance", "client", "floor", "nolog", "floor_balancer")
 DEFAULT_LOCATIONS = ("native", "zedcup", "raw", "balance", "client", "floor")
 
 
