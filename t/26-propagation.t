@@ -5,10 +5,13 @@
 # measured is the watcher's answer plus every worker's poll.
 #
 # Every block: zedcup with its workers, and /which (the preamble below).
+# TEST 3 proves a race closed, so it widens the race's window on purpose.
 
 --- vars
-# where zedcup finds Consul (TEST 2: a proxy that hangs)
+# where zedcup finds Consul (TEST 2: a proxy that hangs; TEST 3: a proxy that can hold listings)
 TEST_ZEDCUP_CONSUL = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token = "$TEST_NGINX_CONSUL_TOKEN" }
+# more Lua at the end of init_by_lua (TEST 3: a slow instances applier)
+TEST_ZEDCUP_INIT =
 --- http_config
     lua_shared_dict zedcup_cache 4m;
     lua_shared_dict zedcup_locks 1m;
@@ -22,6 +25,7 @@ TEST_ZEDCUP_CONSUL = { host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT, token
             prefix = "$TEST_ZEDCUP_PREFIX",
             consul = $TEST_ZEDCUP_CONSUL,
         }))
+        $TEST_ZEDCUP_INIT
     }
     init_worker_by_lua_block {
         require("zedcup").run_workers()
@@ -199,3 +203,68 @@ balance path: HTTP/1.1 50[02] .*
 $
 --- error_log
 balance said: Could not retrieve config:
+
+
+
+=== TEST 3: a listing of the instances asked for before remove_instance and applied after it does not bring the instance back (the removal's index is unknown: its time decides)
+--- workers: 2
+--- timeout: 30
+--- vars
+TEST_ZEDCUP_CONSUL = { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3, token = "$TEST_NGINX_CONSUL_TOKEN" }
+TEST_ZEDCUP_INIT = require("zedcup_t").slow_instances_applier()
+--- http_config
+    # zedcup reaches Consul through this proxy, which can hold the watcher's next listings
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+        location / {
+            access_by_lua_block { require("zedcup_t").consul_proxy_access("$TEST_ZEDCUP_PREFIX") }
+            log_by_lua_block { require("zedcup_t").consul_proxy_log() }
+            proxy_pass http://127.0.0.1:$TEST_NGINX_CONSUL_PORT;
+            proxy_read_timeout 700s;
+            proxy_buffering off;
+        }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "one"; }
+    }
+--- config
+    location = /has {
+        content_by_lua_block {
+            ngx.say(ngx.worker.id(), " ", require("zedcup.config").plan_local("inst") ~= nil)
+        }
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local T = require "zedcup_t"
+            local flags = ngx.shared.flags
+            local _, until_all = T.client($TEST_NGINX_SERVER_PORT)
+            local direct = require("zedcup.consul"):new({ host = "127.0.0.1", port = $TEST_NGINX_CONSUL_PORT,
+                                                          token = "$TEST_NGINX_CONSUL_TOKEN" })
+            local conf = { pools = { { hosts = { { host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 } } } } }
+            assert(zedcup.configure_instance("inst", conf))
+            assert(zedcup.configure_instance("other", conf))
+            ngx.say("served: ", until_all("/which", "one", 5) ~= nil)
+
+            -- a listing that still holds inst reaches the node; its applier waits 0.5 s
+            flags:set("slow", true)
+            assert(direct:put_key("$TEST_ZEDCUP_PREFIX/instances/other/pools/1/hosts/1/weight", "2"))
+            ngx.say("a listing with inst is being applied: ",
+                    T.wait_for(5, 0.01, function() return flags:get("applying") end))
+            -- no later listing comes to correct it; this node removes inst meanwhile
+            flags:set("hold", "instances")
+            assert(zedcup.remove_instance("inst"))
+            T.wait_for(5, 0.01, function() return not flags:get("slow") end)
+            ngx.say("applied: ", not flags:get("slow"))
+            ngx.say("every worker still without inst: ", until_all("/has", "false", 1) ~= nil)
+            flags:delete("hold")
+        }
+    }
+--- request
+GET /t
+--- response_body
+served: true
+a listing with inst is being applied: true
+applied: true
+every worker still without inst: true

@@ -61,6 +61,7 @@ local K_UP_GEN = "up_gen"        -- bumped when Consul brought a host back (came
 local K_QUEUE = "errq"           -- list of host keys with failures not pushed yet
 local P_OWN_WRITE = "w:"         -- .. inst: "<index> <time>" of this node's last write
 local K_OWN_GLOBAL = "gw"        -- the same for the global config
+local P_REMOVED = "rm:"          -- .. inst: when this node removed it (ngx.now(), for a minute)
 local P_BAD = "bad:"             -- .. what .. ":" .. sig: a refused config, logged once
 local P_ERRORS = "e:"            -- .. host key: failures in the window (TTL error_timeout)
 local P_LAST_ERROR = "le:"       -- .. host key: the last failure's message
@@ -281,6 +282,22 @@ function _M.set_own_write(name, index, at)
         cache:delete(key)
     else
         cache:set(key, index .. " " .. at)
+    end
+end
+
+
+--- removed_at(name) -> when this node removed instance `name` (ngx.now(); 0: not lately)
+function _M.removed_at(name)
+    return cache:get(P_REMOVED .. name) or 0
+end
+
+
+--- set_removed(name, at | nil): records (for a minute) or forgets a removal by this node
+function _M.set_removed(name, at)
+    if at == nil then
+        cache:delete(P_REMOVED .. name)
+    else
+        cache:set(P_REMOVED .. name, at, 60)
     end
 end
 

@@ -203,6 +203,27 @@ function _M.consul_proxy_access(prefix)
     end
 end
 
+-- In init_by_lua, after zedcup.init(): the instances watcher's applier
+-- (zedcup.config.apply.apply_instances) waits 0.5 s before it applies the next
+-- listing that comes while ngx.shared.flags "slow" is set; it sets "applying"
+-- when it starts waiting and deletes "slow" once it applied. (Widens the window
+-- between a listing and its applying, for the races that happen there.)
+function _M.slow_instances_applier()
+    local apply = require "zedcup.config.apply"
+    local orig = apply.apply_instances
+    apply.apply_instances = function(...)
+        local flags = ngx.shared.flags
+        if not flags:get("slow") then
+            return orig(...)
+        end
+        flags:set("applying", true)
+        sleep(0.5)
+        local ok, err = orig(...)
+        flags:delete("slow")
+        return ok, err
+    end
+end
+
 function _M.consul_proxy_header_filter()
     local flags = ngx.shared.flags
     local inflate = flags:get("inflate")

@@ -74,6 +74,15 @@ local function apply_instances(entries, index, info)
     -- means Consul's index went back.
     local sent_at = info and info.sent_at or 0
     local reset = info and info.reset
+    -- an instance this node removed after the listing was asked for: the
+    -- listing is older than the removal (whose index Consul does not give)
+    if info then
+        for name in pairs(groups) do
+            if store.removed_at(name) > sent_at then
+                groups[name] = nil
+            end
+        end
+    end
     for name in pairs(old) do
         local wi, wt = store.own_write(name)
         if wi > index and wt < sent_at then
@@ -192,6 +201,17 @@ function _M.apply_instances(entries, index, info)
 end
 
 
+-- -> whether this node serves instances of which Consul lists none (one read;
+-- nil when Consul did not answer: then the empty config is not taken either)
+local function instances_gone()
+    if next(store.names()) == nil then
+        return false
+    end
+    local entries = kv.get_tree(kv.instances_prefix())
+    return entries == nil or #entries == 0
+end
+
+
 --- apply_global(entries, index?, info?) -> true | nil, err: a listing of <prefix>/config/
 function _M.apply_global(entries, index, info)
     local gwi, gwt = store.own_write(nil)
@@ -214,10 +234,13 @@ function _M.apply_global(entries, index, info)
             return true
         end
         -- (so does an empty config found on the first answer after a failure,
-        -- or soon after another watch saw Consul's index go back: an empty
-        -- global config is rarely meant)
+        -- or soon after another watch saw Consul's index go back, or while
+        -- Consul lists none of the instances this node serves: an empty global
+        -- config is rarely meant. The last: a blocking query sent to a
+        -- restarted Consul is answered once its new index passes the old one,
+        -- like a change, maybe before the other watches noticed the restart.)
         if (info and (info.reset or info.resync)) or reset_by_own_write or store.kept()
-           or ngx_time() - store.reset_at() < RESET_WINDOW then
+           or ngx_time() - store.reset_at() < RESET_WINDOW or instances_gone() then
             store.global_kept(true)
             ngx_log(ngx_ERR, "[zedcup] Consul came back empty: nothing under ", base,
                     " after a restart: keeping this node's global config;",

@@ -14,6 +14,7 @@ local store = require "zedcup.store"
 
 local ngx = ngx
 local ngx_now = ngx.now
+local ngx_update_time = ngx.update_time
 local tostring = tostring
 local json_encode = require("cjson.safe").encode
 
@@ -45,6 +46,7 @@ function _M.instance(name, conf)
     local ok
     ok, err = store.update_configs(function()
         store.set_own_write(name, index, ngx_now())
+        store.set_removed(name, nil)
         return store.configs():set(name, nil, { name = name, sig = signature(entries), conf = normalised })
     end)
     if not ok then
@@ -69,10 +71,14 @@ function _M.remove_instance(name)
     if not ok then
         return nil, "removing instance " .. name .. " failed: " .. tostring(err)
     end
-    store.update_names(function(set)
-        set[name] = nil
+    store.update_configs(function()
+        ngx_update_time()
+        store.set_removed(name, ngx_now())
+        store.update_names(function(set)
+            set[name] = nil
+        end)
+        store.configs():delete(name)
     end)
-    store.configs():delete(name)
     state.forget(name)
     store.config_changed()
     config.refresh()
