@@ -433,8 +433,8 @@ $
 
 
 
-=== TEST 7: with Consul hung, checks keep their cadence: transitions are written off the checks, retried until Consul takes them
---- timeout: 40
+=== TEST 7: with Consul hung, checks keep their cadence (also once the node's listing is old): transitions are written off the checks, retried until Consul takes them
+--- timeout: 60
 --- vars
 TEST_ZEDCUP_INIT_EXTRA = node_name = "checker",
 TEST_ZEDCUP_CONSUL_AT = host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3
@@ -482,7 +482,8 @@ TEST_ZEDCUP_CONSUL_AT = host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3
                 return res.status == 200 and res.body[1].Value or nil
             end
 
-            assert(zedcup.configure({ healthcheck_interval = 0.1 }))
+            -- the node's listing counts as current for consul_wait_time + worker_lock_ttl + 5 = 7 s
+            assert(zedcup.configure({ healthcheck_interval = 0.1, consul_wait_time = 1, worker_lock_ttl = 1 }))
             local hc = { path = "/health", interval = 0.1, fall = 1, rise = 1 }
             assert(zedcup.configure_instance("app", { pools = { { name = "p", hosts = {
                 { name = "a", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1, healthcheck = hc },
@@ -492,6 +493,12 @@ TEST_ZEDCUP_CONSUL_AT = host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3
             ngx.say("both checked: ", t.poll(10, 0.05, function()
                 return state.last_check("app", "p", "a") and state.last_check("app", "p", "b")
             end) and true)
+
+            -- a listing after the global config took effect: the node's listing now
+            -- counts as current for 7 s after the watcher's last answer
+            local index = store.watch_index("instances")
+            assert(consul:put_key("$TEST_ZEDCUP_PREFIX/instances/nudge", "x"))
+            t.poll(5, 0.02, function() return store.watch_index("instances") ~= index end)
 
             -- Consul hangs; host a fails from now on
             flags:set("hold", "*")
@@ -509,6 +516,19 @@ TEST_ZEDCUP_CONSUL_AT = host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_3
             ngx.say("checks per second while Consul hangs >= 5: ", rate >= 5,
                     rate >= 5 and "" or (" (" .. n .. " checks, " .. rate .. "/s)"))
             ngx.say("a's down waits to be written: ", healthcheck.transitions_pending() == 1)
+
+            -- the watchers have not answered for a while: checks go on from the node's listing
+            ngx.say("the node's listing is old: ", t.poll(15, 0.1, function() return not store.synced() end) and true)
+            ngx.update_time()
+            t0, c0 = ngx.now(), store.counter("checks")
+            t.poll(10, 0.05, function()
+                n = store.counter("checks") - c0
+                return n >= 20
+            end)
+            ngx.update_time()
+            rate = n / (ngx.now() - t0)
+            ngx.say("checks per second then >= 5: ", rate >= 5,
+                    rate >= 5 and "" or (" (" .. n .. " checks, " .. rate .. "/s)"))
             ngx.say("not in Consul yet: ", down_value("a"))
 
             flags:delete("hold")
@@ -528,6 +548,8 @@ GET /t
 both checked: true
 checks per second while Consul hangs >= 5: true
 a's down waits to be written: true
+the node's listing is old: true
+checks per second then >= 5: true
 not in Consul yet: nil
 a down once Consul answers: health check failed 1 times: Bad status code: 503
 a up again: true

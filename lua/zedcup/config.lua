@@ -194,23 +194,26 @@ end
 
 
 --- instances() -> { [name] = effective config } | nil, err
--- Every instance this node knows (the watcher's listing; Consul when no
--- watcher has synced), for background jobs such as health checks.
+-- Every instance this node knows, for background jobs such as health checks:
+-- the watcher's last listing, also while Consul does not answer (a job must
+-- not stop, or wait on Consul, because the watcher has not answered for a
+-- while); Consul only before any listing.
 function _M.instances()
-    local names = store.synced() and store.names()
-    if type(names) ~= "table" then
+    local names = store.names()
+    local get = _M.plan_local
+    if next(names) == nil and not store.synced() then
         local list, err = _M.list()
         if not list then
             return nil, err
         end
-        names = {}
         for _, name in ipairs(list) do
             names[name] = true
         end
+        get = _M.plan
     end
     local out = {}
     for name in pairs(names) do
-        local plan = _M.plan(name)
+        local plan = get(name)
         if plan then
             out[name] = plan.config
         end
