@@ -34,6 +34,7 @@ local state = require "zedcup.state"
 local store = require "zedcup.store"
 local timer = require "zedcup.timer"
 local watch = require "zedcup.watch"
+local weights = require "zedcup.weights"
 
 local ngx = ngx
 local ngx_log = ngx.log
@@ -438,15 +439,39 @@ local function account(job, ok, why)
 end
 
 
+local weight_writing = {} -- host key -> true while its agent weight is being written
+
+local function write_weight(premature, key, inst, pool_name, host_name, info)
+    if not premature then
+        local ok, res, werr = pcall(weights.agent_result, inst, pool_name, host_name, info)
+        if not ok then
+            werr = res -- what it raised
+        end
+        if werr then
+            ngx_log(ngx_WARN, "[zedcup] healthcheck: ", key, ": ", werr)
+        end
+    end
+    weight_writing[key] = nil
+end
+
+
 local function run_one(job)
     local ok, pok, why, info = pcall(_M.run_check, job.inst_conf, job.pool, job.host, job.hc)
     if not ok then
         pok, why = false, "check raised: " .. tostring(pok)
     elseif info then
-        -- an agent's NN% / drain: the host's run-time weight (zedcup.weights)
-        local _, werr = require("zedcup.weights").agent_result(job.inst, job.pool.name, job.host.name, info)
-        if werr then
-            ngx_log(ngx_WARN, "[zedcup] healthcheck: ", job.key, ": ", werr)
+        -- an agent's NN% / drain: the host's run-time weight (zedcup.weights),
+        -- written off the checks like transitions; a write that failed is
+        -- tried again after the host's next check
+        local key = job.key
+        if not weight_writing[key]
+           and weights.agent_changed(job.inst, job.pool.name, job.host.name, info) then
+            local tok, terr = ngx.timer.at(0, write_weight, key, job.inst, job.pool.name, job.host.name, info)
+            if tok then
+                weight_writing[key] = true
+            else
+                ngx_log(ngx_WARN, "[zedcup] healthcheck: ", key, ": ", terr)
+            end
         end
     end
     local aok, aerr = pcall(account, job, pok, why)

@@ -154,11 +154,11 @@ function _M.merge(name, conf)
 end
 
 
---- agent_result(inst, pool, host, info): the checker's agent answer; keeps
--- the cluster's weight key in step (written only when it changes)
-function _M.agent_result(inst, pool, host, info)
+-- -> true, the weight fraction the agent asks for (nil: full) when it is not
+-- the cluster's yet | false
+local function agent_change(inst, pool, host, info)
     if type(info) ~= "table" then
-        return true
+        return false
     end
     local want = info.weight
     if want == nil or want >= 1 then
@@ -168,6 +168,24 @@ function _M.agent_result(inst, pool, host, info)
     local st = ti and ti[pool] and ti[pool][host]
     local have = st and tonumber(st.weight)
     if (want == nil and have == nil) or (want and have and math_abs(want - have) < 1e-6) then
+        return false
+    end
+    return true, want
+end
+
+
+--- agent_changed(inst, pool, host, info) -> whether the checker's agent answer
+-- asks for another weight than the cluster's (no I/O)
+function _M.agent_changed(inst, pool, host, info)
+    return (agent_change(inst, pool, host, info))
+end
+
+
+--- agent_result(inst, pool, host, info): the checker's agent answer; keeps
+-- the cluster's weight key in step (written only when it changes)
+function _M.agent_result(inst, pool, host, info)
+    local changed, want = agent_change(inst, pool, host, info)
+    if not changed then
         return true
     end
     local key = kv.state_key(inst, pool, host, "weight")
