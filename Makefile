@@ -20,10 +20,10 @@ else
 NGINX_PKGS :=
 endif
 # lua5.1 + lua-cjson: tests/test_schema_lua_agreement.py runs the Lua schema module outside nginx.
-# openssl: the TLS tests make a throwaway certificate. wrk, valgrind: make bench. lua-check: make lint.
+# openssl: the TLS tests make a throwaway certificate. wrk: make bench. lua-check: make lint.
 # ca-certificates: the system CA store, for pip behind a TLS-intercepting proxy the machine trusts.
 # chromium: the dashboard test opens zedcup's status page in headless Chromium.
-TOOL_PKGS := lua5.1 lua-cjson lua-check openssl wrk valgrind ca-certificates chromium
+TOOL_PKGS := lua5.1 lua-cjson lua-check openssl wrk ca-certificates chromium
 # Debian's python3 has no ensurepip (so no `python3 -m venv`) without python3-venv.
 VENV_PKGS := $(shell python3 -c 'import ensurepip, venv' 2>/dev/null || echo python3-venv)
 APT_PKGS  := $(NGINX_PKGS) $(TOOL_PKGS) $(VENV_PKGS)
@@ -123,7 +123,11 @@ docker-deps:
 test-docker: python-deps docker-deps
 	ZEDCUP_TEST_DOCKER=1 $(PYTEST) -q -rs -s -p no:cacheprovider tests/docker $(PYTEST_ARGS)
 
+# valgrind: bench/bench_balance_ir.py counts instructions per request with callgrind.
+BENCH_PKGS := valgrind
+
 bench: deps
+	@.ci/apt-install "make bench" $(BENCH_PKGS)
 	for script in bench/bench_*.py; do echo "== $$script"; $(PY) "$$script"; done
 
 run: deps
