@@ -53,14 +53,14 @@ local uintptr_t = ffi.typeof("uintptr_t")
 
 -- r->internal through the FFI where this ngx_lua has it (ngx.req.is_internal()
 -- is a plain C function, which ends JIT traces)
-local is_internal = ngx_req.is_internal
+local is_internal = function() return ngx_req.is_internal() end
 do
     local C = ffi.C
     pcall(ffi.cdef, "int ngx_http_lua_ffi_req_is_internal(void *r);")
     local ok, f = pcall(function() return C.ngx_http_lua_ffi_req_is_internal end)
     if ok and f then
-        is_internal = function()
-            return f(get_request()) == 1
+        is_internal = function(r)
+            return f(r) == 1
         end
     end
 end
@@ -242,7 +242,7 @@ function _M.balance(instance, key)
         -- no more tries for it, so repeat the last host and let its answer stand
         p, host = b[n * 2 - 1], b[n * 2]
         b.repeated = n + 1 -- not a pick of the balancer: nothing to release
-    elseif peers_left(plan, down, fails, host) then
+    elseif plan.npeers > 1 and peers_left(plan, down, fails, host) then
         ngx_balancer.set_more_tries(1)
     end
 
@@ -365,7 +365,8 @@ end
 
 --- log(): in log_by_lua, after a request that balance() served
 function _M.log()
-    local rk = tonumber(ffi_cast(uintptr_t, get_request()))
+    local r = get_request()
+    local rk = tonumber(ffi_cast(uintptr_t, r))
     local b = live[rk]
     if not b then
         return
@@ -389,7 +390,7 @@ function _M.log()
         -- answer: nothing to read from nginx's variables
         local p, host = b[1], b[2]
         local status = ngx.status
-        if status >= 200 and status < 300 and not p.codes[status] and not is_internal() then
+        if status >= 200 and status < 300 and not p.codes[status] and not is_internal(r) then
             connected(inst, p.config, host)
             select_release(p, host, nil, p.balancer.timed and tonumber(ngx_var.upstream_header_time) or nil)
             done(inst, b.plan.pool_of[host])

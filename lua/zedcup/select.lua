@@ -76,6 +76,7 @@ function _M.compile(name, effective, version)
     local targets = {}
     local pool_of = {}
     local nhosts = 0
+    local npeers_all = 0
     for i, pool in ipairs(effective.pools) do
         local mod, err = balancer_module(pool.method)
         if not mod then
@@ -116,6 +117,7 @@ function _M.compile(name, effective, version)
                 npeers = npeers + 1
             end
         end
+        npeers_all = npeers_all + npeers
         pools[i] = {
             config = pool,
             balancer = mod.new(up, pool),
@@ -133,6 +135,7 @@ function _M.compile(name, effective, version)
         targets = targets, -- host config -> { address =, unix =, peer = (IP or unix: no DNS), http_connect = }
         pool_of = pool_of, -- host config -> pool index
         nhosts = nhosts,
+        npeers = npeers_all, -- hosts up in the config, every pool (at most 1: never a retry)
     }
 end
 
