@@ -614,3 +614,46 @@ proxied again: 200 ok x4, 503s served 4, all counted: true
 icept requests 4, answered by no host 4; fine requests 3
 --- error_log
 REQUEST_ERROR icept busy: Bad status code: 503
+
+
+
+=== TEST 10: balance() without log(): a request never inherits the tries of an earlier one left at the same address (every request still reaches the live host of two, one of them dead)
+--- http_config
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / { return 200 "ok"; }
+    }
+
+--- config
+    location /nolog {
+        set $zedcup_instance nolog;
+        proxy_pass http://zedcup_inst/;
+        proxy_next_upstream error timeout;
+    }
+    location = /t {
+        content_by_lua_block {
+            assert(require("zedcup").configure_instance("nolog", { pools = { { name = "p", max_errors = 100000, hosts = {
+                { name = "ok", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_1 },
+                { name = "dead", host = "127.0.0.1", port = $TEST_NGINX_RAND_PORT_2 } } } } }))
+            -- pipelined on one connection: nginx starts each request as the one
+            -- before ends, often at the same address and in the same millisecond
+            local c = {}
+            for _ = 1, 4 do
+                local sock = ngx.socket.tcp()
+                sock:settimeout(5000)
+                assert(sock:connect("127.0.0.1", $TEST_NGINX_SERVER_PORT))
+                assert(sock:send(string.rep("GET /nolog HTTP/1.1\r\nHost: localhost\r\n\r\n", 49)
+                    .. "GET /nolog HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))
+                local data = assert(sock:receive("*a"))
+                sock:close()
+                for status in data:gmatch("HTTP/1%.1 (%d+)") do
+                    c[status] = (c[status] or 0) + 1
+                end
+            end
+            ngx.say("200 x", c["200"] or 0, ", 502 x", c["502"] or 0)
+        }
+    }
+--- request
+GET /t
+--- response_body
+200 x200, 502 x0

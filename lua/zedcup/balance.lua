@@ -19,9 +19,11 @@
 -- The request's tries are kept in worker memory by the request's address, not
 -- in ngx.ctx (whose table, reference and cleanup cost more than all of
 -- balance()'s own work): the state is found again on nginx's retries and, after
--- an internal redirect (error_page), by log(); the request's start time tells a
--- state left by an earlier request at the same address (one whose log() never
--- ran) from this request's. States are reused, so a request allocates nothing.
+-- an internal redirect (error_page), by log() and by a location proxying again.
+-- A state left by an earlier request at the same address (one whose log() never
+-- ran) is told apart by the request's start time and, on a first try, by
+-- $upstream_status (a later upstream of the same request finds the earlier
+-- one's tries there). States are reused, so a request allocates nothing.
 
 local config = require "zedcup.config"
 local report = require "zedcup.report"
@@ -183,13 +185,18 @@ function _M.balance(instance, key)
     local b = live[rk]
     local plan, fails
     -- a state here is this request's on nginx's retries (a last failure);
-    -- on a first try it is an earlier upstream of this request (an
+    -- on a first try it is an earlier upstream's of this request (an
     -- error_page's location proxying again: its tries are kept) or a state an
     -- earlier request at this address left
     local start
     if b and not ngx_balancer.get_last_failure() then
+        -- a first try finding a state: this request's only if an earlier
+        -- upstream of this request made its tries, which nginx's list then
+        -- holds ("503 : -"); else another request's whose log() never ran,
+        -- even at the same address in the same millisecond
         start = start_time()
-        if b.start ~= start or b.plan.name ~= instance then
+        local list = b.start == start and b.plan.name == instance and ngx_var.upstream_status
+        if not (list and str_find(list, " : ", 1, true)) then
             live[rk] = nil
             recycle(b)
             b = nil
