@@ -33,6 +33,10 @@
 -- <why>" when set_keepalive finds no connection or an unread body (it closes
 -- the connection then).
 --
+-- A response head is read with one receiveany() and parsed here; the bytes
+-- that came with it (often the whole body) wait in httpc.buf from httpc.bpos and
+-- every later read takes them first (after a 101, they are the new protocol's).
+--
 -- What it adds is strictness about connection reuse: a connection only goes back
 -- to the pool when the framing of the last exchange guarantees that the next byte
 -- on the wire starts a new response. The chunked decoder reads the trailer section
