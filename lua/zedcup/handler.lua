@@ -194,7 +194,6 @@ local function connect_host(self, sock, is_http, pool, host)
             port = not target.unix and host.port or nil,
             ssl_verify = ssl.verify,
             ssl_server_name = sni,
-            pool_size = pool.keepalive_pool,
         })
     else
         if target.unix then

@@ -90,7 +90,10 @@ function _M.compile(name, effective, version)
             local address, unix = _M.address(host.host)
             local target = { address = address, unix = unix, peer = unix or is_ip(host.host) }
             -- lua-resty-http connect() options, built once per config version;
-            -- none when TLS takes its SNI from each request's Host
+            -- none when TLS takes its SNI from each request's Host. No pool_size:
+            -- set_keepalive() gives the pool's keepalive_pool when it makes the
+            -- pool, and ngx_lua's connect() with pool_size costs ~2,000
+            -- instructions per request (bench_balance_ir's handler figures)
             local ssl = effective.ssl
             if not ssl or ssl.sni_name then
                 target.http_connect = {
@@ -99,7 +102,6 @@ function _M.compile(name, effective, version)
                     port = not unix and host.port or nil,
                     ssl_verify = ssl and ssl.verify,
                     ssl_server_name = ssl and ssl.sni_name or nil,
-                    pool_size = pool.keepalive_pool,
                 }
             end
             if not target.peer then
