@@ -33,6 +33,7 @@ local ngx_now = ngx.now
 local tostring = tostring
 local tonumber = tonumber
 local error = error
+local pcall = pcall
 local str_match = string.match
 local json_encode = cjson.encode
 local json_decode = cjson.decode
@@ -228,10 +229,13 @@ end
 -- writer stored the new config)
 function _M.update_configs(fn, ...)
     local lock = _M.new_lock({ exptime = 5, timeout = 5 })
-    local ok = lock and lock:lock(K_CONFIGS_LOCK)
-    local r1, r2 = fn(...)
-    if ok then
+    local locked = lock and lock:lock(K_CONFIGS_LOCK)
+    local ok, r1, r2 = pcall(fn, ...)
+    if locked then
         lock:unlock()
+    end
+    if not ok then
+        error(r1, 0) -- raised again once the lock is free
     end
     return r1, r2
 end
