@@ -15,8 +15,9 @@ of nginx's timers (zedcup's background jobs):
 
 Only user-space instructions are counted (the kernel's share of a request, its
 socket calls, is the same on every location). Not a test: nothing is asserted.
-Needs valgrind. Usage: .venv/bin/python bench/bench_balance_ir.py [-n REQUESTS] [-r ROUNDS]
-                                                        [--lua-dir DIR]
+-l takes other bench_handler.py locations too (native,raw,client,zedcup: the handler
+path). Needs valgrind. Usage: .venv/bin/python bench/bench_balance_ir.py [-n REQUESTS]
+                                        [-r ROUNDS] [-l LOCATIONS] [--lua-dir DIR]
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ def dumped_instructions(out_dir: Path, pid: int) -> tuple[int, int]:
 def measure(port: int, pid: int, out_dir: Path, args: argparse.Namespace) -> dict[str, list[float]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     get(conn, "/setup")
-    results: dict[str, list[float]] = {name: [] for name in LOCATIONS}
+    results: dict[str, list[float]] = {name: [] for name in args.locations}
     for _ in range(args.rounds):
-        for name in LOCATIONS:
+        for name in args.locations:
             for _ in range(args.warmup):
                 get(conn, f"/{name}")
             callgrind(pid, "-i", "on")
@@ -102,7 +103,7 @@ def report(results: dict[str, list[float]], args: argparse.Namespace) -> None:
         f"requests per location (after {args.warmup} warm-up requests), timers excluded"
     )
     native = statistics.median(results["native"])
-    floor = statistics.median(results["floor"])
+    floor = statistics.median(results["floor"]) if "floor" in results else None
     print(
         f"{'location':<15} {'instr/request':>13} {'min..max':>15} {'x native':>9} "
         f"{'over native':>12} {'over floor':>11}"
@@ -111,7 +112,8 @@ def report(results: dict[str, list[float]], args: argparse.Namespace) -> None:
         med = statistics.median(values)
         print(
             f"{name:<15} {med:>13.0f} {min(values):>7.0f}..{max(values):<7.0f} "
-            f"{med / native:>9.3f} {med - native:>12.0f} {med - floor:>11.0f}"
+            f"{med / native:>9.3f} {med - native:>12.0f} "
+            f"{med - floor if floor is not None else float('nan'):>11.0f}"
         )
 
 
@@ -121,9 +123,18 @@ def main() -> int:
     parser.add_argument("-w", "--warmup", type=int, default=2000, help="requests before counting")
     parser.add_argument("-r", "--rounds", type=int, default=2, help="rounds over the locations")
     parser.add_argument(
+        "-l",
+        "--locations",
+        default=",".join(LOCATIONS),
+        help="bench_handler.py locations to count, comma-separated (native is always one)",
+    )
+    parser.add_argument(
         "--lua-dir", type=Path, help="a directory whose zedcup modules shadow lua/ (before/after)"
     )
     args = parser.parse_args()
+    args.locations = [name for name in args.locations.split(",") if name]
+    if "native" not in args.locations:
+        args.locations.insert(0, "native")
     lua_dir = f"{args.lua_dir.resolve()}/?.lua;" if args.lua_dir else ""
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if not shutil.which(tool):
