@@ -222,6 +222,24 @@ local function connect_host(self, sock, is_http, pool, host)
 end
 
 
+-- connects the picked host -> sock | nil (the failure is reported and released)
+local function try_host(self, sock, is_http, p, host)
+    local pool = p.config
+    local s = sock or tcp()
+    local t0 = p.balancer.timed and ngx_now() or nil
+    local ok, err = connect_host(self, s, is_http, pool, host)
+    if ok then
+        self.p, self.pool, self.host = p, pool, host
+        self.open, self.t0 = true, t0
+        report_connected(self.name, pool, host, self.listeners)
+        return s
+    end
+    select_release(p, host, "connect", t0 and ngx_now() - t0 or nil)
+    failure(self, "connect", pool, host, err or "connect failed")
+    return nil
+end
+
+
 -- picks and connects hosts until one connects -> sock | nil, err
 local function connect_next(self, sock, is_http)
     local plan = self.plan
@@ -231,18 +249,10 @@ local function connect_next(self, sock, is_http)
         if not p then
             return nil, NO_HOSTS
         end
-        local pool = p.config
-        local s = sock or tcp()
-        local t0 = p.balancer.timed and ngx_now() or nil
-        local ok, err = connect_host(self, s, is_http, pool, host)
-        if ok then
-            self.p, self.pool, self.host = p, pool, host
-            self.open, self.t0 = true, t0
-            report_connected(self.name, pool, host, self.listeners)
+        local s = try_host(self, sock, is_http, p, host)
+        if s then
             return s
         end
-        select_release(p, host, "connect", t0 and ngx_now() - t0 or nil)
-        failure(self, "connect", pool, host, err or "connect failed")
     end
 end
 
@@ -257,18 +267,10 @@ local function connect(self, sock, is_http)
     if not p then
         return nil, NO_HOSTS
     end
-    local pool = p.config
-    local s = sock or tcp()
-    local t0 = p.balancer.timed and ngx_now() or nil
-    local ok, err = connect_host(self, s, is_http, pool, host)
-    if ok then
-        self.p, self.pool, self.host = p, pool, host
-        self.open, self.t0 = true, t0
-        report_connected(self.name, pool, host, self.listeners)
+    local s = try_host(self, sock, is_http, p, host)
+    if s then
         return s
     end
-    select_release(p, host, "connect", t0 and ngx_now() - t0 or nil)
-    failure(self, "connect", pool, host, err or "connect failed")
     return connect_next(self, sock, is_http)
 end
 

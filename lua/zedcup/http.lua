@@ -506,6 +506,17 @@ local function take_buffered(self, n)
     return str_sub(buf, pos)
 end
 
+-- at most n bytes (at least one): what was read ahead, else n from the socket
+local function read_some(self, sock, n)
+    local data = take_buffered(self, n)
+    if data then
+        return data
+    end
+    local err
+    data, err = sock:receive(n) -- not a tail call: those end JIT traces
+    return data, err
+end
+
 -- receive("*l") after the bytes read ahead
 function read_line(self, sock)
     local buf = self.buf
@@ -929,17 +940,11 @@ local function body_chunk(res, max)
         if max and max < n then
             n = max
         end
-        local data = take_buffered(self, n)
-        if data then
-            n = #data
-        else
-            local err
-            data, err = sock:receive(n)
-            if not data then
-                return fail(self, "read body failed: " .. err)
-            end
+        local data, err = read_some(self, sock, n)
+        if not data then
+            return fail(self, "read body failed: " .. err)
         end
-        n = res._left - n
+        n = res._left - #data
         res._left = n
         if n == 0 then
             res._kind = "done"
@@ -978,17 +983,11 @@ local function body_chunk(res, max)
         if max and max < n then
             n = max
         end
-        local data = take_buffered(self, n)
-        if data then
-            n = #data
-        else
-            local err
-            data, err = sock:receive(n)
-            if not data then
-                return fail(self, "read body failed: " .. err)
-            end
+        local data, err = read_some(self, sock, n)
+        if not data then
+            return fail(self, "read body failed: " .. err)
         end
-        left = left - n
+        left = left - #data
         res._left = left
         if left == 0 then
             local crlf, err = read_line(self, sock)
