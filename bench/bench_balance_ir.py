@@ -30,13 +30,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench_handler import BACKEND_CONFIG, FRONT_CONFIG, FRONT_HTTP, machine
-from zedctl.devconsul import DevConsul
-from zedctl.testnginx import NginxServer, PortPicker
+from bench_handler import FRONT_CONFIG, FRONT_HTTP
+from benchlib import bench_servers, machine
+from zedctl.testnginx import PortPicker
 
 LOCATIONS = ("native", "floor_balancer", "floor", "nolog", "balance")
 
@@ -141,37 +140,19 @@ def main() -> int:
             print(f"bench_balance_ir: {tool} is not installed (valgrind)", file=sys.stderr)
             return 1
 
-    consul = DevConsul(host="127.0.0.1", port=0)
-    consul.start()
-    picker = PortPicker()
     vg: subprocess.Popen[bytes] | None = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="zedcup-bench-ir-") as tmp:
-            backend_port = picker.pick()
-            backend = NginxServer(
-                servroot=Path(tmp) / "backend",
-                config=BACKEND_CONFIG,
-                port=backend_port,
-                workers=1,
-                error_log_level="warn",
-            )
-            values = {"backend": backend_port, "consul": consul.address[1], "lua_dir": lua_dir}
-            front = NginxServer(
-                servroot=Path(tmp) / "front",
-                http_config=FRONT_HTTP % values,
-                config=FRONT_CONFIG % values,
-                port=picker.pick(),
-                workers=1,
-                error_log_level="warn",
-            )
+    with bench_servers(
+        FRONT_HTTP, FRONT_CONFIG, front_port=PortPicker().pick(), lua_dir=lua_dir
+    ) as (backend, front, tmp):
+        try:
             for sub in ("conf", "logs", "html"):
                 (front.servroot / sub).mkdir(parents=True, exist_ok=True)
             front.parts.make_dirs()
             front.conf_path.write_text(front.render())
-            out_dir = Path(tmp) / "callgrind"
+            out_dir = tmp / "callgrind"
             out_dir.mkdir()
             with backend:
-                log = (Path(tmp) / "valgrind.log").open("wb")
+                log = (tmp / "valgrind.log").open("wb")
                 vg = subprocess.Popen(
                     [
                         "valgrind",
@@ -200,17 +181,16 @@ def main() -> int:
                         if vg.poll() is not None or time.monotonic() > deadline:
                             raise RuntimeError(
                                 "the front nginx under valgrind did not start: "
-                                + (Path(tmp) / "valgrind.log").read_text(errors="replace")[-2000:]
+                                + (tmp / "valgrind.log").read_text(errors="replace")[-2000:]
                             ) from None
                         time.sleep(0.5)
                 results = measure(front.port, vg.pid, out_dir, args)
                 vg.terminate()
                 vg.wait(30)
                 vg = None
-    finally:
-        if vg is not None:
-            vg.kill()
-        consul.stop()
+        finally:
+            if vg is not None:
+                vg.kill()
 
     report(results, args)
     return 0

@@ -31,25 +31,13 @@ Usage: .venv/bin/python bench/bench_handler.py [-d SECONDS] [-c CONNS] [-r ROUND
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zedctl.devconsul import DevConsul
-from zedctl.testnginx import NginxServer, PortPicker
-
-BACKEND_CONFIG = """
-    location = /backend {
-        return 200 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    }
-"""
+from benchlib import Sample, bench_servers, fetch, machine, run_wrk
 
 FRONT_HTTP = """
     lua_shared_dict zedcup_cache 4m;
@@ -190,24 +178,6 @@ LOCATIONS = ("native", "zedcup", "raw", "balance", "client", "floor", "nolog", "
 DEFAULT_LOCATIONS = ("native", "zedcup", "raw", "balance", "client", "floor")
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-@dataclass
-class Sample:
-    requests_per_s: float
-    non_2xx: int
-    errors: int
-    cpu_us: float  # the front worker's CPU time per request
-
-
 @dataclass
 class Series:
     location: str
@@ -218,39 +188,6 @@ class Series:
     @property
     def rates(self) -> list[float]:
         return [s.requests_per_s for s in self.samples]
-
-
-def run_wrk(url: str, duration: int, connections: int, pid: int) -> Sample:
-    cpu0 = cpu_seconds(pid)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    cpu = cpu_seconds(pid) - cpu0
-    total = re.search(r"(\d+) requests in", out)
-    n = int(total.group(1)) if total else 0
-    return Sample(
-        requests_per_s=float(rps.group(1)) if rps else 0.0,
-        non_2xx=int(bad.group(1)) if bad else 0,
-        errors=sum(int(g) for g in errs.groups()) if errs else 0,
-        cpu_us=1e6 * cpu / n if n else 0.0,
-    )
-
-
-def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return resp.read()
-
-
-def machine() -> str:
-    version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"nproc {os.cpu_count()}, {version}, front nginx 1 worker, loadavg {load}"
 
 
 def measure(
@@ -330,39 +267,12 @@ def main() -> int:
         print("bench_handler: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 1
 
-    consul = DevConsul(host="127.0.0.1", port=0)
-    consul.start()
-    picker = PortPicker()
-    try:
-        with tempfile.TemporaryDirectory(prefix="zedcup-bench-") as tmp:
-            backend_port = picker.pick()
-            backend = NginxServer(
-                servroot=Path(tmp) / "backend",
-                config=BACKEND_CONFIG,
-                port=backend_port,
-                workers=1,
-                error_log_level="warn",
-            )
-            values = {"backend": backend_port, "consul": consul.address[1], "lua_dir": lua_dir}
-            front = NginxServer(
-                servroot=Path(tmp) / "front",
-                http_config=FRONT_HTTP % values,
-                config=FRONT_CONFIG % values,
-                workers=1,
-                error_log_level="warn",
-            )
-            with backend, front:
-                assert front.proc is not None  # one worker, no master: this is the worker
-                results = measure(
-                    front.url,
-                    front.proc.pid,
-                    args.rounds,
-                    args.duration,
-                    args.connections,
-                    locations,
-                )
-    finally:
-        consul.stop()
+    servers = bench_servers(FRONT_HTTP, FRONT_CONFIG, lua_dir=lua_dir)
+    with servers as (backend, front, _), backend, front:
+        assert front.proc is not None  # one worker, no master: this is the worker
+        results = measure(
+            front.url, front.proc.pid, args.rounds, args.duration, args.connections, locations
+        )
 
     report(results, args)
     return 0

@@ -23,27 +23,15 @@ Usage: .venv/bin/python bench/bench_metrics.py [-d SECONDS] [-c CONNS] [-r ROUND
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from zedctl.devconsul import DevConsul
-from zedctl.testnginx import NginxServer, PortPicker
+from benchlib import Sample, bench_servers, fetch, machine, run_wrk
 
 REPO = Path(__file__).resolve().parent.parent
-
-BACKEND_CONFIG = """
-    location = /backend {
-        return 200 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    }
-"""
 
 FRONT_HTTP = """
     lua_shared_dict zedcup_cache 4m;
@@ -163,50 +151,6 @@ FRONT_CONFIG = r"""
 PATHS = ("zedcup", "balance")
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-@dataclass
-class Run:
-    requests_per_s: float
-    cpu_us_per_request: float  # the front worker's CPU time per request
-
-
-def run_wrk(url: str, duration: int, connections: int, pid: int) -> Run:
-    cpu0 = cpu_seconds(pid)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    if re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
-        raise RuntimeError(f"{url}: non-2xx answers during the run:\n{out}")
-    cpu = cpu_seconds(pid) - cpu0
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    n = int(total.group(1)) if total else 0
-    return Run(float(rps.group(1)) if rps else 0.0, 1e6 * cpu / n if n else 0.0)
-
-
-def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return resp.read()
-
-
-def machine() -> str:
-    version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"nproc {os.cpu_count()}, {version}, front nginx 1 worker, loadavg {load}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-d", "--duration", type=int, default=3, help="seconds per run")
@@ -217,39 +161,17 @@ def main() -> int:
         print("bench_metrics: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 1
 
-    consul = DevConsul(host="127.0.0.1", port=0)
-    consul.start()
-    picker = PortPicker()
-    try:
-        with tempfile.TemporaryDirectory(prefix="zedcup-bench-") as tmp:
-            backend_port = picker.pick()
-            backend = NginxServer(
-                servroot=Path(tmp) / "backend",
-                config=BACKEND_CONFIG,
-                port=backend_port,
-                workers=1,
-                error_log_level="warn",
-            )
-            values = {"backend": backend_port, "consul": consul.address[1], "prefix": "bench"}
-            front = NginxServer(
-                servroot=Path(tmp) / "front",
-                http_config=FRONT_HTTP % values,
-                config=FRONT_CONFIG % values,
-                workers=1,
-                error_log_level="warn",
-            )
-            with backend, front:
-                assert front.proc is not None  # one worker, no master: this is the worker
-                results = measure(front.url, front.proc.pid, args)
-    finally:
-        consul.stop()
+    servers = bench_servers(FRONT_HTTP, FRONT_CONFIG, prefix="bench")
+    with servers as (backend, front, _), backend, front:
+        assert front.proc is not None  # one worker, no master: this is the worker
+        results = measure(front.url, front.proc.pid, args)
     report(results, args)
     return 0
 
 
 @dataclass
 class Results:
-    runs: dict[tuple[str, str], list[Run]]  # (on|off, path) -> runs
+    runs: dict[tuple[str, str], list[Sample]]  # (on|off, path) -> runs
     rate_ratios: dict[str, list[float]]  # path -> on/off requests/s, per round
     cpu_ratios: dict[str, list[float]]  # path -> off/on CPU per request, per round
     counted: int
@@ -273,13 +195,13 @@ def measure(base: str, pid: int, args: argparse.Namespace) -> Results:
             for name in order:
                 fetch(f"{base}/counting?on={1 if name == 'on' else 0}")
                 got[name] = run_wrk(f"{base}/{path}", args.duration, args.connections, pid)
+                if got[name].non_2xx:
+                    raise RuntimeError(f"{base}/{path}: {got[name].non_2xx} non-2xx answers")
                 res.runs.setdefault((name, path), []).append(got[name])
             res.rate_ratios[path].append(
                 got["on"].requests_per_s / (got["off"].requests_per_s or 1)
             )
-            res.cpu_ratios[path].append(
-                got["off"].cpu_us_per_request / (got["on"].cpu_us_per_request or 1)
-            )
+            res.cpu_ratios[path].append(got["off"].cpu_us / (got["on"].cpu_us or 1))
     fetch(f"{base}/counting?on=1")
     res.counted = int(fetch(f"{base}/counted").strip())
     on_ns, off_ns = (float(x) for x in fetch(f"{base}/micro").split())
@@ -302,12 +224,12 @@ def report(res: Results, args: argparse.Namespace) -> None:
             f"{path:<8} {statistics.median(x.requests_per_s for x in on):>8.0f} "
             f"{statistics.median(x.requests_per_s for x in off):>8.0f} "
             f"{statistics.median(rr):>11.3f} {min(rr):>5.2f}..{max(rr):<5.2f}   "
-            f"{statistics.median(x.cpu_us_per_request for x in on):>13.2f} "
-            f"{statistics.median(x.cpu_us_per_request for x in off):>6.2f} "
+            f"{statistics.median(x.cpu_us for x in on):>13.2f} "
+            f"{statistics.median(x.cpu_us for x in off):>6.2f} "
             f"{statistics.median(cr):>11.3f} {min(cr):>5.2f}..{max(cr):<5.2f}"
         )
     print(f"requests counted by status() over the runs with counting on: {res.counted}")
-    cpu_ns = 1000 * statistics.median(x.cpu_us_per_request for x in res.runs[("on", "zedcup")])
+    cpu_ns = 1000 * statistics.median(x.cpu_us for x in res.runs[("on", "zedcup")])
     print(
         f"report.connected + report.done per request, in a Lua loop: {res.micro_on:.1f} ns "
         f"counting on, {res.micro_off:.1f} ns off: counting costs {res.micro_ns:.1f} ns "
