@@ -657,3 +657,96 @@ REQUEST_ERROR icept busy: Bad status code: 503
 GET /t
 --- response_body
 200 x200, 502 x0
+
+
+
+=== TEST 11: defect "a fallback instance dropped the first one's tries": error_page 503 = @other proxies to another instance; the first instance's 503s are still counted, the fallback's answer too, a chain of three instances (recursive_error_pages) included
+--- http_config
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        location / {
+            content_by_lua_block {
+                ngx.shared.flags:incr("served busy", 1, 0)
+                ngx.status = 503
+                ngx.say("busy")
+            }
+        }
+    }
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
+        location / { return 200 "ok"; }
+    }
+
+--- config
+    log_by_lua_block { require("zedcup").log() }
+    location /first {
+        set $zedcup_instance first;
+        proxy_pass http://zedcup_inst/;
+        proxy_intercept_errors on;
+        error_page 503 = @second;
+    }
+    location @second {
+        set $zedcup_instance second;
+        proxy_pass http://zedcup_inst;
+        proxy_intercept_errors on;
+        error_page 503 = @third;
+    }
+    location @third {
+        set $zedcup_instance third;
+        proxy_pass http://zedcup_inst;
+    }
+    location /chain {
+        set $zedcup_instance first;
+        proxy_pass http://zedcup_inst/;
+        proxy_intercept_errors on;
+        recursive_error_pages on;
+        error_page 503 = @busy2;
+    }
+    location @busy2 {
+        set $zedcup_instance busy2;
+        proxy_pass http://zedcup_inst;
+        proxy_intercept_errors on;
+        error_page 503 = @third;
+    }
+    location = /t {
+        content_by_lua_block {
+            local zedcup = require "zedcup"
+            local flags = ngx.shared.flags
+            local get = require("balance_t").get
+            local function pool(name, port, max_errors)
+                return { pools = { { name = "p", max_errors = max_errors, hosts = {
+                    { name = name, host = "127.0.0.1", port = port } } } } }
+            end
+            assert(zedcup.configure_instance("first", pool("busy", $TEST_NGINX_RAND_PORT_1, 1000)))
+            assert(zedcup.configure_instance("second", pool("ok", $TEST_NGINX_RAND_PORT_2, 1000)))
+            assert(zedcup.configure_instance("third", pool("ok", $TEST_NGINX_RAND_PORT_2, 1000)))
+            assert(zedcup.configure_instance("busy2", pool("busy", $TEST_NGINX_RAND_PORT_1, 1000)))
+            local answers = {}
+            for _ = 1, 3 do
+                local status, body = get($TEST_NGINX_SERVER_PORT, "/first")
+                answers[#answers + 1] = status .. " " .. body
+            end
+            ngx.say("client got: ", table.concat(answers, ", "))
+            ngx.say("503s served ", flags:get("served busy"), ", counted ", flags:get("REQUEST_ERROR busy") or 0,
+                    "; fallback connects ", flags:get("CONNECT ok"))
+            -- first (503) -> busy2 (503) -> third
+            flags:set("served busy", 0)
+            flags:set("REQUEST_ERROR busy", 0)
+            flags:set("CONNECT ok", 0)
+            answers = {}
+            for _ = 1, 3 do
+                local status, body = get($TEST_NGINX_SERVER_PORT, "/chain")
+                answers[#answers + 1] = status .. " " .. body
+            end
+            ngx.say("chain of three: ", table.concat(answers, ", "), "; 503s served ", flags:get("served busy"),
+                    ", counted ", flags:get("REQUEST_ERROR busy") or 0, "; third's connects ", flags:get("CONNECT ok"))
+        }
+    }
+--- request
+GET /t
+--- response_body
+client got: 200 ok, 200 ok, 200 ok
+503s served 3, counted 3; fallback connects 3
+chain of three: 200 ok, 200 ok, 200 ok; 503s served 6, counted 6; third's connects 3
+--- no_error_log
+[error]

@@ -138,7 +138,7 @@ local function recycle(b)
     for i = 1, b.n * 2 do
         b[i] = nil
     end
-    b.plan, b.key, b.failed, b.repeated = nil, nil, nil, nil
+    b.plan, b.key, b.failed, b.repeated, b.prev = nil, nil, nil, nil, nil
     if nspare < MAX_SPARE then
         nspare = nspare + 1
         spare[nspare] = b
@@ -188,17 +188,23 @@ function _M.balance(instance, key)
     -- on a first try it is an earlier upstream's of this request (an
     -- error_page's location proxying again: its tries are kept) or a state an
     -- earlier request at this address left
-    local start
+    local start, prev
     if b and not ngx_balancer.get_last_failure() then
         -- a first try finding a state: this request's only if an earlier
         -- upstream of this request made its tries, which nginx's list then
         -- holds ("503 : -"); else another request's whose log() never ran,
         -- even at the same address in the same millisecond
         start = start_time()
-        local list = b.start == start and b.plan.name == instance and ngx_var.upstream_status
+        local list = b.start == start and ngx_var.upstream_status
         if not (list and str_find(list, " : ", 1, true)) then
             live[rk] = nil
             recycle(b)
+            b = nil
+        elseif b.plan.name ~= instance then
+            -- this request's earlier upstream was another instance's (an
+            -- error_page proxying to a fallback instance): its tries are
+            -- kept for log(), before this upstream's
+            prev = b
             b = nil
         end
     end
@@ -217,6 +223,7 @@ function _M.balance(instance, key)
             error("key must be a string (got " .. type(key) .. ")", 2)
         end
         b = new_state(rk, plan, key, start or start_time())
+        b.prev = prev
     else
         -- nginx retries: the previous try failed (or gave a status nginx
         -- retries), or an earlier upstream of this request ended with it
@@ -329,8 +336,9 @@ local function account(inst, p, host, status, connect_time, header_time, picked)
 end
 
 
--- accounts for the tries of b (n > 0) from nginx's variables
-local function account_all(b, n, inst)
+-- accounts for the tries of b (n > 0) from nginx's variables; skip: the
+-- number of entries after b's (tries of a later upstream of the request)
+local function account_all(b, n, inst, skip)
     local status = ngx_var.upstream_status
     if not status then
         -- nginx made no try (the client went away first)
@@ -343,7 +351,7 @@ local function account_all(b, n, inst)
         return
     end
 
-    if n == 1 and #status == 3 then
+    if n == 1 and skip == 0 and #status == 3 then
         -- one try: no lists to split
         local p = b[1]
         local code = tonumber(status)
@@ -358,15 +366,33 @@ local function account_all(b, n, inst)
         return
     end
 
-    last_entries(status, n, status_l)
-    last_entries(ngx_var.upstream_connect_time or "", n, connect_l)
-    last_entries(ngx_var.upstream_header_time or "", n, header_l)
+    last_entries(status, n + skip, status_l)
+    last_entries(ngx_var.upstream_connect_time or "", n + skip, connect_l)
+    last_entries(ngx_var.upstream_header_time or "", n + skip, header_l)
     local repeated = b.repeated
     local good
     for i = 1, n do
         good = account(inst, b[i * 2 - 1], b[i * 2], status_l[i], connect_l[i], header_l[i], i ~= repeated)
     end
     done(inst, good and b.plan.pool_of[b[n * 2]] or nil)
+end
+
+
+-- accounts for the tries of the request's earlier upstreams of other
+-- instances (b.prev chain, oldest first), whose entries precede the `skip`
+-- entries of the later ones
+local function account_prev(b, skip)
+    local prev = b.prev
+    local n = b.n
+    if prev then
+        account_prev(prev, skip + n)
+    end
+    if n == 0 then
+        done(b.plan.name, nil)
+    else
+        account_all(b, n, b.plan.name, skip)
+    end
+    recycle(b)
 end
 
 
@@ -385,7 +411,11 @@ function _M.log()
     end
     local n = b.n
     local inst = b.plan.name
+    local prev = b.prev
     if n == 0 then
+        if prev then
+            account_prev(prev, 0)
+        end
         done(inst, nil) -- no usable host
         recycle(b)
         return
@@ -406,7 +436,10 @@ function _M.log()
         end
     end
 
-    account_all(b, n, inst)
+    if prev then
+        account_prev(prev, n)
+    end
+    account_all(b, n, inst, 0)
     recycle(b)
 end
 
