@@ -1385,6 +1385,17 @@ local function do_request(self, params, path, query, pipelined)
     return receive_response(self, method, sock, body, btype, frame, clen, expect, body_sent)
 end
 
+-- the response to the request, once its final head is read
+local function final_response(self, method, body_sent, status, reason, minor, fields, conn, te,
+                              cl, eager)
+    if not body_sent then
+        -- a final answer to "Expect: 100-continue": the body was never sent,
+        -- and the server may or may not be waiting for it
+        self.no_reuse = self.no_reuse or "request body not sent (final status before 100 Continue)"
+    end
+    return new_response(self, method, status, reason, minor, fields, conn, te, cl, eager)
+end
+
 -- Reads the response to the request just sent (see do_request for the body
 -- arguments: a body withheld for Expect: 100-continue goes out on a 100).
 function receive_response(self, method, sock, body, btype, frame, clen, expect, body_sent)
@@ -1398,12 +1409,8 @@ function receive_response(self, method, sock, body, btype, frame, clen, expect, 
         return interim(self, method, sock, status, body, btype, frame, clen, expect,
                        body_sent)
     end
-    if not body_sent then
-        -- a final answer to "Expect: 100-continue": the body was never sent,
-        -- and the server may or may not be waiting for it
-        self.no_reuse = self.no_reuse or "request body not sent (final status before 100 Continue)"
-    end
-    return new_response(self, method, status, reason, minor, fields, conn, te, cl, eager)
+    return final_response(self, method, body_sent, status, reason, minor, fields, conn, te, cl,
+                          eager)
 end
 
 -- Reads past 1xx responses: a 100 Continue sends a withheld body (Expect);
@@ -1426,12 +1433,8 @@ function interim(self, method, sock, status, body, btype, frame, clen, expect, b
             break
         end
     end
-    if not body_sent then
-        -- a final answer to "Expect: 100-continue": the body was never sent,
-        -- and the server may or may not be waiting for it
-        self.no_reuse = self.no_reuse or "request body not sent (final status before 100 Continue)"
-    end
-    return new_response(self, method, status, reason, minor, fields, conn, te, cl, eager)
+    return final_response(self, method, body_sent, status, reason, minor, fields, conn, te, cl,
+                          eager)
 end
 
 function _M.request(self, params)
