@@ -573,7 +573,7 @@ k after purge: nil nil -1
 --- no_error_log
 [error]
 
-=== TEST 16: an L1 hit touches no shared dict and allocates nothing (100k hits, GC stopped)
+=== TEST 16: an L1 hit touches no shared dict and allocates nothing (3 rounds of 200k hits, GC stopped)
 --- http_config
     lua_shared_dict ipc 1m;
 --- config
@@ -603,25 +603,32 @@ k after purge: nil nil -1
             end
             collectgarbage("collect")
             collectgarbage("stop")
-            local before = collectgarbage("count")
-            for _ = 1, N do
-                get(c, "k")
-                get(c, "n", nil, error)
+            -- the least of three rounds: a side trace the JIT compiles late is a
+            -- GC object allocated once (seen up to 20 KB under load), while an
+            -- allocation per hit would show in every round (>= 3 MB each)
+            local delta
+            for _ = 1, 3 do
+                local before = collectgarbage("count")
+                for _ = 1, N do
+                    get(c, "k")
+                    get(c, "n", nil, error)
+                end
+                local d = collectgarbage("count") - before
+                delta = delta and math.min(delta, d) or d
             end
-            local delta = collectgarbage("count") - before
             local l1_calls = calls
 
             -- the instruments work: an L1 miss is seen, and allocation is seen
             c:get("miss")
             local miss_calls = calls - l1_calls
-            before = collectgarbage("count")
+            local before = collectgarbage("count")
             local t
             for i = 1, N do t = { i } end
             local control = collectgarbage("count") - before
             collectgarbage("restart")
             for name, f in pairs(saved) do methods[name] = f end
 
-            ngx.say("shared dict calls in ", 2 * N, " L1 hits: ", l1_calls)
+            ngx.say("shared dict calls in ", 6 * N, " L1 hits: ", l1_calls)
             ngx.say("KB allocated: ", delta < 16 and "< 16" or delta)
             ngx.say("an L1 miss reads the dict: ", miss_calls > 0)
             ngx.say("a table per iteration is seen: ", control > 1000, " ", t ~= nil)
@@ -630,7 +637,7 @@ k after purge: nil nil -1
 --- request
 GET /t
 --- response_body
-shared dict calls in 200000 L1 hits: 0
+shared dict calls in 600000 L1 hits: 0
 KB allocated: < 16
 an L1 miss reads the dict: true
 a table per iteration is seen: true true
