@@ -146,6 +146,18 @@ local function recycle(b)
 end
 
 
+-- records that host failed in b's request -> b.failed
+local function set_failed(b, host)
+    local fails = b.failed
+    if not fails then
+        fails = {}
+        b.failed = fails
+    end
+    fails[host] = true
+    return fails
+end
+
+
 -- the try's host is a name: its addresses from zedcup.resolver (no I/O here),
 -- one after another; while it is being resolved, the other hosts
 local function pick_named(b, plan, down, p, host)
@@ -157,12 +169,7 @@ local function pick_named(b, plan, down, p, host)
             return p, host, addrs[turn]
         end
         select_release(p, host, "connect", 0)
-        local fails = b.failed
-        if not fails then
-            fails = {}
-            b.failed = fails
-        end
-        fails[host] = true
+        local fails = set_failed(b, host)
         if not warned[host] then
             warned[host] = true
             ngx_log(ngx_WARN, "[zedcup] balance(): ", plan.name, "/", p.config.name, "/", host.name,
@@ -231,11 +238,7 @@ function _M.balance(instance, key)
         fails = b.failed
         local last = b[b.n * 2]
         if last then
-            if not fails then
-                fails = {}
-                b.failed = fails
-            end
-            fails[last] = true
+            fails = set_failed(b, last)
         end
     end
 
@@ -378,14 +381,14 @@ local function account_all(b, n, inst, skip)
 end
 
 
--- accounts for the tries of the request's earlier upstreams of other
--- instances (b.prev chain, oldest first), whose entries precede the `skip`
--- entries of the later ones
-local function account_prev(b, skip)
+-- accounts for the tries of b and of the request's earlier upstreams of
+-- other instances (b.prev chain, oldest first), whose entries precede the
+-- `skip` entries of the later ones, and recycles their states
+local function account_chain(b, skip)
     local prev = b.prev
     local n = b.n
     if prev then
-        account_prev(prev, skip + n)
+        account_chain(prev, skip + n)
     end
     if n == 0 then
         done(b.plan.name, nil)
@@ -409,25 +412,14 @@ function _M.log()
         recycle(b) -- an earlier request's, whose log() never ran
         return
     end
-    local n = b.n
-    local inst = b.plan.name
-    local prev = b.prev
-    if n == 0 then
-        if prev then
-            account_prev(prev, 0)
-        end
-        done(inst, nil) -- no usable host
-        recycle(b)
-        return
-    end
-
-    if n == 1 then
+    if b.n == 1 then
         -- one try (the usual case): a 2xx status not in status_codes, with
         -- no internal redirect after the proxying (error_page), is the host's
         -- answer: nothing to read from nginx's variables
         local p, host = b[1], b[2]
         local status = ngx.status
         if status >= 200 and status < 300 and not p.codes[status] and not is_internal(r) then
+            local inst = b.plan.name
             connected(inst, p.config, host)
             select_release(p, host, nil, p.balancer.timed and tonumber(ngx_var.upstream_header_time) or nil)
             done(inst, b.plan.pool_of[host])
@@ -435,12 +427,8 @@ function _M.log()
             return
         end
     end
-
-    if prev then
-        account_prev(prev, n)
-    end
-    account_all(b, n, inst, 0)
-    recycle(b)
+    -- no usable host (done), or tries to account for from nginx's variables
+    account_chain(b, 0)
 end
 
 
