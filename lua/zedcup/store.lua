@@ -568,6 +568,18 @@ local function set_json(key, v)
 end
 
 
+-- an accessor of one JSON value of the node: f(v) stores v (true | nil, err),
+-- f() reads it (nil when never stored)
+local function json_value(key)
+    return function(v)
+        if v then
+            return set_json(key, v)
+        end
+        return get_json(key)
+    end
+end
+
+
 --- node_started(at?) -> unix s of the node's last start or reload; with at: records it
 function _M.node_started(at)
     if at then
@@ -596,39 +608,19 @@ end
 
 
 --- node_instances(list?) -> sorted list of the instances the node knows | nil
-function _M.node_instances(list)
-    if list then
-        return set_json(K_NODE_NAMES, list)
-    end
-    return get_json(K_NODE_NAMES)
-end
+_M.node_instances = json_value(K_NODE_NAMES)
 
 
 --- node_configs(map?) -> inst -> { sig =, at =, index = }: when the node saw each config change
-function _M.node_configs(map)
-    if map then
-        return set_json(K_NODE_CONFIGS, map)
-    end
-    return get_json(K_NODE_CONFIGS)
-end
+_M.node_configs = json_value(K_NODE_CONFIGS)
 
 
 --- node_host_states(map?) -> host key -> { state =, at = } as the node last saw it
-function _M.node_host_states(map)
-    if map then
-        return set_json(K_NODE_HOSTS, map)
-    end
-    return get_json(K_NODE_HOSTS)
-end
+_M.node_host_states = json_value(K_NODE_HOSTS)
 
 
 --- transitions(list?) -> the node's last host transitions, newest first
-function _M.transitions(list)
-    if list then
-        return set_json(K_NODE_TRANS, list)
-    end
-    return get_json(K_NODE_TRANS)
-end
+_M.transitions = json_value(K_NODE_TRANS)
 
 
 --- count_transition(k, to): host k went into state `to` on this node
@@ -644,12 +636,7 @@ end
 
 
 --- cluster(c?) -> { nodes = [...], at = } as the node last read it | nil
-function _M.cluster(c)
-    if c then
-        return set_json(K_NODE_CLUSTER, c)
-    end
-    return get_json(K_NODE_CLUSTER)
-end
+_M.cluster = json_value(K_NODE_CLUSTER)
 
 
 --- consul_contact(ok?) -> unix s of the node round's last Consul answer, whether the
